@@ -1,0 +1,159 @@
+#include "app_common.h"
+
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+
+#ifdef KUIPER_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "base/cuda_utils.h"
+#endif
+
+DEFINE_string(model, "", "model file: the project's .bin format (tools/export.py) or a llama2.c checkpoint");
+DEFINE_string(tokenizer, "", "tokenizer file (.model); default: the one embedded in --model");
+DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
+DEFINE_int32(tp, 1, "tensor-parallel ranks (GPUs)");
+DEFINE_int32(max_seq_len, 0, "context length to allocate the KV cache for (0 = the model's)");
+DEFINE_string(dtype, "", "activation and KV-cache dtype: fp32, fp16 or bf16 (default: fp32 on cpu, bf16 on cuda)");
+
+DECLARE_bool(help);
+DECLARE_bool(helpshort);
+
+namespace app {
+
+namespace {
+std::atomic<bool> g_interrupted{false};
+const char* g_prog = "llama_infer";
+
+void on_sigint(int) {
+  if (g_interrupted.exchange(true)) _exit(130);  // second Ctrl-C: leave now
+}
+
+bool has_gpu() {
+#ifdef KUIPER_WITH_CUDA
+  return base::cuda_device_count() > 0;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+int fail(int code, const std::string& message) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "%s: error: %s\n", g_prog, message.c_str());
+  return code;
+}
+
+void init(int* argc, char*** argv, const char* usage) {
+  static const std::string prog = [&] {
+    const std::string p = (*argv)[0];
+    return p.substr(p.find_last_of('/') + 1);
+  }();
+  g_prog = prog.c_str();
+  gflags::SetUsageMessage(usage);
+  gflags::ParseCommandLineNonHelpFlags(argc, argv, true);
+  if (FLAGS_help || FLAGS_helpshort) {
+    // Only our own flags, not those of the libraries.
+    std::printf("%s: %s\n\nflags:\n", g_prog, usage);
+    std::vector<gflags::CommandLineFlagInfo> flags;
+    gflags::GetAllFlags(&flags);
+    for (const auto& f : flags) {
+      if (f.filename.find("demo/") == std::string::npos) continue;
+      std::string def = f.default_value.empty() ? "\"\"" : f.default_value;
+      if (f.type == "double") {  // gflags prints 0.80000000000000004
+        char buf[32];
+        std::snprintf(buf, sizeof(buf), "%g", std::stod(def));
+        def = buf;
+      }
+      std::printf("  --%s (%s) default: %s\n      %s\n", f.name.c_str(), f.type.c_str(), def.c_str(),
+                  f.description.c_str());
+    }
+    std::exit(0);
+  }
+  if (*argc > 1) std::exit(fail(2, std::string("unexpected argument '") + (*argv)[1] + "' (flags take the form --name=value or --name value)"));
+  FLAGS_logtostderr = true;
+  FLAGS_minloglevel = 2;  // errors only: the library reports through Status
+  google::InitGoogleLogging(g_prog);
+  std::signal(SIGINT, on_sigint);
+}
+
+bool interrupted() { return g_interrupted.load(); }
+
+uint64_t clock_seed() {
+  return (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
+}
+
+void print_stats(const model::GenerateStats& s) {
+  std::fprintf(stderr,
+               "[stats] prompt tokens %d, generated %d, time to first token %.1f ms, prefill %.1f tok/s, "
+               "decode %.1f tok/s, stop: %s\n",
+               s.prompt_tokens, s.generated_tokens, s.prefill_ms, s.prefill_tok_per_s(), s.decode_tok_per_s(),
+               s.stop_reason.c_str());
+}
+
+int open_engine(Engine* e) {
+  if (FLAGS_model.empty()) return fail(2, "--model is required (see --help)");
+  const std::string device = FLAGS_device.empty() ? (has_gpu() ? "cuda" : "cpu") : FLAGS_device;
+  model::ModelOptions opts;
+  if (device == "cpu") {
+    opts.device = base::DeviceType::kCPU;
+  } else if (device == "cuda") {
+#ifndef KUIPER_WITH_CUDA
+    return fail(2, "--device cuda: this build has no CUDA support (rebuild with -DKUIPER_WITH_CUDA=ON)");
+#endif
+    if (!has_gpu()) return fail(2, "--device cuda: no CUDA GPU is visible");
+    opts.device = base::DeviceType::kCUDA;
+  } else {
+    return fail(2, "--device must be cpu or cuda (got '" + device + "')");
+  }
+  const std::string dtype = FLAGS_dtype.empty() ? (opts.device == base::DeviceType::kCPU ? "fp32" : "bf16") : FLAGS_dtype;
+  if (!base::parse_dtype(dtype, &opts.act_dtype) || opts.act_dtype == base::DType::kInt8 ||
+      opts.act_dtype == base::DType::kInt32)
+    return fail(2, "--dtype must be fp32, fp16 or bf16 (got '" + dtype + "')");
+  if (FLAGS_tp < 1) return fail(2, "--tp must be at least 1");
+  if (FLAGS_tp > 1) return fail(2, "--tp " + std::to_string(FLAGS_tp) + ": tensor parallelism is not available in this build yet");
+  if (FLAGS_max_seq_len < 0) return fail(2, "--max_seq_len must be positive");
+  opts.max_seq_len = FLAGS_max_seq_len;
+
+  if (auto s = model::ModelFile::open(FLAGS_model, &e->file); !s.ok()) return fail(1, s.message());
+  if (!FLAGS_tokenizer.empty()) {
+    if (auto s = model::load_tokenizer_file(FLAGS_tokenizer, &e->tokenizer); !s.ok()) return fail(1, s.message());
+  } else if (e->file->tokenizer_type() != model::TokenizerType::kNone) {
+    if (auto s = model::load_tokenizer_blob(e->file->tokenizer_type(), e->file->tokenizer_blob(), FLAGS_model,
+                                            &e->tokenizer);
+        !s.ok())
+      return fail(1, s.message());
+  } else {
+    return fail(2, FLAGS_model + " has no embedded tokenizer: pass --tokenizer");
+  }
+  if (e->tokenizer->vocab_size() != e->file->config().vocab_size)
+    return fail(1, "tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model expects " +
+                       std::to_string(e->file->config().vocab_size));
+
+#ifdef KUIPER_WITH_CUDA
+  if (opts.device == base::DeviceType::kCUDA) {
+    auto stream = std::make_shared<base::CudaStream>();
+    if (auto s = stream->create(opts.device_id); !s.ok()) return fail(1, s.message());
+    opts.stream = stream->get();
+    e->stream = stream;
+  }
+#endif
+  const bool show_progress = isatty(2) && e->file->file_size() > (256u << 20);
+  if (show_progress) {
+    opts.load_progress = [](uint64_t done, uint64_t all) {
+      std::fprintf(stderr, "\rloading weights: %3d%% (%llu / %llu MiB)", (int)(100.0 * done / all),
+                   (unsigned long long)(done >> 20), (unsigned long long)(all >> 20));
+      if (done == all) std::fprintf(stderr, "\n");
+    };
+  }
+  if (auto s = model::LlamaModel::create(*e->file, opts, &e->model); !s.ok()) return fail(1, s.message());
+  return 0;
+}
+
+}  // namespace app

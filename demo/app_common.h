@@ -1,0 +1,34 @@
+// What llama_infer and llama_bench share: the model/device flags, start-up (flag parsing, logging,
+// Ctrl-C), opening a model with its tokenizer, and one-line errors.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/generator.h"
+#include "model/llama3.h"
+#include "model/model_file.h"
+#include "model/tokenizer.h"
+
+namespace app {
+
+struct Engine {
+  std::unique_ptr<model::ModelFile> file;
+  std::unique_ptr<model::Tokenizer> tokenizer;
+  std::unique_ptr<model::LlamaModel> model;
+  std::shared_ptr<void> stream;  // owns the compute stream on GPUs
+};
+
+// Parses flags (prints our own --help and exits 0), quiets glog, installs the Ctrl-C handler.
+void init(int* argc, char*** argv, const char* usage);
+// Opens --model (+ --tokenizer) on --device; returns 0 or the exit code after printing the error.
+int open_engine(Engine* e);
+// Prints "llama_infer: error: MESSAGE" on stderr and returns `code`.
+int fail(int code, const std::string& message);
+void print_stats(const model::GenerateStats& s);
+uint64_t clock_seed();
+// True once Ctrl-C was pressed (the second press exits at once).
+bool interrupted();
+
+}  // namespace app

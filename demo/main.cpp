@@ -1,0 +1,79 @@
+// llama_infer: generate text with a Llama-family model.
+//
+//   llama_infer --model x.bin --prompt "Once upon a time" --n 128
+//
+// The prompt is echoed, then tokens are printed as they are produced; a stats line goes to stderr.
+// Every failure is one line on stderr and a non-zero exit (2 for bad usage, 1 for anything else).
+#include <gflags/gflags.h>
+#include <glog/logging.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "app_common.h"
+#include "model/generator.h"
+#include "model/llama3.h"
+#include "model/model_file.h"
+#include "model/tokenizer.h"
+#include "sampler/sampler.h"
+
+DEFINE_string(prompt, "", "text to continue (empty: start from BOS)");
+DEFINE_int32(n, 256, "number of new tokens to generate");
+DEFINE_double(temperature, 0.8, "sampling temperature; 0 = greedy");
+DEFINE_double(top_p, 0.9, "nucleus sampling: keep the smallest set of tokens with this much probability, in (0, 1]");
+DEFINE_int32(top_k, 0, "keep only the k most likely tokens (0 = all)");
+DEFINE_uint64(seed, 0, "random seed for sampling (0 = from the clock)");
+
+namespace {
+
+int run() {
+  app::Engine engine;
+  if (int rc = app::open_engine(&engine); rc != 0) return rc;
+
+  if (FLAGS_n <= 0) return app::fail(2, "--n must be at least 1");
+  sampler::SamplerConfig sc;
+  sc.temperature = (float)FLAGS_temperature;
+  sc.top_p = (float)FLAGS_top_p;
+  sc.top_k = FLAGS_top_k;
+  sc.seed = FLAGS_seed != 0 ? FLAGS_seed : app::clock_seed();
+  sampler::Sampler sampler;
+  if (auto s = sampler::Sampler::create(sc, engine.model->config().vocab_size, &sampler); !s.ok())
+    return app::fail(2, s.message());
+
+  std::vector<int32_t> prompt;
+  if (auto s = engine.tokenizer->encode(FLAGS_prompt, /*add_bos=*/true, &prompt); !s.ok())
+    return app::fail(2, s.message());
+
+  std::vector<float> logits(engine.model->config().vocab_size);
+  model::Utf8Stream out;
+  std::fputs(FLAGS_prompt.c_str(), stdout);
+  std::fflush(stdout);
+  int32_t prev = prompt.back();
+  model::GenerateOptions go;
+  go.max_new_tokens = FLAGS_n;
+  model::GenerateStats stats;
+  auto on_token = [&](int32_t tok) {
+    std::fputs(out.push(engine.tokenizer->decode_token(prev, tok)).c_str(), stdout);
+    std::fflush(stdout);
+    prev = tok;
+    return !app::interrupted();
+  };
+  const base::Status s = model::generate(*engine.model, sampler, prompt, 0, go, logits.data(), on_token, &stats);
+  std::fputs(out.flush().c_str(), stdout);
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
+  if (!s.ok()) return app::fail(1, s.message());
+  app::print_stats(stats);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  app::init(&argc, &argv,
+            "generate text with a Llama-family model\n"
+            "  llama_infer --model MODEL.bin [--prompt TEXT] [--n N] [--temperature T] [--device cpu|cuda] [--tp N]");
+  return run();
+}

@@ -1,0 +1,98 @@
+// LlamaModel: the Llama family (Llama 2, Llama 3 / 3.1 / 3.2, TinyLlama, Code Llama) on one device,
+// as one tensor-parallel rank.
+//
+// The model wires parts together and owns none of their logic:
+//   LlamaWeights     - this rank's weights (model/weights.h), sharded as they load
+//   KVCacheManager   - the K/V cache of every layer in one block (model/kv_cache.h)
+//   Workspace        - every activation, allocated once in init_mem() (below)
+// After init_mem() nothing allocates: prefill and decode only run kernels on these buffers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "base/buffer.h"
+#include "base/communicator.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/model_file.h"
+#include "model/weights.h"
+#include "tensor/tensor.h"
+
+namespace model {
+
+struct ModelOptions {
+  base::DeviceType device = base::DeviceType::kCPU;
+  int device_id = 0;
+  base::DType act_dtype = base::DType::kFp32;  // activations and KV cache (fp32 on the CPU)
+  int32_t max_seq_len = 0;                      // 0: the model's own
+  int32_t max_batch_tokens = 256;               // prompt tokens per prefill call (longer prompts are chunked)
+  int rank = 0;
+  int world_size = 1;
+  base::Communicator* comm = nullptr;           // tensor parallelism, world_size > 1
+  void* stream = nullptr;                       // cudaStream_t for this rank's compute (GPU)
+  std::function<void(uint64_t, uint64_t)> load_progress;
+};
+
+// Every activation of one forward call, views of one allocation. T = max_batch_tokens.
+struct Workspace {
+  tensor::Tensor x;        // act [T, dim]        residual stream
+  tensor::Tensor xb;       // act [T, dim]        normed input of a sublayer
+  tensor::Tensor q;        // act [T, q_local]
+  tensor::Tensor k, v;     // act [T, kv_local]
+  tensor::Tensor att;      // act [T, q_local]    attention output, input of wo
+  tensor::Tensor proj;     // act [T, dim]        output of wo / w2 (summed over ranks)
+  tensor::Tensor h1, h3;   // act [T, hidden_local] gate and up projections; h1 then holds swiglu
+  tensor::Tensor last;     // act [1, dim]        final-normed last token
+  tensor::Tensor logits_local;  // act [1, vocab_local]
+  tensor::Tensor logits_all;    // act [1, vocab]  gathered over ranks (= logits_local when world 1)
+  tensor::Tensor logits_f32;    // fp32 [1, vocab] on the device
+  tensor::Tensor tokens;   // int32 [T]
+  tensor::Tensor pos;      // int32 [1]           start position of the tokens in `tokens`
+  tensor::Tensor scratch;  // fp32 attention scratch
+  tensor::Tensor cos_sin;  // fp32 [max_seq_len, head_dim / 2, 2] RoPE table (constant)
+  uint64_t bytes = 0;
+};
+
+class LlamaModel {
+ public:
+  // Loads the weights of this rank and allocates the KV cache and workspace.
+  static base::Status create(const ModelFile& file, const ModelOptions& opts, std::unique_ptr<LlamaModel>* out);
+
+  // Runs `n` tokens at positions [pos, pos + n) (n <= max_batch_tokens, pos + n <= max_seq_len) and,
+  // when `logits` is given, writes the fp32 logits of the last token to it (host, vocab_size floats).
+  base::Status forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits);
+
+  // Prefill of a whole prompt in chunks of max_batch_tokens; logits of the last token as in forward().
+  base::Status prefill(const std::vector<int32_t>& tokens, int32_t pos, float* logits);
+
+  const ModelConfig& config() const { return config_; }
+  int32_t max_seq_len() const { return max_seq_len_; }
+  int32_t max_batch_tokens() const { return max_batch_tokens_; }
+  const KVCacheManager& kv_cache() const { return kv_cache_; }
+  const LlamaWeights& weights() const { return weights_; }
+  const Workspace& workspace() const { return ws_; }
+  base::DeviceAllocator* allocator() const { return alloc_; }
+
+ private:
+  LlamaModel() = default;
+  base::Status init_mem();
+  base::Status attention_block(int layer, int32_t n);
+  base::Status ffn_block(int layer, int32_t n);
+  base::Status classifier(int32_t n, float* logits);
+
+  ModelConfig config_;
+  ModelOptions opts_;
+  int32_t max_seq_len_ = 0;
+  int32_t max_batch_tokens_ = 0;
+  base::DeviceAllocator* alloc_ = nullptr;
+  LlamaWeights weights_;
+  KVCacheManager kv_cache_;
+  Workspace ws_;
+  std::shared_ptr<base::Buffer> ws_block_;
+  std::vector<int32_t> host_pos_;  // staging for the position on GPUs
+};
+
+}  // namespace model

@@ -1,0 +1,57 @@
+// LlamaWeights: this rank's share of the model's weights, loaded once from a ModelFile.
+//
+// The sharding plan lives here, in one place: every linear is tagged column- or row-parallel as it is
+// loaded, and only this rank's rows (column-parallel) or columns (row-parallel) are read from the file.
+// Sizes are divided once and checked; the forward pass never branches on tensor parallelism.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "base/buffer.h"
+#include "base/communicator.h"
+#include "model/model_file.h"
+#include "op/matmul.h"
+#include "tensor/tensor.h"
+
+namespace model {
+
+// Where and how this rank loads.
+struct ShardSpec {
+  base::DeviceType device = base::DeviceType::kCPU;
+  int device_id = 0;
+  int rank = 0;
+  int world_size = 1;
+  base::Communicator* comm = nullptr;  // for row-parallel layers when world_size > 1
+};
+
+struct LayerWeights {
+  tensor::Tensor attention_norm;  // fp32 [dim]
+  tensor::Tensor ffn_norm;        // fp32 [dim]
+  op::MatmulLayer wq;             // column-parallel: [n_heads_local * head_dim, dim]
+  op::MatmulLayer wk, wv;         // column-parallel: [n_kv_heads_local * head_dim, dim]
+  op::MatmulLayer wo;             // row-parallel:    [dim, n_heads_local * head_dim]
+  op::MatmulLayer w1, w3;         // column-parallel: [hidden_local, dim] (gate, up)
+  op::MatmulLayer w2;             // row-parallel:    [dim, hidden_local] (down)
+};
+
+struct LlamaWeights {
+  tensor::Tensor tok_embeddings;  // [vocab, dim], replicated (a gather needs no sharding)
+  std::vector<LayerWeights> layers;
+  tensor::Tensor norm;            // fp32 [dim]
+  op::MatmulLayer output;         // [vocab, dim] classifier (tok_embeddings when tied)
+  uint64_t bytes = 0;             // weight bytes this rank holds on its device
+
+  // Local sizes after sharding.
+  int n_heads_local = 0, n_kv_heads_local = 0, hidden_local = 0;
+
+  // Loads this rank's shard. `progress(done_bytes, total_bytes)` is called after each tensor.
+  static base::Status load(const ModelFile& file, const ShardSpec& spec, LlamaWeights* out,
+                           const std::function<void(uint64_t, uint64_t)>& progress = nullptr);
+
+ private:
+  std::shared_ptr<base::Buffer> block_;  // the one allocation holding every copied weight
+};
+
+}  // namespace model

@@ -1,0 +1,86 @@
+// The kernel API: one function per op, dispatched on the device of its tensors to the CPU kernels
+// (source/op/kernels/cpu) or the CUDA kernels (source/op/kernels/cuda).
+//
+// Conventions shared by every op:
+//  - Every op has a token axis: activations are [n_tokens, features], row-major, contiguous.
+//    Prefill is one call with n_tokens = prompt length; decode is the n_tokens == 1 case.
+//  - Activations are fp32 on the CPU; on the GPU fp32, fp16 or bf16 (all activation tensors of one
+//    call share a dtype). Weights may differ from the activations (see matmul).
+//  - The start position of the tokens lives in a device tensor `pos` (int32 [1]) so that a CUDA graph
+//    captured once can be replayed at every step; CPU kernels read it from host memory.
+//  - `stream` is a cudaStream_t on the GPU (never the legacy default stream) and ignored on the CPU.
+//  - Preconditions (shapes, dtypes, devices) are checked and reported as InvalidArgument.
+#pragma once
+
+#include "base/status.h"
+#include "tensor/tensor.h"
+
+namespace kernel {
+
+using base::Status;
+using tensor::Tensor;
+using Stream = void*;  // cudaStream_t on CUDA; nullptr on CPU
+
+// out[i, :] = table[tokens[i], :]
+// tokens: int32 [n]; table: [vocab, dim] in fp32/fp16/bf16; out: [n, dim] activation dtype.
+// Token ids outside [0, vocab) are an error on the CPU; on the GPU they are clamped (checked on host first).
+Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, Stream stream);
+
+// out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight
+// x, out: [n, dim]; weight: fp32 [dim]. Sum of squares accumulated in fp32.
+Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Stream stream);
+
+// Fused residual add + RMSNorm: residual += delta; out = rmsnorm(residual, weight, eps).
+// residual, delta, out: [n, dim]; weight: fp32 [dim].
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+                   Stream stream);
+
+// y[i, o] = sum_k x[i, k] * W[o, k]   (y = x W^T; W stored [out, in] like nn.Linear)
+// x: [n, in]; y: [n, out]; activation dtype.
+// W: fp32 / fp16 / bf16 [out, in], or int8 [out, in] with `scales` fp32 [out, in / group_size]:
+//    W[o, k] = q[o, k] * scales[o, k / group_size]  (symmetric, group-wise along the input axis).
+// `scales` is empty (Tensor()) for float weights. Accumulation in fp32.
+Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+              Stream stream);
+
+// Rotary position embedding, applied in place to q and k, interleaved pairs (x[2j], x[2j+1]) of each
+// head (Meta / llama2.c layout; Hugging Face checkpoints are un-permuted by the exporter):
+//   (a, b) -> (a cos t - b sin t, a sin t + b cos t),  t = (pos + i) * inv_freq[j]
+// q: [n, n_heads * head_dim]; k: [n, n_kv_heads * head_dim];
+// cos_sin: fp32 [max_seq_len, head_dim / 2, 2] holding (cos t, sin t), precomputed by the model with
+// the frequency scaling of its family, so this kernel is the same for Llama 2 and Llama 3.1.
+Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, Stream stream);
+
+// Appends n rows at positions [pos, pos + n) to one layer's cache.
+// k, v: [n, n_kv_heads * head_dim]; k_cache, v_cache: [max_seq_len, n_kv_heads * head_dim] (cache dtype).
+Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
+                 Stream stream);
+
+// Causal grouped-query attention of n queries at positions pos..pos+n-1 over the cache rows
+// [0, pos + i] (query i sees its own and earlier positions):
+//   out[i, h] = sum_t softmax_t(q[i, h] . k[t, h / group] / sqrt(head_dim)) v[t, h / group]
+// q, out: [n, n_heads * head_dim]; k_cache, v_cache: [max_seq_len, n_kv_heads * head_dim];
+// group = n_heads / n_kv_heads. Softmax in fp32 with the running-max trick.
+// `scratch` is workspace the implementation may use (fp32, at least attention_scratch_floats()).
+Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos,
+                 int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream);
+// fp32 elements of `scratch` that attention() needs for these sizes on `device`.
+int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len,
+                                 base::DeviceType device);
+
+// out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). gate, up, out: [n, hidden].
+Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream);
+
+// out = a + b (same shape and dtype). out may alias a.
+Status add(const Tensor& a, const Tensor& b, Tensor& out, Stream stream);
+
+// In-place softmax over the last axis of x: fp32 [rows, cols].
+Status softmax(Tensor& x, Stream stream);
+
+// out[i] = index of the largest element of row i of x ([rows, cols]; lowest index on ties). out: int32 [rows].
+Status argmax(const Tensor& x, Tensor& out, Stream stream);
+
+// Converts between activation dtypes (fp32 <-> fp16/bf16), same shape.
+Status convert(const Tensor& in, Tensor& out, Stream stream);
+
+}  // namespace kernel

@@ -1,0 +1,58 @@
+// MatmulLayer: a linear layer y = x W^T, tensor-parallel aware.
+//
+// The sharding plan tags each linear when the model is loaded (set_tp_config):
+//   kColumn - output features split across ranks (wq, wk, wv, w1, w3): each rank computes its slice
+//             of y; no communication.
+//   kRow    - input features split (wo, w2): each rank computes a partial y from its slice of x, and
+//             the partials are summed with an all-reduce.
+// The forward pass is the same code for every rank and every world size.
+#pragma once
+
+#include <string>
+
+#include "base/communicator.h"
+#include "base/status.h"
+#include "tensor/tensor.h"
+
+namespace op {
+
+enum class TpMode { kReplicated, kColumn, kRow };
+
+struct TpConfig {
+  TpMode mode = TpMode::kReplicated;
+  int rank = 0;
+  int world_size = 1;
+  base::Communicator* comm = nullptr;  // required for kRow when world_size > 1; not owned
+};
+
+class MatmulLayer {
+ public:
+  MatmulLayer() = default;
+  explicit MatmulLayer(std::string name) : name_(std::move(name)) {}
+
+  void set_tp_config(const TpConfig& tp) { tp_ = tp; }
+  const TpConfig& tp_config() const { return tp_; }
+
+  // This rank's shard: weight [out_local, in_local] (float or int8), scales fp32 [out_local,
+  // in_local / group_size] for int8 (empty otherwise).
+  base::Status set_weight(tensor::Tensor weight, tensor::Tensor scales, int group_size);
+
+  // y [n, out_local] = x [n, in_local] W^T, then (kRow) summed over ranks.
+  base::Status forward(const tensor::Tensor& x, tensor::Tensor& y, void* stream) const;
+
+  int64_t in_features() const { return weight_.dim(1); }   // local
+  int64_t out_features() const { return weight_.dim(0); }  // local
+  const tensor::Tensor& weight() const { return weight_; }
+  const tensor::Tensor& scales() const { return scales_; }
+  const std::string& name() const { return name_; }
+  size_t weight_bytes() const { return weight_.nbytes() + (scales_.empty() ? 0 : scales_.nbytes()); }
+
+ private:
+  std::string name_;
+  TpConfig tp_;
+  tensor::Tensor weight_;  // [out_local, in_local]
+  tensor::Tensor scales_;  // fp32 [out_local, in_local / group_size] or empty
+  int group_size_ = 0;
+};
+
+}  // namespace op

@@ -1,0 +1,83 @@
+// Tensor: a typed, shaped, strided view of a Buffer on one device.
+//
+// Tensors are cheap handles: copying one shares the buffer. Views (`slice_rows`, `view`) never
+// allocate, which is how the KV cache manager hands out per-layer K/V tensors over its one block.
+// `ptr<T>()` checks that T matches the dtype, so a kernel cannot read fp16 data as float by mistake.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/buffer.h"
+#include "base/dtype.h"
+#include "base/status.h"
+
+namespace tensor {
+
+using base::DeviceType;
+using base::DType;
+
+// Maps a C++ element type to its DType for ptr<T>() checks. uint16_t stands for both fp16 and bf16
+// on the host; device code uses its own half types through data().
+template <typename T> struct DTypeOf;
+template <> struct DTypeOf<float> { static constexpr DType value = DType::kFp32; };
+template <> struct DTypeOf<int8_t> { static constexpr DType value = DType::kInt8; };
+template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::kInt32; };
+
+class Tensor {
+ public:
+  Tensor() = default;
+
+  // Allocates a contiguous tensor from `alloc`.
+  static base::Status create(DType dtype, std::vector<int64_t> shape, base::DeviceAllocator* alloc,
+                             Tensor* out);
+  // Wraps `buffer` starting at `byte_offset` with a contiguous shape.
+  static Tensor from_buffer(std::shared_ptr<base::Buffer> buffer, size_t byte_offset, DType dtype,
+                            std::vector<int64_t> shape);
+
+  bool empty() const { return buffer_ == nullptr; }
+  DType dtype() const { return dtype_; }
+  DeviceType device_type() const { return buffer_ ? buffer_->device_type() : DeviceType::kCPU; }
+  int device_id() const { return buffer_ ? buffer_->device_id() : 0; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  const std::vector<int64_t>& strides() const { return strides_; }  // in elements
+  int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
+  int ndim() const { return (int)shape_.size(); }
+  int64_t numel() const;
+  size_t nbytes() const { return (size_t)numel() * base::dtype_size(dtype_); }
+  bool is_contiguous() const;
+  const std::shared_ptr<base::Buffer>& buffer() const { return buffer_; }
+  size_t byte_offset() const { return offset_; }
+
+  // Untyped pointer to the first element.
+  void* data() const { return buffer_ ? static_cast<char*>(buffer_->data()) + offset_ : nullptr; }
+  // Typed pointer; aborts (programming error, not user input) if T does not match the dtype.
+  template <typename T> T* ptr() const {
+    check_dtype(DTypeOf<T>::value);
+    return static_cast<T*>(data());
+  }
+  // fp16 / bf16 data as raw 16-bit words.
+  uint16_t* ptr_u16() const;
+
+  // Rows [begin, end) of the first axis; contiguous tensors only. No allocation.
+  Tensor slice_rows(int64_t begin, int64_t end) const;
+  // The same memory with another contiguous shape of equal element count.
+  Tensor view(std::vector<int64_t> shape) const;
+
+  // Copies all elements into `dst` (same dtype and shape, any devices). Synchronous.
+  base::Status copy_to(Tensor& dst) const;
+
+  std::string shape_string() const;  // e.g. "fp16[4, 4096] cuda:0"
+
+ private:
+  void check_dtype(DType want) const;
+  std::shared_ptr<base::Buffer> buffer_;
+  size_t offset_ = 0;  // bytes from the buffer start
+  DType dtype_ = DType::kFp32;
+  std::vector<int64_t> shape_;
+  std::vector<int64_t> strides_;
+};
+
+}  // namespace tensor

@@ -1,0 +1,56 @@
+#include "model/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace model {
+
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::vector<int32_t>& prompt,
+                      int32_t pos, const GenerateOptions& opts, float* logits, const TokenCallback& on_token,
+                      GenerateStats* stats) {
+  *stats = GenerateStats{};
+  stats->prompt_tokens = (int32_t)prompt.size();
+  if (prompt.empty()) return base::InvalidArgument("empty prompt: nothing to condition on");
+  if (pos + (int32_t)prompt.size() > model.max_seq_len())
+    return base::InvalidArgument("the prompt (" + std::to_string(prompt.size()) + " tokens) does not fit in the context of " +
+                                 std::to_string(model.max_seq_len() - pos) + " positions; raise --max_seq_len or shorten it");
+  const std::vector<int32_t>& eos = model.config().eos_ids;
+
+  auto t0 = std::chrono::steady_clock::now();
+  KP_RETURN_IF_ERROR(model.prefill(prompt, pos, logits));
+  pos += (int32_t)prompt.size();
+  int32_t token = sampler.sample(logits);
+  stats->prefill_ms = ms_since(t0);
+  stats->stop_reason = "length";
+
+  auto t1 = std::chrono::steady_clock::now();
+  for (int32_t i = 0; i < opts.max_new_tokens; ++i) {
+    if (opts.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
+      stats->stop_reason = "eos";
+      break;
+    }
+    ++stats->generated_tokens;
+    if (!on_token(token)) {
+      stats->stop_reason = "stopped";
+      break;
+    }
+    if (i + 1 == opts.max_new_tokens) break;
+    if (pos >= model.max_seq_len()) {
+      stats->stop_reason = "context";
+      break;
+    }
+    KP_RETURN_IF_ERROR(model.forward(&token, 1, pos, logits));
+    ++pos;
+    token = sampler.sample(logits);
+  }
+  stats->decode_ms = ms_since(t1);
+  return base::Status::Ok();
+}
+
+}  // namespace model

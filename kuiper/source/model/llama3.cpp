@@ -1,0 +1,222 @@
+// The Llama forward pass, for prefill (n tokens at once, matrix-matrix) and decode (n == 1).
+//
+//   x = embed(tokens)
+//   for each layer:                                   (per rank: its heads, its FFN units)
+//     xb = rmsnorm(x)                                  fused with the previous residual add
+//     q, k, v = xb Wq^T, xb Wk^T, xb Wv^T;  rope(q, k)
+//     append k, v to this layer's cache rows [pos, pos + n)
+//     x += attention(q, cache) Wo^T                     Wo row-parallel: all-reduce inside forward()
+//     xb = rmsnorm(x)
+//     x += (silu(xb W1^T) * xb W3^T) W2^T               W2 row-parallel: all-reduce inside forward()
+//   logits = rmsnorm(x[last]) Wout^T                    vocabulary split over ranks, then gathered
+#include "model/llama3.h"
+
+#include <cstring>
+#include <string>
+
+#include "op/kernels.h"
+
+#ifdef KUIPER_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "base/cuda_utils.h"
+#endif
+
+namespace model {
+
+using base::DeviceType;
+using base::DType;
+using base::Status;
+using tensor::Tensor;
+
+namespace {
+constexpr uint64_t kAlign = 256;
+uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Copies host bytes to a tensor on its device (stream-ordered on GPUs).
+Status upload(const void* src, size_t bytes, const Tensor& dst, void* stream) {
+  if (dst.device_type() == DeviceType::kCPU) {
+    std::memcpy(dst.data(), src, bytes);
+    return Status::Ok();
+  }
+#ifdef KUIPER_WITH_CUDA
+  CUDA_CHECK(cudaMemcpyAsync(dst.data(), src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)));
+  return Status::Ok();
+#else
+  (void)stream;
+  return base::Unsupported("this build has no CUDA support");
+#endif
+}
+
+Status download(const Tensor& src, void* dst, size_t bytes, void* stream) {
+  if (src.device_type() == DeviceType::kCPU) {
+    std::memcpy(dst, src.data(), bytes);
+    return Status::Ok();
+  }
+#ifdef KUIPER_WITH_CUDA
+  CUDA_CHECK(cudaMemcpyAsync(dst, src.data(), bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)));
+  CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  return Status::Ok();
+#else
+  (void)stream;
+  return base::Unsupported("this build has no CUDA support");
+#endif
+}
+}  // namespace
+
+Status LlamaModel::create(const ModelFile& file, const ModelOptions& opts, std::unique_ptr<LlamaModel>* out) {
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->config_ = file.config();
+  m->opts_ = opts;
+  if (opts.device == DeviceType::kCPU && opts.act_dtype != DType::kFp32)
+    return base::InvalidArgument("the CPU engine computes in fp32 (--dtype fp32)");
+  if (opts.act_dtype != DType::kFp32 && opts.act_dtype != DType::kFp16 && opts.act_dtype != DType::kBf16)
+    return base::InvalidArgument("activation dtype must be fp32, fp16 or bf16");
+  if (opts.max_seq_len < 0 || opts.max_seq_len > m->config_.max_seq_len)
+    return base::InvalidArgument("--max_seq_len " + std::to_string(opts.max_seq_len) + " exceeds the model's context of " +
+                                 std::to_string(m->config_.max_seq_len));
+  m->max_seq_len_ = opts.max_seq_len > 0 ? opts.max_seq_len : m->config_.max_seq_len;
+  if (opts.max_batch_tokens <= 0) return base::InvalidArgument("max_batch_tokens must be positive");
+  m->max_batch_tokens_ = std::min(opts.max_batch_tokens, m->max_seq_len_);
+  m->alloc_ = opts.device == DeviceType::kCPU ? static_cast<base::DeviceAllocator*>(base::CPUAllocator::get())
+                                              : base::CUDAAllocator::get(opts.device_id);
+
+  ShardSpec spec{opts.device, opts.device_id, opts.rank, opts.world_size, opts.comm};
+  KP_RETURN_IF_ERROR(LlamaWeights::load(file, spec, &m->weights_, opts.load_progress));
+  KP_RETURN_IF_ERROR(m->init_mem());
+  *out = std::move(m);
+  return Status::Ok();
+}
+
+// The KV cache (one block) and the workspace (one block), both sized for the worst case up front.
+Status LlamaModel::init_mem() {
+  const ModelConfig& c = config_;
+  const DType act = opts_.act_dtype;
+  const int64_t T = max_batch_tokens_;
+  const int64_t q_local = (int64_t)weights_.n_heads_local * c.head_dim;
+  const int64_t kv_local = (int64_t)weights_.n_kv_heads_local * c.head_dim;
+  const int64_t vocab_local = c.vocab_size / opts_.world_size;
+
+  KP_RETURN_IF_ERROR(kv_cache_.init({c.n_layers, max_seq_len_, weights_.n_kv_heads_local, c.head_dim, act}, alloc_));
+
+  struct Slot { Tensor* t; DType dtype; std::vector<int64_t> shape; uint64_t offset; };
+  std::vector<Slot> slots = {
+      {&ws_.x, act, {T, c.dim}, 0},           {&ws_.xb, act, {T, c.dim}, 0},
+      {&ws_.q, act, {T, q_local}, 0},         {&ws_.k, act, {T, kv_local}, 0},
+      {&ws_.v, act, {T, kv_local}, 0},        {&ws_.att, act, {T, q_local}, 0},
+      {&ws_.proj, act, {T, c.dim}, 0},        {&ws_.h1, act, {T, weights_.hidden_local}, 0},
+      {&ws_.h3, act, {T, weights_.hidden_local}, 0}, {&ws_.last, act, {1, c.dim}, 0},
+      {&ws_.logits_local, act, {1, vocab_local}, 0}, {&ws_.logits_all, act, {1, c.vocab_size}, 0},
+      {&ws_.logits_f32, DType::kFp32, {1, c.vocab_size}, 0}, {&ws_.tokens, DType::kInt32, {T}, 0},
+      {&ws_.pos, DType::kInt32, {1}, 0},
+      {&ws_.scratch, DType::kFp32,
+       {std::max<int64_t>(1, kernel::attention_scratch_floats(T, weights_.n_heads_local, c.head_dim, max_seq_len_,
+                                                              opts_.device))},
+       0},
+      {&ws_.cos_sin, DType::kFp32, {max_seq_len_, c.head_dim / 2, 2}, 0},
+  };
+  uint64_t total = 0;
+  for (Slot& s : slots) {
+    uint64_t n = base::dtype_size(s.dtype);
+    for (int64_t d : s.shape) n *= (uint64_t)d;
+    s.offset = total;
+    total += align_up(n);
+  }
+  Status st = base::Buffer::create(alloc_, total, &ws_block_);
+  if (!st.ok()) return {st.code(), "activation workspace does not fit: " + st.message()};
+  for (Slot& s : slots) *s.t = Tensor::from_buffer(ws_block_, s.offset, s.dtype, s.shape);
+  ws_.bytes = total;
+
+  const std::vector<float> table = rope_cos_sin_table(c, max_seq_len_);
+  KP_RETURN_IF_ERROR(upload(table.data(), table.size() * sizeof(float), ws_.cos_sin, opts_.stream));
+  host_pos_.assign(1, 0);
+  return Status::Ok();
+}
+
+Status LlamaModel::attention_block(int layer, int32_t n) {
+  const ModelConfig& c = config_;
+  const LayerWeights& L = weights_.layers[layer];
+  void* s = opts_.stream;
+  Tensor xb = ws_.xb.slice_rows(0, n), q = ws_.q.slice_rows(0, n), k = ws_.k.slice_rows(0, n),
+         v = ws_.v.slice_rows(0, n), att = ws_.att.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
+  KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
+  KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
+  KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
+  KP_RETURN_IF_ERROR(kernel::rope(q, k, ws_.pos, ws_.cos_sin, c.head_dim, s));
+  Tensor kc = kv_cache_.key(layer), vc = kv_cache_.value(layer);
+  KP_RETURN_IF_ERROR(kernel::kv_append(k, v, kc, vc, ws_.pos, s));
+  KP_RETURN_IF_ERROR(kernel::attention(q, kc, vc, ws_.pos, weights_.n_heads_local, weights_.n_kv_heads_local,
+                                       c.head_dim, ws_.scratch, att, s));
+  return L.wo.forward(att, proj, s);
+}
+
+Status LlamaModel::ffn_block(int layer, int32_t n) {
+  const LayerWeights& L = weights_.layers[layer];
+  void* s = opts_.stream;
+  Tensor xb = ws_.xb.slice_rows(0, n), h1 = ws_.h1.slice_rows(0, n), h3 = ws_.h3.slice_rows(0, n),
+         proj = ws_.proj.slice_rows(0, n);
+  KP_RETURN_IF_ERROR(L.w1.forward(xb, h1, s));
+  KP_RETURN_IF_ERROR(L.w3.forward(xb, h3, s));
+  KP_RETURN_IF_ERROR(kernel::swiglu(h1, h3, h1, s));
+  return L.w2.forward(h1, proj, s);
+}
+
+Status LlamaModel::classifier(int32_t n, float* logits) {
+  void* s = opts_.stream;
+  // Only the last token's logits are needed: its normed row is already in xb.
+  Tensor last = ws_.xb.slice_rows(n - 1, n);
+  KP_RETURN_IF_ERROR(weights_.output.forward(last, ws_.logits_local, s));
+  if (opts_.world_size > 1) {
+    KP_RETURN_IF_ERROR(opts_.comm->all_gather(ws_.logits_local, ws_.logits_all, s));
+  } else {
+    ws_.logits_all = ws_.logits_local;
+  }
+  Tensor src = ws_.logits_all;
+  if (src.dtype() != DType::kFp32) {
+    KP_RETURN_IF_ERROR(kernel::convert(src, ws_.logits_f32, s));
+    src = ws_.logits_f32;
+  }
+  return download(src, logits, (size_t)config_.vocab_size * sizeof(float), s);
+}
+
+Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits) {
+  if (n < 1 || n > max_batch_tokens_) return base::InvalidArgument("forward: token count out of range");
+  if (pos < 0 || pos + n > max_seq_len_)
+    return base::InvalidArgument("context full: position " + std::to_string(pos + n) + " exceeds max_seq_len " +
+                                 std::to_string(max_seq_len_));
+  for (int32_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size)
+      return base::InvalidArgument("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+  void* s = opts_.stream;
+  host_pos_[0] = pos;
+  KP_RETURN_IF_ERROR(upload(tokens, n * sizeof(int32_t), ws_.tokens, s));
+  KP_RETURN_IF_ERROR(upload(host_pos_.data(), sizeof(int32_t), ws_.pos, s));
+
+  const ModelConfig& c = config_;
+  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
+  KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
+  KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[0].attention_norm, c.norm_eps, xb, s));
+  for (int l = 0; l < c.n_layers; ++l) {
+    KP_RETURN_IF_ERROR(attention_block(l, n));
+    KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, weights_.layers[l].ffn_norm, c.norm_eps, xb, s));
+    KP_RETURN_IF_ERROR(ffn_block(l, n));
+    // The residual add, fused with the norm that follows it: the next layer's or the final one.
+    const Tensor& next_norm = l + 1 < c.n_layers ? weights_.layers[l + 1].attention_norm : weights_.norm;
+    KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, next_norm, c.norm_eps, xb, s));
+  }
+  if (logits == nullptr) return Status::Ok();
+  return classifier(n, logits);
+}
+
+Status LlamaModel::prefill(const std::vector<int32_t>& tokens, int32_t pos, float* logits) {
+  if (tokens.empty()) return base::InvalidArgument("prefill of an empty prompt");
+  const int32_t total = (int32_t)tokens.size();
+  for (int32_t done = 0; done < total; done += max_batch_tokens_) {
+    const int32_t n = std::min(max_batch_tokens_, total - done);
+    const bool last = done + n == total;
+    KP_RETURN_IF_ERROR(forward(tokens.data() + done, n, pos + done, last ? logits : nullptr));
+  }
+  return Status::Ok();
+}
+
+}  // namespace model

@@ -1,0 +1,158 @@
+#include "model/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace model {
+
+namespace {
+
+// SentencePiece (Llama 2, TinyLlama, Code Llama, llama2.c's tok512).
+class SentencePieceTokenizer final : public Tokenizer {
+ public:
+  base::Status load(const std::string& blob, const std::string& origin) {
+    const auto st = sp_.LoadFromSerializedProto(blob);
+    if (!st.ok()) return base::BadModelFile(origin + ": not a SentencePiece model (" + st.ToString() + ")");
+    if (sp_.GetPieceSize() <= 0) return base::BadModelFile(origin + ": empty SentencePiece vocabulary");
+    pieces_.resize(sp_.GetPieceSize());
+    for (int i = 0; i < sp_.GetPieceSize(); ++i) pieces_[i] = piece_bytes(i);
+    return base::Status::Ok();
+  }
+
+  base::Status encode(const std::string& text, bool add_bos, std::vector<int32_t>* ids) const override {
+    std::vector<int> out;
+    const auto st = sp_.Encode(text, &out);
+    if (!st.ok()) return base::InvalidArgument("cannot tokenize the prompt: " + st.ToString());
+    ids->clear();
+    if (add_bos) ids->push_back(bos_id());
+    ids->insert(ids->end(), out.begin(), out.end());
+    return base::Status::Ok();
+  }
+
+  std::string decode_token(int32_t prev, int32_t id) const override {
+    if (id < 0 || id >= (int32_t)pieces_.size()) return "";
+    const std::string& p = pieces_[id];
+    // After BOS the piece's leading space is the dummy prefix SentencePiece added: drop it.
+    if (prev == bos_id() && !p.empty() && p[0] == ' ') return p.substr(1);
+    return p;
+  }
+
+  int32_t vocab_size() const override { return (int32_t)pieces_.size(); }
+  int32_t bos_id() const override { return sp_.bos_id(); }
+  int32_t eos_id() const override { return sp_.eos_id(); }
+
+ private:
+  // The bytes of piece i: "<0xAB>" byte-fallback pieces are that byte, U+2581 is a space, control
+  // pieces (<s>, </s>, <unk>) are empty.
+  std::string piece_bytes(int i) const {
+    if (sp_.IsControl(i) || sp_.IsUnknown(i)) return "";
+    const std::string piece = sp_.IdToPiece(i);
+    if (sp_.IsByte(i) && piece.size() == 6) return std::string(1, (char)std::stoi(piece.substr(3, 2), nullptr, 16));
+    std::string out;
+    for (size_t k = 0; k < piece.size();) {
+      if (piece.compare(k, 3, "\xe2\x96\x81") == 0) {
+        out += ' ';
+        k += 3;
+      } else {
+        out += piece[k++];
+      }
+    }
+    return out;
+  }
+
+  sentencepiece::SentencePieceProcessor sp_;
+  std::vector<std::string> pieces_;
+};
+
+}  // namespace
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  std::string out;
+  int32_t prev = -1;
+  for (int32_t id : ids) {
+    out += decode_token(prev, id);
+    prev = id;
+  }
+  return out;
+}
+
+base::Status load_tokenizer_blob(TokenizerType type, const std::string& blob, const std::string& origin,
+                                 std::unique_ptr<Tokenizer>* out) {
+  if (type == TokenizerType::kSentencePiece) {
+    auto t = std::make_unique<SentencePieceTokenizer>();
+    KP_RETURN_IF_ERROR(t->load(blob, origin));
+    *out = std::move(t);
+    return base::Status::Ok();
+  }
+  if (type == TokenizerType::kTiktoken) return base::Unsupported(origin + ": Llama 3 (tiktoken) tokenizer not available yet");
+  return base::BadModelFile(origin + ": no tokenizer");
+}
+
+base::Status load_tokenizer_file(const std::string& path, std::unique_ptr<Tokenizer>* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return base::NotFound(path + ": cannot open tokenizer file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return load_tokenizer_blob(TokenizerType::kSentencePiece, ss.str(), path, out);
+}
+
+namespace {
+// Length of the UTF-8 sequence starting with byte b, 0 if b cannot start one.
+int utf8_len(unsigned char b) {
+  if (b < 0x80) return 1;
+  if (b >= 0xc2 && b <= 0xdf) return 2;
+  if (b >= 0xe0 && b <= 0xef) return 3;
+  if (b >= 0xf0 && b <= 0xf4) return 4;
+  return 0;
+}
+bool is_cont(unsigned char b) { return (b & 0xc0) == 0x80; }
+const char kReplacement[] = "\xef\xbf\xbd";
+}  // namespace
+
+std::string Utf8Stream::push(const std::string& bytes) {
+  pending_ += bytes;
+  std::string out;
+  size_t i = 0;
+  while (i < pending_.size()) {
+    const unsigned char b = pending_[i];
+    const int len = utf8_len(b);
+    if (len == 0) {  // stray continuation or invalid lead byte
+      out += kReplacement;
+      ++i;
+      continue;
+    }
+    if (i + len > pending_.size()) {
+      // Incomplete: keep it if what we have so far is a valid prefix.
+      bool ok = true;
+      for (size_t k = i + 1; k < pending_.size(); ++k) ok &= is_cont(pending_[k]);
+      if (ok) break;
+    }
+    bool valid = true;
+    for (int k = 1; k < len && valid; ++k) valid = i + k < pending_.size() && is_cont(pending_[i + k]);
+    // Reject overlong / surrogate / out-of-range forms of 3- and 4-byte sequences.
+    if (valid && len >= 3) {
+      const unsigned char b1 = pending_[i + 1];
+      if ((b == 0xe0 && b1 < 0xa0) || (b == 0xed && b1 > 0x9f) || (b == 0xf0 && b1 < 0x90) || (b == 0xf4 && b1 > 0x8f))
+        valid = false;
+    }
+    if (!valid) {
+      out += kReplacement;
+      ++i;
+      continue;
+    }
+    out.append(pending_, i, len);
+    i += len;
+  }
+  pending_.erase(0, i);
+  return out;
+}
+
+std::string Utf8Stream::flush() {
+  std::string out = pending_.empty() ? "" : kReplacement;
+  pending_.clear();
+  return out;
+}
+
+}  // namespace model

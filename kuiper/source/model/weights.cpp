@@ -1,0 +1,244 @@
+#include "model/weights.h"
+
+#include <cstring>
+#include <string>
+
+#ifdef KUIPER_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "base/cuda_utils.h"
+#endif
+
+namespace model {
+
+namespace {
+
+using base::DeviceType;
+using base::DType;
+using base::Status;
+using tensor::Tensor;
+
+constexpr uint64_t kAlign = 256;
+uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// One tensor to bring onto the device: rows [r0, r0 + nr) x columns [c0, c0 + nc) of a 2-D entry
+// (1-D entries are one row), converted to `dtype`.
+struct Piece {
+  const TensorEntry* entry = nullptr;
+  int64_t r0 = 0, nr = 0, c0 = 0, nc = 0;
+  DType dtype = DType::kFp32;
+  Tensor* dst = nullptr;
+  bool zero_copy = false;  // CPU, same dtype, whole rows: wrap the mapping instead of copying
+  uint64_t offset = 0;     // in the weight block when copied
+  uint64_t bytes() const { return (uint64_t)nr * nc * base::dtype_size(dtype); }
+};
+
+float load_float(const uint8_t* p, DType t) {
+  uint16_t h;
+  switch (t) {
+    case DType::kFp32: { float f; std::memcpy(&f, p, 4); return f; }
+    case DType::kFp16: std::memcpy(&h, p, 2); return base::half_to_float(h);
+    case DType::kBf16: std::memcpy(&h, p, 2); return base::bf16_to_float(h);
+    default: return 0.f;
+  }
+}
+
+// Copies a piece from the mapping into host memory `dst`, converting float dtypes to fp32.
+void copy_piece_host(const ModelFile& f, const Piece& p, uint8_t* dst) {
+  const TensorEntry& e = *p.entry;
+  const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
+  const size_t src_es = base::dtype_size(e.dtype), dst_es = base::dtype_size(p.dtype);
+  const uint8_t* src = static_cast<const uint8_t*>(f.data(e));
+  for (int64_t r = 0; r < p.nr; ++r) {
+    const uint8_t* s = src + ((p.r0 + r) * cols + p.c0) * src_es;
+    uint8_t* d = dst + r * p.nc * dst_es;
+    if (e.dtype == p.dtype) {
+      std::memcpy(d, s, p.nc * dst_es);
+    } else {
+      float* df = reinterpret_cast<float*>(d);
+      for (int64_t c = 0; c < p.nc; ++c) df[c] = load_float(s + c * src_es, e.dtype);
+    }
+  }
+}
+
+Status copy_piece_device(const ModelFile& f, const Piece& p, uint8_t* dst, int device_id) {
+#ifdef KUIPER_WITH_CUDA
+  const TensorEntry& e = *p.entry;
+  const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
+  const size_t es = base::dtype_size(e.dtype);
+  const uint8_t* src = static_cast<const uint8_t*>(f.data(e)) + (p.r0 * cols + p.c0) * es;
+  CUDA_CHECK(cudaSetDevice(device_id));
+  // Straight from the mmapped file: a strided 2-D copy when only some columns are ours.
+  CUDA_CHECK(cudaMemcpy2D(dst, p.nc * es, src, cols * es, p.nc * es, p.nr, cudaMemcpyHostToDevice));
+  return Status::Ok();
+#else
+  (void)f; (void)p; (void)dst; (void)device_id;
+  return base::Unsupported("this build has no CUDA support");
+#endif
+}
+
+class Planner {
+ public:
+  Planner(const ModelFile& f, const ShardSpec& s) : file_(f), spec_(s) {}
+
+  // Whole tensor, replicated on every rank.
+  Status whole(const std::string& name, std::vector<int64_t> shape, Tensor* dst, bool norm = false) {
+    const TensorEntry* e;
+    KP_RETURN_IF_ERROR(file_.get(name, shape, &e));
+    const int64_t rows = shape.size() == 2 ? shape[0] : 1;
+    return add(e, 0, rows, 0, shape.back(), dst, norm);
+  }
+
+  // A linear layer's shard: rows (column-parallel) or columns (row-parallel) of this rank.
+  Status linear(const std::string& name, int64_t out, int64_t in, op::TpMode mode, op::MatmulLayer* layer,
+                Tensor* w, Tensor* s) {
+    const TensorEntry* e;
+    KP_RETURN_IF_ERROR(file_.get(name, {out, in}, &e));
+    const int world = mode == op::TpMode::kReplicated ? 1 : spec_.world_size;
+    const int64_t r_len = mode == op::TpMode::kColumn ? out / world : out;
+    const int64_t c_len = mode == op::TpMode::kRow ? in / world : in;
+    const int64_t r0 = mode == op::TpMode::kColumn ? spec_.rank * r_len : 0;
+    const int64_t c0 = mode == op::TpMode::kRow ? spec_.rank * c_len : 0;
+    layer->set_tp_config({mode, spec_.rank, world, spec_.comm});
+    KP_RETURN_IF_ERROR(add(e, r0, r_len, c0, c_len, w, false));
+    if (e->dtype == DType::kInt8) {
+      const int64_t g = file_.config().group_size;
+      const TensorEntry* se;
+      KP_RETURN_IF_ERROR(file_.get(name + ".scales", {out, in / g}, &se));
+      if (se->dtype != DType::kFp32) return base::BadModelFile(file_.path() + ": " + name + ".scales must be fp32");
+      KP_RETURN_IF_ERROR(add(se, r0, r_len, c0 / g, c_len / g, s, true));
+    }
+    return Status::Ok();
+  }
+
+  // Assigns offsets, allocates the one block, copies. Tensors are views of it (or of the mapping).
+  Status execute(std::shared_ptr<base::Buffer>* block, uint64_t* device_bytes,
+                 const std::function<void(uint64_t, uint64_t)>& progress) {
+    uint64_t total = 0;
+    for (Piece& p : pieces_) {
+      if (p.zero_copy) continue;
+      p.offset = total;
+      total += align_up(p.bytes());
+    }
+    base::DeviceAllocator* alloc = spec_.device == DeviceType::kCPU
+                                       ? static_cast<base::DeviceAllocator*>(base::CPUAllocator::get())
+                                       : base::CUDAAllocator::get(spec_.device_id);
+    if (total > 0) {
+      Status st = base::Buffer::create(alloc, total, block);
+      if (!st.ok())
+        return {st.code(), "model weights (" + std::to_string(total >> 20) + " MiB on this rank) do not fit: " +
+                               st.message() + "; try more --tp ranks or an int8 export"};
+    }
+    uint64_t done = 0, all = 0;
+    for (const Piece& p : pieces_) all += p.bytes();
+    *device_bytes = 0;
+    for (const Piece& p : pieces_) {
+      const std::vector<int64_t> shape = p.entry->shape.size() == 2 ? std::vector<int64_t>{p.nr, p.nc}
+                                                                     : std::vector<int64_t>{p.nc};
+      if (p.zero_copy) {
+        const TensorEntry& e = *p.entry;
+        const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
+        auto view = base::Buffer::wrap(const_cast<void*>(file_.data(e)), e.nbytes, DeviceType::kCPU, 0,
+                                       file_.keepalive());
+        *p.dst = Tensor::from_buffer(view, (size_t)(p.r0 * cols) * base::dtype_size(e.dtype), p.dtype, shape);
+      } else {
+        uint8_t* dst = static_cast<uint8_t*>((*block)->data()) + p.offset;
+        if (spec_.device == DeviceType::kCPU) copy_piece_host(file_, p, dst);
+        else KP_RETURN_IF_ERROR(copy_piece_device(file_, p, dst, spec_.device_id));
+        *p.dst = Tensor::from_buffer(*block, p.offset, p.dtype, shape);
+      }
+      *device_bytes += p.bytes();
+      done += p.bytes();
+      if (progress) progress(done, all);
+    }
+    return Status::Ok();
+  }
+
+ private:
+  Status add(const TensorEntry* e, int64_t r0, int64_t nr, int64_t c0, int64_t nc, Tensor* dst, bool keep_fp32) {
+    Piece p{e, r0, nr, c0, nc, e->dtype, dst};
+    if (keep_fp32 && e->dtype != DType::kFp32)
+      return base::BadModelFile(file_.path() + ": " + e->name + " must be fp32");
+    // The CPU kernels take fp32 float weights: fp16 / bf16 files are widened once here.
+    if (spec_.device == DeviceType::kCPU && e->dtype != DType::kInt8) p.dtype = DType::kFp32;
+    const int64_t cols = e->shape.size() == 2 ? e->shape[1] : e->shape[0];
+    p.zero_copy = spec_.device == DeviceType::kCPU && p.dtype == e->dtype && c0 == 0 && nc == cols &&
+                  (e->offset + r0 * cols * base::dtype_size(e->dtype)) % 64 == 0;
+    pieces_.push_back(p);
+    return Status::Ok();
+  }
+
+  const ModelFile& file_;
+  const ShardSpec& spec_;
+  std::vector<Piece> pieces_;
+};
+
+Status divisible(const ModelFile& f, const char* what, int64_t n, int world) {
+  if (n % world == 0) return Status::Ok();
+  return base::InvalidArgument("--tp " + std::to_string(world) + " does not divide " + what + " (" +
+                               std::to_string(n) + ") of " + f.path());
+}
+
+}  // namespace
+
+Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWeights* out,
+                          const std::function<void(uint64_t, uint64_t)>& progress) {
+  const ModelConfig& c = file.config();
+  const int w = spec.world_size;
+  if (w < 1 || spec.rank < 0 || spec.rank >= w) return base::InvalidArgument("bad tensor-parallel rank");
+  KP_RETURN_IF_ERROR(divisible(file, "the query heads", c.n_heads, w));
+  KP_RETURN_IF_ERROR(divisible(file, "the key/value heads", c.n_kv_heads, w));
+  KP_RETURN_IF_ERROR(divisible(file, "the FFN width", c.hidden_dim, w));
+  KP_RETURN_IF_ERROR(divisible(file, "the vocabulary", c.vocab_size, w));
+  if (c.weight_dtype == DType::kInt8) {
+    if ((c.hidden_dim / w) % c.group_size || (c.q_dim() / w) % c.group_size)
+      return base::InvalidArgument("--tp " + std::to_string(w) + " splits the int8 scale groups of " + file.path());
+  }
+  LlamaWeights& W = *out;
+  W.n_heads_local = c.n_heads / w;
+  W.n_kv_heads_local = c.n_kv_heads / w;
+  W.hidden_local = c.hidden_dim / w;
+  W.layers.assign(c.n_layers, LayerWeights{});
+
+  const int64_t D = c.dim, F = c.hidden_dim, Q = c.q_dim(), KV = c.kv_dim(), V = c.vocab_size;
+  using op::TpMode;
+  Planner plan(file, spec);
+  KP_RETURN_IF_ERROR(plan.whole("tok_embeddings", {V, D}, &W.tok_embeddings));
+  // Scales of the linears: kept alive by the layers; collected here before set_weight.
+  struct Lin { op::MatmulLayer* layer; Tensor w, s; };
+  std::vector<Lin> lins;
+  lins.reserve(c.n_layers * 7 + 1);
+  auto linear = [&](const std::string& name, int64_t o, int64_t i, TpMode mode, op::MatmulLayer* layer) {
+    *layer = op::MatmulLayer(name);
+    lins.push_back({layer, {}, {}});
+    return plan.linear(name, o, i, mode, layer, &lins.back().w, &lins.back().s);
+  };
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    LayerWeights& L = W.layers[l];
+    KP_RETURN_IF_ERROR(plan.whole(p + "attention_norm", {D}, &L.attention_norm, true));
+    KP_RETURN_IF_ERROR(linear(p + "wq", Q, D, TpMode::kColumn, &L.wq));
+    KP_RETURN_IF_ERROR(linear(p + "wk", KV, D, TpMode::kColumn, &L.wk));
+    KP_RETURN_IF_ERROR(linear(p + "wv", KV, D, TpMode::kColumn, &L.wv));
+    KP_RETURN_IF_ERROR(linear(p + "wo", D, Q, TpMode::kRow, &L.wo));
+    KP_RETURN_IF_ERROR(plan.whole(p + "ffn_norm", {D}, &L.ffn_norm, true));
+    KP_RETURN_IF_ERROR(linear(p + "w1", F, D, TpMode::kColumn, &L.w1));
+    KP_RETURN_IF_ERROR(linear(p + "w2", D, F, TpMode::kRow, &L.w2));
+    KP_RETURN_IF_ERROR(linear(p + "w3", F, D, TpMode::kColumn, &L.w3));
+  }
+  KP_RETURN_IF_ERROR(plan.whole("norm", {D}, &W.norm, true));
+  if (!c.tied_embeddings) KP_RETURN_IF_ERROR(linear("output", V, D, TpMode::kColumn, &W.output));
+  KP_RETURN_IF_ERROR(plan.execute(&W.block_, &W.bytes, progress));
+
+  for (Lin& lin : lins) KP_RETURN_IF_ERROR(lin.layer->set_weight(lin.w, lin.s, c.group_size));
+  if (c.tied_embeddings) {
+    // The classifier is the embedding table; each rank uses its rows of the vocabulary.
+    W.output = op::MatmulLayer("output");
+    W.output.set_tp_config({TpMode::kColumn, spec.rank, w, spec.comm});
+    KP_RETURN_IF_ERROR(W.output.set_weight(W.tok_embeddings.slice_rows(spec.rank * (V / w), (spec.rank + 1) * (V / w)),
+                                           Tensor(), 0));
+  }
+  return Status::Ok();
+}
+
+}  // namespace model

@@ -1,0 +1,87 @@
+// KV-cache append and causal grouped-query attention over the cache.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cpu_kernels.h"
+
+namespace kernel::cpu {
+
+// k, v: [n, kv_dim]; k_cache, v_cache: [max_seq_len, kv_dim], same dtype as k. Rows [pos, pos + n)
+// are overwritten (bounds checked by the dispatcher).
+void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, int32_t pos) {
+  const size_t row_bytes = (size_t)k.dim(1) * base::dtype_size(k.dtype());
+  char* kc = static_cast<char*>(k_cache.data()) + (size_t)pos * row_bytes;
+  char* vc = static_cast<char*>(v_cache.data()) + (size_t)pos * row_bytes;
+  std::memcpy(kc, k.data(), k.nbytes());
+  std::memcpy(vc, v.data(), v.nbytes());
+}
+
+// One score row of max_seq_len floats per OpenMP thread, for at most one thread per (token, head).
+// Sized from omp_get_max_threads() at the time of the call; attention() runs with no more threads than
+// the scratch has rows, so a later change of the thread count stays safe.
+int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int /*head_dim*/, int64_t max_seq_len) {
+  const int64_t slots = std::min<int64_t>(n_tokens * n_heads, omp_get_max_threads());
+  return slots * max_seq_len;
+}
+
+// q, out: fp32 [n, n_heads * head_dim]; k_cache, v_cache: fp32 [max_seq_len, n_kv_heads * head_dim];
+// scratch: fp32 [>= attention_scratch_floats()]. Query i (absolute position pos + i) attends to cache
+// rows 0..pos+i; query head h reads kv head h / (n_heads / n_kv_heads).
+//   s_t = q . k_t / sqrt(head_dim);  p_t = exp(s_t - max s) / sum exp(s - max s);  out = sum_t p_t v_t
+// Each (token, head) is computed start to end by one thread with no cross-thread sums, so the result
+// does not depend on the thread count.
+void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int32_t pos, int n_heads,
+               int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out) {
+  const int64_t n = q.dim(0), max_seq = k_cache.dim(0);
+  const int64_t q_width = (int64_t)n_heads * head_dim, kv_width = (int64_t)n_kv_heads * head_dim;
+  const int group = n_heads / n_kv_heads;
+  const float scale = 1.f / std::sqrt((float)head_dim);
+  const float* qp = q.ptr<float>();
+  const float* kc = k_cache.ptr<float>();
+  const float* vc = v_cache.ptr<float>();
+  float* op = out.ptr<float>();
+  float* scores_all = scratch.ptr<float>();
+  const int64_t work = n * n_heads;
+  const int n_threads = (int)std::max<int64_t>(1, std::min(work, scratch.numel() / max_seq));
+
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t w = 0; w < work; ++w) {
+    const int64_t i = w / n_heads;
+    const int h = (int)(w % n_heads);
+    const int64_t kv_off = (int64_t)(h / group) * head_dim;
+    const int64_t len = pos + i + 1;  // causal: positions 0..pos+i
+    const float* qh = qp + i * q_width + (int64_t)h * head_dim;
+    float* scores = scores_all + (int64_t)omp_get_thread_num() * max_seq;
+
+    float max_s = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) {
+      const float* kt = kc + t * kv_width + kv_off;
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int d = 0; d < head_dim; ++d) s += qh[d] * kt[d];
+      scores[t] = s * scale;
+      max_s = std::max(max_s, scores[t]);
+    }
+    float sum = 0.f;
+    for (int64_t t = 0; t < len; ++t) {
+      scores[t] = std::exp(scores[t] - max_s);
+      sum += scores[t];
+    }
+
+    float* oh = op + i * q_width + (int64_t)h * head_dim;
+    std::fill(oh, oh + head_dim, 0.f);
+    for (int64_t t = 0; t < len; ++t) {
+      const float p = scores[t];
+      const float* vt = vc + t * kv_width + kv_off;
+#pragma omp simd
+      for (int d = 0; d < head_dim; ++d) oh[d] += p * vt[d];
+    }
+    const float inv_sum = 1.f / sum;
+    for (int d = 0; d < head_dim; ++d) oh[d] *= inv_sum;
+  }
+}
+
+}  // namespace kernel::cpu

@@ -1,0 +1,33 @@
+// CUDA kernels. Called through kernel:: in op/kernels.h, which has already checked shapes, dtypes and
+// devices. Each launcher checks its own kernel-specific preconditions (alignment, divisibility),
+// picks grid and block, maps runtime sizes to template instances, launches on `stream` and checks
+// the launch. Activations may be fp32, fp16 or bf16.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "op/kernels.h"
+
+namespace kernel::cuda {
+
+Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, cudaStream_t stream);
+Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, cudaStream_t stream);
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+                   cudaStream_t stream);
+// n_tokens == 1 (or small): hand-written matrix-vector kernel; larger: cuBLAS GEMM (float weights) or
+// dequantise-then-GEMM / tiled kernel (int8).
+Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+              cudaStream_t stream);
+Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, cudaStream_t stream);
+Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
+                 cudaStream_t stream);
+Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos,
+                 int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, cudaStream_t stream);
+int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len);
+Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t stream);
+Status add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t stream);
+Status softmax(Tensor& x, cudaStream_t stream);
+Status argmax(const Tensor& x, Tensor& out, cudaStream_t stream);
+Status convert(const Tensor& in, Tensor& out, cudaStream_t stream);
+
+}  // namespace kernel::cuda

@@ -1,0 +1,264 @@
+// Dispatch of kernel:: calls to the CPU or CUDA implementation, after the device-independent checks
+// (shapes, dtypes, devices) that both implementations rely on.
+#include "op/kernels.h"
+
+#include <string>
+
+#include "kernels/cpu/cpu_kernels.h"
+#ifdef KUIPER_WITH_CUDA
+#include "kernels/cuda/cuda_kernels.h"
+#endif
+
+namespace kernel {
+namespace {
+
+using base::DeviceType;
+using base::DType;
+
+bool is_float(DType t) { return t == DType::kFp32 || t == DType::kFp16 || t == DType::kBf16; }
+
+std::string desc(const Tensor& t) { return t.shape_string(); }
+
+// Returns InvalidArgument "<op>: <message>" when `cond` fails; the message is only built then.
+#define KP_REQUIRE(cond, message)                                               \
+  do {                                                                          \
+    if (!(cond)) return base::InvalidArgument(std::string(op) + ": " + (message)); \
+  } while (0)
+
+// All tensors on one device, contiguous.
+Status same_device(const char* op, std::initializer_list<const Tensor*> ts) {
+  const Tensor* first = *ts.begin();
+  for (const Tensor* t : ts) {
+    KP_REQUIRE(!t->empty(), "empty tensor");
+    KP_REQUIRE(t->is_contiguous(), "non-contiguous tensor " + desc(*t));
+    KP_REQUIRE(t->device_type() == first->device_type() && t->device_id() == first->device_id(), "tensors on different devices: " + desc(*first) + " vs " + desc(*t));
+  }
+  return Status::Ok();
+}
+
+// CPU activations are fp32 only.
+Status activation_dtype(const char* op, const Tensor& t) {
+  KP_REQUIRE(is_float(t.dtype()), "activation must be fp32/fp16/bf16: " + desc(t));
+  if (t.device_type() == DeviceType::kCPU)
+    KP_REQUIRE(t.dtype() == DType::kFp32, "CPU activations are fp32: " + desc(t));
+  return Status::Ok();
+}
+
+Status rows_match(const char* op, const Tensor& a, const Tensor& b) {
+  KP_REQUIRE(a.ndim() == 2 && b.ndim() == 2 && a.dim(0) == b.dim(0), "token counts differ: " + desc(a) + " vs " + desc(b));
+  return Status::Ok();
+}
+
+Status same_shape(const char* op, const Tensor& a, const Tensor& b) {
+  KP_REQUIRE(a.shape() == b.shape() && a.dtype() == b.dtype(), "shape/dtype mismatch: " + desc(a) + " vs " + desc(b));
+  return Status::Ok();
+}
+
+int32_t host_pos(const Tensor& pos) { return pos.ptr<int32_t>()[0]; }
+
+Status check_pos(const char* op, const Tensor& pos, const Tensor& like) {
+  KP_REQUIRE(pos.dtype() == DType::kInt32 && pos.numel() == 1, "pos must be int32 [1]");
+  KP_REQUIRE(pos.device_type() == like.device_type(), "pos on another device");
+  return Status::Ok();
+}
+
+#ifdef KUIPER_WITH_CUDA
+cudaStream_t cu(Stream s) { return static_cast<cudaStream_t>(s); }
+#define KP_DISPATCH(t, cpu_call, cuda_call)                        \
+  if ((t).device_type() == DeviceType::kCPU) {                     \
+    cpu_call;                                                      \
+    return Status::Ok();                                           \
+  }                                                                \
+  return cuda_call;
+#else
+#define KP_DISPATCH(t, cpu_call, cuda_call)                                       \
+  if ((t).device_type() == DeviceType::kCPU) {                                    \
+    cpu_call;                                                                     \
+    return Status::Ok();                                                          \
+  }                                                                               \
+  (void)stream;                                                                   \
+  return base::Unsupported("this build has no CUDA support (KUIPER_WITH_CUDA off)");
+#endif
+
+}  // namespace
+
+Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, Stream stream) {
+  const char* op = "embedding";
+  KP_RETURN_IF_ERROR(same_device(op, {&tokens, &table, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, out));
+  KP_REQUIRE(tokens.dtype() == DType::kInt32 && tokens.ndim() == 1, "tokens must be int32 [n]");
+  KP_REQUIRE(is_float(table.dtype()) && table.ndim() == 2, "table must be float [vocab, dim]");
+  KP_REQUIRE(out.ndim() == 2 && out.dim(0) == tokens.dim(0) && out.dim(1) == table.dim(1),
+                             "out must be [n, dim]: " + desc(out));
+  if (tokens.device_type() == DeviceType::kCPU) {
+    const int32_t* ids = tokens.ptr<int32_t>();
+    for (int64_t i = 0; i < tokens.numel(); ++i)
+      KP_REQUIRE(ids[i] >= 0 && ids[i] < table.dim(0),
+                                 "token id " + std::to_string(ids[i]) + " outside the vocabulary");
+  }
+  KP_DISPATCH(out, cpu::embedding(tokens, table, out), cuda::embedding(tokens, table, out, cu(stream)));
+}
+
+Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Stream stream) {
+  const char* op = "rmsnorm";
+  KP_RETURN_IF_ERROR(same_device(op, {&x, &weight, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, x));
+  KP_RETURN_IF_ERROR(same_shape(op, x, out));
+  KP_REQUIRE(x.ndim() == 2 && weight.dtype() == DType::kFp32 && weight.numel() == x.dim(1),
+                             "weight must be fp32 [dim]: " + desc(weight));
+  KP_DISPATCH(x, cpu::rmsnorm(x, weight, eps, out), cuda::rmsnorm(x, weight, eps, out, cu(stream)));
+}
+
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+                   Stream stream) {
+  const char* op = "add_rmsnorm";
+  KP_RETURN_IF_ERROR(same_device(op, {&residual, &delta, &weight, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, residual));
+  KP_RETURN_IF_ERROR(same_shape(op, residual, delta));
+  KP_RETURN_IF_ERROR(same_shape(op, residual, out));
+  KP_REQUIRE(residual.ndim() == 2 && weight.dtype() == DType::kFp32 &&
+                                 weight.numel() == residual.dim(1), "weight must be fp32 [dim]: " + desc(weight));
+  KP_DISPATCH(residual, cpu::add_rmsnorm(residual, delta, weight, eps, out),
+              cuda::add_rmsnorm(residual, delta, weight, eps, out, cu(stream)));
+}
+
+Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+              Stream stream) {
+  const char* op = "matmul";
+  KP_RETURN_IF_ERROR(same_device(op, {&x, &weight, &y}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, x));
+  KP_REQUIRE(x.dtype() == y.dtype(), "x and y dtypes differ");
+  KP_RETURN_IF_ERROR(rows_match(op, x, y));
+  KP_REQUIRE(weight.ndim() == 2 && weight.dim(1) == x.dim(1) && weight.dim(0) == y.dim(1),
+                             "shapes do not chain: x " + desc(x) + " W " + desc(weight) + " y " + desc(y));
+  if (weight.dtype() == DType::kInt8) {
+    KP_RETURN_IF_ERROR(same_device(op, {&x, &scales}));
+    KP_REQUIRE(group_size > 0 && weight.dim(1) % group_size == 0,
+                               "group size " + std::to_string(group_size) + " must divide " +
+                                   std::to_string(weight.dim(1)));
+    KP_REQUIRE(scales.dtype() == DType::kFp32 && scales.ndim() == 2 &&
+                                   scales.dim(0) == weight.dim(0) && scales.dim(1) == weight.dim(1) / group_size, "scales must be fp32 [out, in/group]: " + desc(scales));
+  } else {
+    KP_REQUIRE(is_float(weight.dtype()), "unsupported weight dtype " + desc(weight));
+    if (weight.device_type() == DeviceType::kCPU)
+      KP_REQUIRE(weight.dtype() == DType::kFp32, "CPU float weights are fp32");
+  }
+  KP_DISPATCH(x, cpu::matmul(x, weight, scales, group_size, y),
+              cuda::matmul(x, weight, scales, group_size, y, cu(stream)));
+}
+
+Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, Stream stream) {
+  const char* op = "rope";
+  KP_RETURN_IF_ERROR(same_device(op, {&q, &k, &cos_sin}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, q));
+  KP_RETURN_IF_ERROR(check_pos(op, pos, q));
+  KP_RETURN_IF_ERROR(rows_match(op, q, k));
+  KP_REQUIRE(head_dim > 0 && head_dim % 2 == 0 && q.dim(1) % head_dim == 0 &&
+                                 k.dim(1) % head_dim == 0, "head_dim must be even and divide the q and k widths");
+  KP_REQUIRE(cos_sin.dtype() == DType::kFp32 && cos_sin.ndim() == 3 &&
+                                 cos_sin.dim(1) == head_dim / 2 && cos_sin.dim(2) == 2, "cos_sin must be fp32 [max_seq_len, head_dim/2, 2]");
+  if (q.device_type() == DeviceType::kCPU)
+    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + q.dim(0) <= cos_sin.dim(0),
+                               "positions beyond the rope table");
+  KP_DISPATCH(q, cpu::rope(q, k, host_pos(pos), cos_sin, head_dim),
+              cuda::rope(q, k, pos, cos_sin, head_dim, cu(stream)));
+}
+
+Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
+                 Stream stream) {
+  const char* op = "kv_append";
+  KP_RETURN_IF_ERROR(same_device(op, {&k, &v, &k_cache, &v_cache}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, k));
+  KP_RETURN_IF_ERROR(check_pos(op, pos, k));
+  KP_RETURN_IF_ERROR(same_shape(op, k, v));
+  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
+  KP_REQUIRE(k.ndim() == 2 && k_cache.ndim() == 2 && k.dim(1) == k_cache.dim(1),
+                             "k " + desc(k) + " does not fit cache " + desc(k_cache));
+  KP_REQUIRE(is_float(k_cache.dtype()), "cache must be float");
+  if (k.device_type() == DeviceType::kCPU) {
+    KP_REQUIRE(k.dtype() == k_cache.dtype(), "CPU cache dtype must match k");
+    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + k.dim(0) <= k_cache.dim(0),
+                               "positions beyond the cache");
+  }
+  KP_DISPATCH(k, cpu::kv_append(k, v, k_cache, v_cache, host_pos(pos)),
+              cuda::kv_append(k, v, k_cache, v_cache, pos, cu(stream)));
+}
+
+int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len,
+                                 base::DeviceType device) {
+#ifdef KUIPER_WITH_CUDA
+  if (device == DeviceType::kCUDA) return cuda::attention_scratch_floats(n_tokens, n_heads, head_dim, max_seq_len);
+#endif
+  (void)device;
+  return cpu::attention_scratch_floats(n_tokens, n_heads, head_dim, max_seq_len);
+}
+
+Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos, int n_heads,
+                 int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream) {
+  const char* op = "attention";
+  KP_RETURN_IF_ERROR(same_device(op, {&q, &k_cache, &v_cache, &scratch, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, q));
+  KP_RETURN_IF_ERROR(check_pos(op, pos, q));
+  KP_RETURN_IF_ERROR(same_shape(op, q, out));
+  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
+  KP_REQUIRE(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+                             "n_kv_heads must divide n_heads");
+  KP_REQUIRE(q.ndim() == 2 && q.dim(1) == (int64_t)n_heads * head_dim,
+                             "q must be [n, n_heads * head_dim]: " + desc(q));
+  KP_REQUIRE(k_cache.ndim() == 2 && k_cache.dim(1) == (int64_t)n_kv_heads * head_dim,
+                             "cache must be [max_seq_len, n_kv_heads * head_dim]: " + desc(k_cache));
+  KP_REQUIRE(scratch.dtype() == DType::kFp32 &&
+                                 scratch.numel() >= attention_scratch_floats(q.dim(0), n_heads, head_dim,
+                                                                             k_cache.dim(0), q.device_type()), "scratch too small");
+  if (q.device_type() == DeviceType::kCPU) {
+    KP_REQUIRE(k_cache.dtype() == DType::kFp32, "CPU cache must be fp32");
+    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + q.dim(0) <= k_cache.dim(0),
+                               "positions beyond the cache");
+  }
+  KP_DISPATCH(q, cpu::attention(q, k_cache, v_cache, host_pos(pos), n_heads, n_kv_heads, head_dim, scratch, out),
+              cuda::attention(q, k_cache, v_cache, pos, n_heads, n_kv_heads, head_dim, scratch, out, cu(stream)));
+}
+
+Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream) {
+  const char* op = "swiglu";
+  KP_RETURN_IF_ERROR(same_device(op, {&gate, &up, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, gate));
+  KP_RETURN_IF_ERROR(same_shape(op, gate, up));
+  KP_RETURN_IF_ERROR(same_shape(op, gate, out));
+  KP_DISPATCH(gate, cpu::swiglu(gate, up, out), cuda::swiglu(gate, up, out, cu(stream)));
+}
+
+Status add(const Tensor& a, const Tensor& b, Tensor& out, Stream stream) {
+  const char* op = "add";
+  KP_RETURN_IF_ERROR(same_device(op, {&a, &b, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, a));
+  KP_RETURN_IF_ERROR(same_shape(op, a, b));
+  KP_RETURN_IF_ERROR(same_shape(op, a, out));
+  KP_DISPATCH(a, cpu::add(a, b, out), cuda::add(a, b, out, cu(stream)));
+}
+
+Status softmax(Tensor& x, Stream stream) {
+  const char* op = "softmax";
+  KP_RETURN_IF_ERROR(same_device(op, {&x}));
+  KP_REQUIRE(x.dtype() == DType::kFp32 && x.ndim() == 2, "x must be fp32 [rows, cols]");
+  KP_DISPATCH(x, cpu::softmax(x), cuda::softmax(x, cu(stream)));
+}
+
+Status argmax(const Tensor& x, Tensor& out, Stream stream) {
+  const char* op = "argmax";
+  KP_RETURN_IF_ERROR(same_device(op, {&x, &out}));
+  KP_RETURN_IF_ERROR(activation_dtype(op, x));
+  KP_REQUIRE(x.ndim() == 2 && out.dtype() == DType::kInt32 && out.numel() == x.dim(0),
+                             "out must be int32 [rows]");
+  KP_DISPATCH(x, cpu::argmax(x, out), cuda::argmax(x, out, cu(stream)));
+}
+
+Status convert(const Tensor& in, Tensor& out, Stream stream) {
+  const char* op = "convert";
+  KP_RETURN_IF_ERROR(same_device(op, {&in, &out}));
+  KP_REQUIRE(is_float(in.dtype()) && is_float(out.dtype()) && in.numel() == out.numel(),
+                             "float tensors of equal size required");
+  KP_DISPATCH(in, cpu::convert(in, out), cuda::convert(in, out, cu(stream)));
+}
+
+}  // namespace kernel

@@ -1,0 +1,454 @@
+// CPU kernels through the public kernel:: API, each against a float64 reference written here.
+// Sizes are odd (769, 770, 771; 7 tokens; 6 heads over 2 kv heads) so scalar tails and uneven OpenMP
+// splits are exercised. Tolerances are atol + rtol * |ref|; fp32 accumulation over ~800 terms of
+// magnitude <= 1 stays well inside 1e-4 unless noted.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "base/buffer.h"
+#include "op/kernels.h"
+#include "test_util.h"
+
+using base::DType;
+using tensor::Tensor;
+using testutil::all_close;
+using testutil::random_cpu;
+
+namespace {
+
+Tensor make(DType dtype, std::vector<int64_t> shape) {
+  Tensor t;
+  EXPECT_TRUE(Tensor::create(dtype, std::move(shape), base::CPUAllocator::get(), &t).ok());
+  return t;
+}
+
+Tensor ints(const std::vector<int32_t>& v) {
+  Tensor t = make(DType::kInt32, {(int64_t)v.size()});
+  for (size_t i = 0; i < v.size(); ++i) t.ptr<int32_t>()[i] = v[i];
+  return t;
+}
+
+std::vector<double> values(const Tensor& t) {
+  Tensor f = testutil::to_fp32_cpu(t);
+  return std::vector<double>(f.ptr<float>(), f.ptr<float>() + f.numel());
+}
+
+// Symmetric group-wise int8 quantisation of w [out, in]: scale = max|w| / 127 per group.
+struct Quantised {
+  Tensor q;       // int8 [out, in]
+  Tensor scales;  // fp32 [out, in / group]
+};
+
+Quantised quantise(const Tensor& w, int group) {
+  const int64_t out = w.dim(0), in = w.dim(1), n_groups = in / group;
+  Quantised r{make(DType::kInt8, {out, in}), make(DType::kFp32, {out, n_groups})};
+  const float* wp = w.ptr<float>();
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t g = 0; g < n_groups; ++g) {
+      const float* src = wp + o * in + g * group;
+      float max_abs = 0.f;
+      for (int k = 0; k < group; ++k) max_abs = std::max(max_abs, std::fabs(src[k]));
+      const float s = max_abs > 0.f ? max_abs / 127.f : 1.f;
+      r.scales.ptr<float>()[o * n_groups + g] = s;
+      for (int k = 0; k < group; ++k)
+        r.q.ptr<int8_t>()[o * in + g * group + k] = (int8_t)std::lround(std::clamp(src[k] / s, -127.f, 127.f));
+    }
+  }
+  return r;
+}
+
+// float64 y = x W^T with W given element-wise by w(o, k).
+template <typename W>
+std::vector<double> ref_matmul(const Tensor& x, int64_t out, W w) {
+  const int64_t n = x.dim(0), in = x.dim(1);
+  std::vector<double> y(n * out);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double acc = 0;
+      for (int64_t k = 0; k < in; ++k) acc += (double)x.ptr<float>()[i * in + k] * w(o, k);
+      y[i * out + o] = acc;
+    }
+  return y;
+}
+
+// cos/sin table [max_seq, head_dim / 2, 2] with Llama 2 frequencies theta^(-2j / head_dim).
+Tensor rope_table(int64_t max_seq, int head_dim, double theta = 10000.0) {
+  Tensor t = make(DType::kFp32, {max_seq, head_dim / 2, 2});
+  for (int64_t p = 0; p < max_seq; ++p)
+    for (int j = 0; j < head_dim / 2; ++j) {
+      const double angle = p * std::pow(theta, -2.0 * j / head_dim);
+      t.ptr<float>()[(p * head_dim / 2 + j) * 2] = (float)std::cos(angle);
+      t.ptr<float>()[(p * head_dim / 2 + j) * 2 + 1] = (float)std::sin(angle);
+    }
+  return t;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// embedding
+
+class EmbeddingTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(EmbeddingTest, CopiesAndWidensRows) {
+  const int64_t vocab = 50, dim = 771;
+  Tensor table = testutil::to_dtype_cpu(random_cpu({vocab, dim}, 11), GetParam());
+  const std::vector<int32_t> ids = {0, 49, 7, 7, 13, 1, 48};
+  Tensor tokens = ints(ids), out = make(DType::kFp32, {(int64_t)ids.size(), dim});
+  ASSERT_TRUE(kernel::embedding(tokens, table, out, nullptr).ok());
+  const std::vector<double> t = values(table);
+  std::vector<double> ref;
+  for (int32_t id : ids) ref.insert(ref.end(), t.begin() + id * dim, t.begin() + (id + 1) * dim);
+  EXPECT_TRUE(all_close(out, ref, 0, 0));  // widening fp16/bf16 to fp32 is exact
+}
+
+INSTANTIATE_TEST_SUITE_P(TableDtypes, EmbeddingTest, ::testing::Values(DType::kFp32, DType::kFp16, DType::kBf16),
+                         [](const auto& info) { return std::string(base::dtype_name(info.param)); });
+
+TEST(Embedding, RejectsTokenOutsideVocabulary) {
+  Tensor table = random_cpu({10, 8}, 1), out = make(DType::kFp32, {2, 8});
+  EXPECT_FALSE(kernel::embedding(ints({3, 10}), table, out, nullptr).ok());
+  EXPECT_FALSE(kernel::embedding(ints({-1, 0}), table, out, nullptr).ok());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// rmsnorm, add_rmsnorm
+
+class NormTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
+
+std::vector<double> ref_rmsnorm(const std::vector<double>& x, const Tensor& w, int64_t n, int64_t dim, double eps) {
+  std::vector<double> y(n * dim);
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t j = 0; j < dim; ++j) ss += x[i * dim + j] * x[i * dim + j];
+    const double inv = 1.0 / std::sqrt(ss / dim + eps);
+    for (int64_t j = 0; j < dim; ++j) y[i * dim + j] = x[i * dim + j] * inv * w.ptr<float>()[j];
+  }
+  return y;
+}
+
+TEST_P(NormTest, RmsNormMatchesReference) {
+  const auto [n, dim] = GetParam();
+  Tensor x = random_cpu({n, dim}, 21), w = random_cpu({dim}, 22, 0.5f, 1.5f), out = make(DType::kFp32, {n, dim});
+  ASSERT_TRUE(kernel::rmsnorm(x, w, 1e-5f, out, nullptr).ok());
+  EXPECT_TRUE(all_close(out, ref_rmsnorm(values(x), w, n, dim, 1e-5), 1e-5, 1e-5));
+}
+
+TEST_P(NormTest, AddRmsNormUpdatesResidualAndNormalises) {
+  const auto [n, dim] = GetParam();
+  Tensor r = random_cpu({n, dim}, 31), d = random_cpu({n, dim}, 32), w = random_cpu({dim}, 33, 0.5f, 1.5f);
+  Tensor out = make(DType::kFp32, {n, dim});
+  std::vector<double> sum = values(r);
+  const std::vector<double> dv = values(d);
+  for (size_t j = 0; j < sum.size(); ++j) sum[j] = (float)((float)sum[j] + (float)dv[j]);  // the fp32 add is exact
+  ASSERT_TRUE(kernel::add_rmsnorm(r, d, w, 1e-6f, out, nullptr).ok());
+  EXPECT_TRUE(all_close(r, sum, 0, 0));
+  EXPECT_TRUE(all_close(out, ref_rmsnorm(sum, w, n, dim, 1e-6), 1e-5, 1e-5));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, NormTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values<int64_t>(769, 770, 771)));
+
+// ---------------------------------------------------------------------------------------------------
+// matmul
+
+class MatmulFp32Test : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
+
+TEST_P(MatmulFp32Test, MatchesReference) {
+  const auto [n, in] = GetParam();
+  const int64_t out = 67;
+  Tensor x = random_cpu({n, in}, 41), w = random_cpu({out, in}, 42), y = make(DType::kFp32, {n, out});
+  ASSERT_TRUE(kernel::matmul(x, w, Tensor(), 0, y, nullptr).ok());
+  const float* wp = w.ptr<float>();
+  EXPECT_TRUE(all_close(y, ref_matmul(x, out, [&](int64_t o, int64_t k) { return (double)wp[o * in + k]; }), 1e-4,
+                        1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, MatmulFp32Test,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values<int64_t>(769, 770, 771)));
+
+// (n_tokens, group_size); in = 7 groups wide plus out = 67 rows, so neither is a power of two.
+class MatmulInt8Test : public ::testing::TestWithParam<std::tuple<int64_t, int>> {};
+
+TEST_P(MatmulInt8Test, MatchesDequantisedReference) {
+  const auto [n, group] = GetParam();
+  const int64_t in = 7 * group, out = 67;
+  Tensor x = random_cpu({n, in}, 51), y = make(DType::kFp32, {n, out});
+  Quantised qw = quantise(random_cpu({out, in}, 52), group);
+  ASSERT_TRUE(kernel::matmul(x, qw.q, qw.scales, group, y, nullptr).ok());
+  const int8_t* q = qw.q.ptr<int8_t>();
+  const float* s = qw.scales.ptr<float>();
+  auto w = [&](int64_t o, int64_t k) { return (double)q[o * in + k] * s[o * (in / group) + k / group]; };
+  EXPECT_TRUE(all_close(y, ref_matmul(x, out, w), 1e-4, 1e-4));
+}
+
+// The int8 path and the fp32 (BLAS) path agree when given the same (dequantised) weights.
+TEST_P(MatmulInt8Test, AgreesWithFp32OnDequantisedWeights) {
+  const auto [n, group] = GetParam();
+  const int64_t in = 7 * group, out = 67;
+  Tensor x = random_cpu({n, in}, 61);
+  Quantised qw = quantise(random_cpu({out, in}, 62), group);
+  Tensor w = make(DType::kFp32, {out, in});
+  for (int64_t j = 0; j < w.numel(); ++j)
+    w.ptr<float>()[j] = qw.q.ptr<int8_t>()[j] * qw.scales.ptr<float>()[j / group];  // row-major: j / group
+  Tensor y8 = make(DType::kFp32, {n, out}), y32 = make(DType::kFp32, {n, out});
+  ASSERT_TRUE(kernel::matmul(x, qw.q, qw.scales, group, y8, nullptr).ok());
+  ASSERT_TRUE(kernel::matmul(x, w, Tensor(), 0, y32, nullptr).ok());
+  EXPECT_TRUE(all_close(y8, values(y32), 1e-4, 1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, MatmulInt8Test,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(32, 64, 128)));
+
+// ---------------------------------------------------------------------------------------------------
+// rope
+
+// (n_tokens, pos, head_dim)
+class RopeTest : public ::testing::TestWithParam<std::tuple<int64_t, int, int>> {};
+
+TEST_P(RopeTest, RotatesInterleavedPairsAtTheirPositions) {
+  const auto [n, pos, head_dim] = GetParam();
+  const int n_heads = 6, n_kv_heads = 2;
+  const int64_t max_seq = 32;
+  Tensor table = rope_table(max_seq, head_dim);
+  Tensor q = random_cpu({n, n_heads * head_dim}, 71), k = random_cpu({n, n_kv_heads * head_dim}, 72);
+  auto reference = [&](const Tensor& x) {
+    std::vector<double> r = values(x);
+    const int64_t width = x.dim(1);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t e = 0; e < width; e += 2) {
+        const int j = (int)(e % head_dim) / 2;
+        const float* cs = table.ptr<float>() + ((pos + i) * head_dim / 2 + j) * 2;
+        const double a = r[i * width + e], b = r[i * width + e + 1];
+        r[i * width + e] = a * cs[0] - b * cs[1];
+        r[i * width + e + 1] = a * cs[1] + b * cs[0];
+      }
+    return r;
+  };
+  const std::vector<double> q_ref = reference(q), k_ref = reference(k);
+  Tensor p = ints({pos});
+  ASSERT_TRUE(kernel::rope(q, k, p, table, head_dim, nullptr).ok());
+  EXPECT_TRUE(all_close(q, q_ref, 1e-6, 1e-6));
+  EXPECT_TRUE(all_close(k, k_ref, 1e-6, 1e-6));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, RopeTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(0, 9),
+                                            ::testing::Values(8, 64)));
+
+TEST(Rope, RejectsPositionsBeyondTable) {
+  Tensor table = rope_table(8, 8), q = random_cpu({3, 16}, 1), k = random_cpu({3, 8}, 2);
+  EXPECT_FALSE(kernel::rope(q, k, ints({6}), table, 8, nullptr).ok());
+  EXPECT_TRUE(kernel::rope(q, k, ints({5}), table, 8, nullptr).ok());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// kv_append + attention
+
+// (n_tokens, pos, head_dim, n_kv_heads) with n_heads = 6: n_kv_heads 2 is GQA, 6 is MHA.
+class AttentionTest : public ::testing::TestWithParam<std::tuple<int64_t, int, int, int>> {};
+
+TEST_P(AttentionTest, CausalGqaOverCacheMatchesReference) {
+  const auto [n, pos, head_dim, n_kv_heads] = GetParam();
+  const int n_heads = 6, group = n_heads / n_kv_heads;
+  const int64_t max_seq = 24, q_width = n_heads * head_dim, kv_width = n_kv_heads * head_dim;
+
+  // Rows not yet written hold NaN: reading any of them (a causality bug) turns the output into NaN.
+  Tensor k_cache = make(DType::kFp32, {max_seq, kv_width}), v_cache = make(DType::kFp32, {max_seq, kv_width});
+  for (int64_t j = 0; j < k_cache.numel(); ++j)
+    k_cache.ptr<float>()[j] = v_cache.ptr<float>()[j] = std::numeric_limits<float>::quiet_NaN();
+
+  // Keys and values for positions 0..pos+n-1: a prefix written at 0, then the n new rows at pos.
+  Tensor k_all = random_cpu({pos + n, kv_width}, 81), v_all = random_cpu({pos + n, kv_width}, 82);
+  if (pos > 0) {
+    Tensor k0 = k_all.slice_rows(0, pos), v0 = v_all.slice_rows(0, pos);
+    ASSERT_TRUE(kernel::kv_append(k0, v0, k_cache, v_cache, ints({0}), nullptr).ok());
+  }
+  Tensor k_new = k_all.slice_rows(pos, pos + n), v_new = v_all.slice_rows(pos, pos + n);
+  Tensor p = ints({pos});
+  ASSERT_TRUE(kernel::kv_append(k_new, v_new, k_cache, v_cache, p, nullptr).ok());
+
+  Tensor q = random_cpu({n, q_width}, 83), out = make(DType::kFp32, {n, q_width});
+  Tensor scratch = make(DType::kFp32, {kernel::attention_scratch_floats(n, n_heads, head_dim, max_seq,
+                                                                         base::DeviceType::kCPU)});
+  ASSERT_TRUE(kernel::attention(q, k_cache, v_cache, p, n_heads, n_kv_heads, head_dim, scratch, out, nullptr).ok());
+
+  const std::vector<double> qv = values(q), kv = values(k_all), vv = values(v_all);
+  std::vector<double> ref(n * q_width, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int h = 0; h < n_heads; ++h) {
+      const int64_t len = pos + i + 1, kv_off = (int64_t)(h / group) * head_dim;
+      std::vector<double> s(len);
+      double max_s = -INFINITY, sum = 0;
+      for (int64_t t = 0; t < len; ++t) {
+        double dot = 0;
+        for (int d = 0; d < head_dim; ++d) dot += qv[i * q_width + h * head_dim + d] * kv[t * kv_width + kv_off + d];
+        s[t] = dot / std::sqrt((double)head_dim);
+        max_s = std::max(max_s, s[t]);
+      }
+      for (double& e : s) sum += (e = std::exp(e - max_s));
+      for (int64_t t = 0; t < len; ++t)
+        for (int d = 0; d < head_dim; ++d)
+          ref[i * q_width + h * head_dim + d] += s[t] / sum * vv[t * kv_width + kv_off + d];
+    }
+  EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(0, 9),
+                                            ::testing::Values(8, 64), ::testing::Values(2, 6)));
+
+TEST(Attention, RejectsBadHeadsAndSmallScratch) {
+  const int64_t max_seq = 16;
+  Tensor q = random_cpu({2, 6 * 8}, 1), out = make(DType::kFp32, {2, 6 * 8});
+  Tensor kc = random_cpu({max_seq, 2 * 8}, 2), vc = random_cpu({max_seq, 2 * 8}, 3);
+  Tensor scratch = make(DType::kFp32, {kernel::attention_scratch_floats(2, 6, 8, max_seq, base::DeviceType::kCPU)});
+  Tensor p = ints({3});
+  EXPECT_TRUE(kernel::attention(q, kc, vc, p, 6, 2, 8, scratch, out, nullptr).ok());
+  EXPECT_FALSE(kernel::attention(q, kc, vc, p, 6, 4, 8, scratch, out, nullptr).ok());  // 4 does not divide 6
+  EXPECT_FALSE(kernel::attention(q, kc, vc, p, 6, 2, 4, scratch, out, nullptr).ok());  // q width != 6 * 4
+  Tensor small = make(DType::kFp32, {max_seq - 1});
+  EXPECT_FALSE(kernel::attention(q, kc, vc, p, 6, 2, 8, small, out, nullptr).ok());
+  EXPECT_FALSE(kernel::attention(q, kc, vc, ints({15}), 6, 2, 8, scratch, out, nullptr).ok());  // 15 + 2 > 16
+}
+
+// ---------------------------------------------------------------------------------------------------
+// swiglu, add, softmax, argmax, convert
+
+TEST(Swiglu, MatchesReference) {
+  for (int64_t dim : {769, 770, 771}) {
+    Tensor g = random_cpu({7, dim}, 91, -6.f, 6.f), u = random_cpu({7, dim}, 92), out = make(DType::kFp32, {7, dim});
+    ASSERT_TRUE(kernel::swiglu(g, u, out, nullptr).ok());
+    std::vector<double> ref = values(g);
+    const std::vector<double> uv = values(u);
+    for (size_t j = 0; j < ref.size(); ++j) ref[j] = ref[j] / (1.0 + std::exp(-ref[j])) * uv[j];
+    EXPECT_TRUE(all_close(out, ref, 1e-6, 1e-5)) << "dim " << dim;
+  }
+}
+
+TEST(Add, MatchesReferenceAndAllowsAliasing) {
+  Tensor a = random_cpu({7, 771}, 101), b = random_cpu({7, 771}, 102);
+  std::vector<double> ref = values(a);
+  const std::vector<double> bv = values(b);
+  for (size_t j = 0; j < ref.size(); ++j) ref[j] = (float)((float)ref[j] + (float)bv[j]);
+  ASSERT_TRUE(kernel::add(a, b, a, nullptr).ok());  // out aliases a
+  EXPECT_TRUE(all_close(a, ref, 0, 0));
+}
+
+TEST(Softmax, StableForLargeLogits) {
+  for (int64_t cols : {1, 769, 771}) {
+    Tensor x = random_cpu({7, cols}, 111, -50.f, 50.f);
+    for (int64_t j = 0; j < cols; j += 3) x.ptr<float>()[j] += 1000.f;  // exp(1000) overflows without the max shift
+    std::vector<double> ref = values(x);
+    for (int64_t r = 0; r < 7; ++r) {
+      double* row = ref.data() + r * cols;
+      const double m = *std::max_element(row, row + cols);
+      double sum = 0;
+      for (int64_t j = 0; j < cols; ++j) sum += (row[j] = std::exp(row[j] - m));
+      for (int64_t j = 0; j < cols; ++j) row[j] /= sum;
+    }
+    ASSERT_TRUE(kernel::softmax(x, nullptr).ok());
+    EXPECT_TRUE(all_close(x, ref, 1e-7, 1e-5)) << "cols " << cols;
+  }
+}
+
+TEST(Argmax, LowestIndexOnTies) {
+  Tensor x = random_cpu({4, 771}, 121), out = make(DType::kInt32, {4});
+  float* p = x.ptr<float>();
+  p[0 * 771 + 5] = p[0 * 771 + 700] = 2.f;  // tie: expect 5
+  p[1 * 771 + 770] = 3.f;                   // last element
+  p[2 * 771 + 0] = 3.f;                     // first element
+  for (int64_t j = 0; j < 771; ++j) p[3 * 771 + j] = -1.f;  // all equal: expect 0
+  ASSERT_TRUE(kernel::argmax(x, out, nullptr).ok());
+  EXPECT_EQ(std::vector<int32_t>(out.ptr<int32_t>(), out.ptr<int32_t>() + 4), (std::vector<int32_t>{5, 770, 0, 0}));
+}
+
+// Bitwise comparison: infinities (fp16 overflow) would defeat all_close's |got - ref|.
+::testing::AssertionResult same_bits(const Tensor& got, const Tensor& want) {
+  if (got.dtype() == want.dtype() && got.nbytes() == want.nbytes() &&
+      std::memcmp(got.data(), want.data(), got.nbytes()) == 0)
+    return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << got.shape_string() << " differs from " << want.shape_string();
+}
+
+TEST(Convert, RoundsLikeTheHostConversions) {
+  Tensor f = random_cpu({7, 771}, 131, -70000.f, 70000.f);  // |x| >= 65520 overflows fp16 to inf
+  f.ptr<float>()[1] = 1e-7f;                              // an fp16 subnormal
+  for (DType dt : {DType::kFp16, DType::kBf16}) {
+    Tensor h = make(dt, {7, 771}), back = make(DType::kFp32, {7, 771});
+    ASSERT_TRUE(kernel::convert(f, h, nullptr).ok());
+    EXPECT_TRUE(same_bits(h, testutil::to_dtype_cpu(f, dt))) << base::dtype_name(dt);
+    ASSERT_TRUE(kernel::convert(h, back, nullptr).ok());
+    EXPECT_TRUE(same_bits(back, testutil::to_fp32_cpu(h))) << base::dtype_name(dt);
+  }
+  Tensor h = testutil::to_dtype_cpu(f, DType::kFp16), b = make(DType::kBf16, {7, 771});
+  ASSERT_TRUE(kernel::convert(h, b, nullptr).ok());
+  EXPECT_TRUE(same_bits(b, testutil::to_dtype_cpu(h, DType::kBf16)));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The dispatcher rejects bad arguments with a Status instead of crashing.
+
+TEST(Dispatch, RejectsMismatchedShapesAndDtypes) {
+  Tensor x = random_cpu({3, 16}, 1), y = make(DType::kFp32, {3, 8});
+  Tensor w_bad = random_cpu({8, 15}, 2), w = random_cpu({8, 16}, 3);
+  EXPECT_FALSE(kernel::matmul(x, w_bad, Tensor(), 0, y, nullptr).ok());
+  Tensor y_rows = make(DType::kFp32, {2, 8});
+  EXPECT_FALSE(kernel::matmul(x, w, Tensor(), 0, y_rows, nullptr).ok());
+
+  Quantised qw = quantise(random_cpu({8, 16}, 4), 8);
+  EXPECT_TRUE(kernel::matmul(x, qw.q, qw.scales, 8, y, nullptr).ok());
+  EXPECT_FALSE(kernel::matmul(x, qw.q, qw.scales, 5, y, nullptr).ok());   // 5 does not divide 16
+  EXPECT_FALSE(kernel::matmul(x, qw.q, qw.scales, 4, y, nullptr).ok());   // scales are [8, 2], not [8, 4]
+  EXPECT_FALSE(kernel::matmul(x, qw.q, Tensor(), 8, y, nullptr).ok());    // missing scales
+
+  Tensor w_half = testutil::to_dtype_cpu(w, DType::kFp16);
+  EXPECT_FALSE(kernel::matmul(x, w_half, Tensor(), 0, y, nullptr).ok());  // CPU float weights are fp32
+
+  Tensor x_half = testutil::to_dtype_cpu(x, DType::kFp16), o_half = make(DType::kFp16, {3, 16});
+  EXPECT_FALSE(kernel::rmsnorm(x_half, random_cpu({16}, 5), 1e-5f, o_half, nullptr).ok());  // CPU activations fp32
+  EXPECT_FALSE(kernel::rmsnorm(x, random_cpu({15}, 5), 1e-5f, x, nullptr).ok());
+
+  Tensor out_bad = make(DType::kFp32, {3, 15});
+  EXPECT_FALSE(kernel::add(x, x, out_bad, nullptr).ok());
+  EXPECT_FALSE(kernel::swiglu(x, out_bad, x, nullptr).ok());
+  EXPECT_FALSE(kernel::embedding(ints({0, 1}), random_cpu({4, 16}, 6), x, nullptr).ok());  // out has 3 rows
+  EXPECT_FALSE(kernel::argmax(x, y, nullptr).ok());                                          // out must be int32
+  EXPECT_FALSE(kernel::rope(x, x, ints({0}), rope_table(4, 6), 6, nullptr).ok());            // 6 does not divide 16
+
+  Tensor kc = make(DType::kFp32, {4, 8});
+  EXPECT_FALSE(kernel::kv_append(x, x, kc, kc, ints({0}), nullptr).ok());  // width 16 vs cache width 8
+  EXPECT_FALSE(kernel::kv_append(y, y, kc, kc, ints({2}), nullptr).ok());  // rows 2..4 beyond a 4-row cache
+  EXPECT_FALSE(kernel::kv_append(y, y, kc, kc, ints({-1}), nullptr).ok());
+}
+
+// Kernels take no memory from the allocators: scratch comes from the caller.
+TEST(Dispatch, KernelsDoNotAllocate) {
+  const int64_t n = 7, dim = 48, max_seq = 16;
+  Tensor x = random_cpu({n, dim}, 1), w = random_cpu({dim}, 2), y = make(DType::kFp32, {n, dim});
+  Tensor wm = random_cpu({dim, dim}, 3), table = rope_table(max_seq, 8), kc = make(DType::kFp32, {max_seq, 16});
+  Tensor vc = make(DType::kFp32, {max_seq, 16}), k = random_cpu({n, 16}, 4), ids = ints({0, 1, 2, 3, 4, 5, 6});
+  Tensor emb = random_cpu({10, dim}, 5), am = make(DType::kInt32, {n}), h = make(DType::kBf16, {n, dim});
+  Quantised qw = quantise(wm, 16);
+  Tensor scratch = make(DType::kFp32, {kernel::attention_scratch_floats(n, 6, 8, max_seq, base::DeviceType::kCPU)});
+  Tensor p = ints({2});
+  auto* alloc = base::CPUAllocator::get();
+  const int64_t before = alloc->allocations();
+  ASSERT_TRUE(kernel::embedding(ids, emb, x, nullptr).ok());
+  ASSERT_TRUE(kernel::add_rmsnorm(x, y, w, 1e-5f, y, nullptr).ok());
+  ASSERT_TRUE(kernel::matmul(x, wm, Tensor(), 0, y, nullptr).ok());
+  ASSERT_TRUE(kernel::matmul(x, qw.q, qw.scales, 16, y, nullptr).ok());
+  ASSERT_TRUE(kernel::rope(x, k, p, table, 8, nullptr).ok());
+  ASSERT_TRUE(kernel::kv_append(k, k, kc, vc, p, nullptr).ok());
+  ASSERT_TRUE(kernel::attention(x, kc, vc, p, 6, 2, 8, scratch, y, nullptr).ok());
+  ASSERT_TRUE(kernel::swiglu(x, y, y, nullptr).ok());
+  ASSERT_TRUE(kernel::softmax(y, nullptr).ok());
+  ASSERT_TRUE(kernel::argmax(y, am, nullptr).ok());
+  ASSERT_TRUE(kernel::convert(y, h, nullptr).ok());
+  EXPECT_EQ(alloc->allocations(), before);
+}

@@ -1,0 +1,51 @@
+// Helpers shared by the test suites: where the test data is, whether a GPU is present, seeded random
+// tensors, and an element-wise comparison with atol + rtol * |ref| that prints the first mismatches.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace testutil {
+
+// ../shared/models next to the checkout ("" when absent).
+std::string models_dir();
+// The project source tree (for committed fixtures under test/fixtures).
+std::string source_dir();
+// Folder of the built programs (llama_infer, llama_bench).
+std::string bin_dir();
+// Visible CUDA GPUs (0 in a CPU-only build or without a driver).
+int gpu_count();
+
+// Host fp32 tensor filled with uniform values in [lo, hi) from a fixed seed.
+tensor::Tensor random_cpu(std::vector<int64_t> shape, uint64_t seed, float lo = -1.f, float hi = 1.f);
+// Host tensor of another dtype (fp32/fp16/bf16) holding `src` converted (rounded) element-wise.
+tensor::Tensor to_dtype_cpu(const tensor::Tensor& src, base::DType dtype);
+// Host fp32 copy of any float tensor (any device, any float dtype).
+tensor::Tensor to_fp32_cpu(const tensor::Tensor& src);
+// Copy of a host tensor onto GPU `device` (same dtype).
+tensor::Tensor to_gpu(const tensor::Tensor& src, int device = 0);
+
+// Checks |got - ref| <= atol + rtol * |ref| for every element; on failure reports the count and the
+// first few mismatching indices with both values.
+::testing::AssertionResult all_close(const std::vector<float>& got, const std::vector<double>& ref, double atol,
+                                     double rtol);
+::testing::AssertionResult all_close(const tensor::Tensor& got, const std::vector<double>& ref, double atol,
+                                     double rtol);
+
+}  // namespace testutil
+
+#define KP_SKIP_WITHOUT_GPU()                                                 \
+  do {                                                                        \
+    if (testutil::gpu_count() == 0) GTEST_SKIP() << "needs a CUDA GPU; none is visible"; \
+  } while (0)
+
+#define KP_SKIP_WITHOUT_MODELS()                                                                   \
+  do {                                                                                             \
+    if (testutil::models_dir().empty())                                                            \
+      GTEST_SKIP() << "needs ../shared/models beside the checkout (test data); it is absent";      \
+  } while (0)
