@@ -14,7 +14,7 @@ class SentencePieceTokenizer final : public Tokenizer {
  public:
   base::Status load(const std::string& blob, const std::string& origin) {
     const auto st = sp_.LoadFromSerializedProto(blob);
-    if (!st.ok()) return base::BadModelFile(origin + ": not a SentencePiece model (" + st.ToString() + ")");
+    if (!st.ok()) return base::BadModelFile(origin + ": not a SentencePiece tokenizer model");
     if (sp_.GetPieceSize() <= 0) return base::BadModelFile(origin + ": empty SentencePiece vocabulary");
     pieces_.resize(sp_.GetPieceSize());
     for (int i = 0; i < sp_.GetPieceSize(); ++i) pieces_[i] = piece_bytes(i);

@@ -1,0 +1,189 @@
+// The Llama model end to end on the CPU with a real trained checkpoint (stories260K):
+//  - greedy token ids identical to the independent numpy reference (tools/reference_llama2c.py,
+//    float64), committed in test/fixtures/stories260K_greedy.json;
+//  - batched prefill, chunked prefill and token-by-token decoding agree;
+//  - nothing is allocated while generating.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "model/generator.h"
+#include "model/llama3.h"
+#include "model/model_file.h"
+#include "model/tokenizer.h"
+#include "sampler/sampler.h"
+#include "test_util.h"
+
+namespace {
+
+struct Stories {
+  std::unique_ptr<model::ModelFile> file;
+  std::unique_ptr<model::Tokenizer> tok;
+};
+
+void open_stories(Stories* s) {
+  const std::string dir = testutil::models_dir() + "/stories260K/";
+  ASSERT_TRUE(model::ModelFile::open(dir + "stories260K.bin", &s->file).ok());
+  ASSERT_TRUE(model::load_tokenizer_file(dir + "tok512.model", &s->tok).ok());
+}
+
+std::unique_ptr<model::LlamaModel> make_model(const model::ModelFile& f, int32_t max_batch_tokens = 256) {
+  model::ModelOptions o;
+  o.max_batch_tokens = max_batch_tokens;
+  std::unique_ptr<model::LlamaModel> m;
+  const base::Status s = model::LlamaModel::create(f, o, &m);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return m;
+}
+
+std::vector<int32_t> greedy(model::LlamaModel& m, const std::vector<int32_t>& prompt, int n) {
+  sampler::Sampler smp;
+  EXPECT_TRUE(sampler::Sampler::create({}, m.config().vocab_size, &smp).ok());
+  std::vector<float> logits(m.config().vocab_size);
+  std::vector<int32_t> out;
+  model::GenerateOptions go;
+  go.max_new_tokens = n;
+  go.stop_at_eos = false;
+  model::GenerateStats st;
+  const base::Status s = model::generate(m, smp, prompt, 0, go, logits.data(), [&](int32_t t) {
+    out.push_back(t);
+    return true;
+  }, &st);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return out;
+}
+
+TEST(Stories260K, ConfigFromLlama2cHeader) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  const auto& c = s.file->config();
+  EXPECT_EQ(c.dim, 64);
+  EXPECT_EQ(c.hidden_dim, 172);
+  EXPECT_EQ(c.n_layers, 5);
+  EXPECT_EQ(c.n_heads, 8);
+  EXPECT_EQ(c.n_kv_heads, 4);
+  EXPECT_EQ(c.vocab_size, 512);
+  EXPECT_EQ(c.max_seq_len, 512);
+  EXPECT_TRUE(c.tied_embeddings);
+  EXPECT_EQ(s.tok->vocab_size(), 512);
+}
+
+// Prompt encoding and greedy continuation match the float64 numpy reference exactly.
+TEST(Stories260K, GreedyMatchesIndependentReference) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  std::ifstream f(testutil::source_dir() + "/test/fixtures/stories260K_greedy.json");
+  ASSERT_TRUE(f.good());
+  const nlohmann::json fx = nlohmann::json::parse(f);
+  auto m = make_model(*s.file);
+  ASSERT_GE(fx["cases"].size(), 5u);
+  for (const auto& c : fx["cases"]) {
+    const std::string prompt = c["prompt"];
+    std::vector<int32_t> ids;
+    ASSERT_TRUE(s.tok->encode(prompt, true, &ids).ok());
+    EXPECT_EQ(ids, c["prompt_ids"].get<std::vector<int32_t>>()) << prompt;
+    const auto want = c["generated_ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(greedy(*m, ids, (int)want.size()), want) << prompt;
+  }
+}
+
+// One batched prefill, a prefill in chunks of 3 tokens, and one token at a time give the same logits
+// (up to float rounding: the GEMM and GEMV paths sum in different orders).
+TEST(Stories260K, BatchedChunkedAndSequentialPrefillAgree) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(s.tok->encode("One day, a little girl named Sue found a big red ball", true, &ids).ok());
+  const int V = s.file->config().vocab_size;
+  std::vector<float> batched(V), chunked(V), sequential(V);
+  auto m1 = make_model(*s.file);
+  ASSERT_TRUE(m1->prefill(ids, 0, batched.data()).ok());
+  auto m2 = make_model(*s.file, 3);
+  ASSERT_TRUE(m2->prefill(ids, 0, chunked.data()).ok());
+  auto m3 = make_model(*s.file);
+  for (size_t i = 0; i < ids.size(); ++i)
+    ASSERT_TRUE(m3->forward(&ids[i], 1, (int32_t)i, i + 1 == ids.size() ? sequential.data() : nullptr).ok());
+  std::vector<double> ref(batched.begin(), batched.end());
+  EXPECT_TRUE(testutil::all_close(chunked, ref, 1e-4, 1e-4));
+  EXPECT_TRUE(testutil::all_close(sequential, ref, 1e-4, 1e-4));
+}
+
+// The KV cache and workspace are taken at start-up; generating 200 tokens allocates nothing.
+TEST(Stories260K, NoAllocationWhileGenerating) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  auto m = make_model(*s.file);
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(s.tok->encode("Once upon a time", true, &ids).ok());
+  sampler::Sampler smp;
+  ASSERT_TRUE(sampler::Sampler::create({0.9f, 40, 0.95f, 7}, m->config().vocab_size, &smp).ok());
+  std::vector<float> logits(m->config().vocab_size);
+  auto* alloc = m->allocator();
+  const int64_t before = alloc->allocations(), bytes = alloc->bytes_in_use();
+  model::GenerateOptions go;
+  go.max_new_tokens = 200;
+  go.stop_at_eos = false;
+  model::GenerateStats st;
+  int n = 0;
+  ASSERT_TRUE(model::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t) { return ++n > 0; }, &st).ok());
+  EXPECT_EQ(n, 200);
+  EXPECT_EQ(alloc->allocations(), before);
+  EXPECT_EQ(alloc->bytes_in_use(), bytes);
+  // The cache really is one block of layers x 2 x seq x kv_heads x head_dim floats.
+  EXPECT_EQ(m->kv_cache().bytes(), 5ull * 2 * 512 * 4 * 8 * 4);
+}
+
+TEST(Stories260K, ContextLimitIsAnErrorNotACrash) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  auto m = make_model(*s.file);
+  std::vector<float> logits(512);
+  int32_t tok = 1;
+  EXPECT_FALSE(m->forward(&tok, 1, 512, logits.data()).ok());
+  tok = 600;  // outside the vocabulary
+  EXPECT_FALSE(m->forward(&tok, 1, 0, logits.data()).ok());
+}
+
+TEST(Stories260K, MaxSeqLenAboveTheModelIsRejected) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  model::ModelOptions o;
+  o.max_seq_len = 513;
+  std::unique_ptr<model::LlamaModel> m;
+  EXPECT_FALSE(model::LlamaModel::create(*s.file, o, &m).ok());
+}
+
+TEST(Stories260K, SamplingIsRepeatableWithASeed) {
+  KP_SKIP_WITHOUT_MODELS();
+  Stories s;
+  open_stories(&s);
+  auto m = make_model(*s.file);
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(s.tok->encode("The cat", true, &ids).ok());
+  auto run = [&](uint64_t seed) {
+    sampler::Sampler smp;
+    EXPECT_TRUE(sampler::Sampler::create({1.0f, 0, 0.9f, seed}, 512, &smp).ok());
+    std::vector<float> logits(512);
+    std::vector<int32_t> out;
+    model::GenerateOptions go;
+    go.max_new_tokens = 40;
+    go.stop_at_eos = false;
+    model::GenerateStats st;
+    EXPECT_TRUE(model::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t t) {
+      out.push_back(t);
+      return true;
+    }, &st).ok());
+    return out;
+  };
+  EXPECT_EQ(run(42), run(42));
+  EXPECT_NE(run(42), run(43));
+}
+
+}  // namespace

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what llama_infer needs to build and test on Debian 12 (or Ubuntu 24.04): compilers, CMake and
+# the libraries, all from the distribution. The CUDA toolkit (nvcc, cuBLAS, NCCL) is expected in
+# /usr/local/cuda; without it the build is CPU-only. Runs apt-get as root, or through sudo.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config python3
+      libgoogle-glog-dev libgflags-dev libgtest-dev libgmock-dev
+      libarmadillo-dev libopenblas-dev libsentencepiece-dev
+      libpcre2-dev nlohmann-json3-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# numpy, for the exporter (tools/export.py) and its tests; the python3 on PATH may not be Debian's.
+if ! python3 -c "import numpy" 2>/dev/null; then
+  echo "setup: installing numpy for $(command -v python3)"
+  python3 -m pip install --quiet numpy 2>/dev/null || python3 -m pip install --quiet --break-system-packages numpy
+fi
+echo "setup: done"
