@@ -117,7 +117,6 @@ int open_engine(Engine* e) {
       opts.act_dtype == base::DType::kInt32)
     return fail(2, "--dtype must be fp32, fp16 or bf16 (got '" + dtype + "')");
   if (FLAGS_tp < 1) return fail(2, "--tp must be at least 1");
-  if (FLAGS_tp > 1) return fail(2, "--tp " + std::to_string(FLAGS_tp) + ": tensor parallelism is not available in this build yet");
   if (FLAGS_max_seq_len < 0) return fail(2, "--max_seq_len must be positive");
   opts.max_seq_len = FLAGS_max_seq_len;
 
@@ -136,14 +135,6 @@ int open_engine(Engine* e) {
     return fail(1, "tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model expects " +
                        std::to_string(e->file->config().vocab_size));
 
-#ifdef KUIPER_WITH_CUDA
-  if (opts.device == base::DeviceType::kCUDA) {
-    auto stream = std::make_shared<base::CudaStream>();
-    if (auto s = stream->create(opts.device_id); !s.ok()) return fail(1, s.message());
-    opts.stream = stream->get();
-    e->stream = stream;
-  }
-#endif
   const bool show_progress = isatty(2) && e->file->file_size() > (256u << 20);
   if (show_progress) {
     opts.load_progress = [](uint64_t done, uint64_t all) {
@@ -152,7 +143,7 @@ int open_engine(Engine* e) {
       if (done == all) std::fprintf(stderr, "\n");
     };
   }
-  if (auto s = model::LlamaModel::create(*e->file, opts, &e->model); !s.ok()) return fail(1, s.message());
+  if (auto s = model::TpRunner::create(*e->file, opts, FLAGS_tp, &e->runner); !s.ok()) return fail(1, s.message());
   return 0;
 }
 

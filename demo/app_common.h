@@ -10,14 +10,14 @@
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
+#include "model/tp_runner.h"
 
 namespace app {
 
 struct Engine {
   std::unique_ptr<model::ModelFile> file;
   std::unique_ptr<model::Tokenizer> tokenizer;
-  std::unique_ptr<model::LlamaModel> model;
-  std::shared_ptr<void> stream;  // owns the compute stream on GPUs
+  std::unique_ptr<model::TpRunner> runner;  // the model's --tp ranks (one by default)
 };
 
 // Parses flags (prints our own --help and exits 0), quiets glog, installs the Ctrl-C handler.

@@ -29,24 +29,23 @@ DEFINE_uint64(seed, 0, "random seed for sampling (0 = from the clock)");
 namespace {
 
 int run() {
-  app::Engine engine;
-  if (int rc = app::open_engine(&engine); rc != 0) return rc;
-
   if (FLAGS_n <= 0) return app::fail(2, "--n must be at least 1");
   sampler::SamplerConfig sc;
   sc.temperature = (float)FLAGS_temperature;
   sc.top_p = (float)FLAGS_top_p;
   sc.top_k = FLAGS_top_k;
   sc.seed = FLAGS_seed != 0 ? FLAGS_seed : app::clock_seed();
-  sampler::Sampler sampler;
-  if (auto s = sampler::Sampler::create(sc, engine.model->config().vocab_size, &sampler); !s.ok())
-    return app::fail(2, s.message());
+  {
+    sampler::Sampler check;  // the values are checked before anything is loaded
+    if (auto s = sampler::Sampler::create(sc, 1, &check); !s.ok()) return app::fail(2, s.message());
+  }
+  app::Engine engine;
+  if (int rc = app::open_engine(&engine); rc != 0) return rc;
 
   std::vector<int32_t> prompt;
   if (auto s = engine.tokenizer->encode(FLAGS_prompt, /*add_bos=*/true, &prompt); !s.ok())
     return app::fail(2, s.message());
 
-  std::vector<float> logits(engine.model->config().vocab_size);
   model::Utf8Stream out;
   std::fputs(FLAGS_prompt.c_str(), stdout);
   std::fflush(stdout);
@@ -60,7 +59,7 @@ int run() {
     prev = tok;
     return !app::interrupted();
   };
-  const base::Status s = model::generate(*engine.model, sampler, prompt, 0, go, logits.data(), on_token, &stats);
+  const base::Status s = engine.runner->generate(sc, prompt, 0, go, on_token, &stats);
   std::fputs(out.flush().c_str(), stdout);
   std::fputs("\n", stdout);
   std::fflush(stdout);

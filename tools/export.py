@@ -317,7 +317,8 @@ def write_tensor(f, data_start: int, t: OutTensor, stats: QuantStats):
         if t.dtype == "fp32":
             out = w.astype("<f4")
         elif t.dtype == "fp16":
-            out = w.astype("<f2")
+            with np.errstate(over="ignore"):  # reported below, as one line
+                out = w.astype("<f2")
             if not np.isfinite(out).all():
                 raise Refusal(f"{t.name}: values up to {np.abs(w).max():.4g} overflow fp16; "
                               "export with --dtype bf16 or fp32")

@@ -56,11 +56,15 @@ FIXTURES = {
                       num_key_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                       tie_word_embeddings=False),
 }
+# Embedding std per fixture (default 1, nn.Embedding's). With tied embeddings the classifier is
+# norm(h) . E: at std 1 the current token's own embedding dominates h and greedy decoding just
+# repeats the last token; at 0.2 the layers' contributions (RMS ~1 each) dominate instead.
+EMBED_STD = {"llama32_tied": 0.2}
 COMMON = dict(vocab_size=512, max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
               hidden_act="silu", attention_bias=False, mlp_bias=False)
 
 
-def init_weights(model: torch.nn.Module, seed: int) -> None:
+def init_weights(model: torch.nn.Module, seed: int, embed_std: float) -> None:
     """Deterministic init with a realistic scale. HF's default (std 0.02) gives near-flat logits and
     near-ties under greedy decoding; here every linear has std gain/sqrt(in_features), so each
     layer roughly preserves the RMS of its input, attention is far from uniform, and logits have a
@@ -73,7 +77,7 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
             if name.endswith("norm.weight"):
                 value = 1.0 + 0.2 * noise
             elif "embed_tokens" in name:
-                value = noise  # std 1, nn.Embedding's own default
+                value = noise * embed_std
             elif "lm_head" in name:
                 value = noise * (4.0 / math.sqrt(p.shape[1]))
             else:
@@ -121,7 +125,7 @@ def make_one(name: str, spec: dict, out_dir: str, device: str) -> dict:
     model = LlamaForCausalLM(config).to(device=device, dtype=torch.float32).eval()
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")  # plain softmax(QK^T)V in fp32, no fused kernels
-    init_weights(model, SEED + sum(map(ord, name)))
+    init_weights(model, SEED + sum(map(ord, name)), EMBED_STD.get(name, 1.0))
 
     ids = torch.tensor([INPUT_IDS], device=device)
     with torch.no_grad():
@@ -156,7 +160,9 @@ def make_one(name: str, spec: dict, out_dir: str, device: str) -> dict:
         "generator": "tools/make_hf_fixtures.py",
         "torch": torch.__version__, "transformers": transformers.__version__,
         "device": device, "dtype": "float32", "attn_implementation": "eager", "seed": SEED,
-        "config": {k: v for k, v in {**COMMON, **spec}.items()},
+        "config": {**COMMON, **spec},
+        "init": {"embed_std": EMBED_STD.get(name, 1.0), "linear_std": "1.2/sqrt(in_features)",
+                 "lm_head_std": "4/sqrt(hidden_size)", "norm_weight": "1 + 0.2 N(0,1)"},
         "input_ids": INPUT_IDS,
         "logits_shape": list(logits.shape),
         "logits": [[f32(v) for v in row] for row in logits.cpu().tolist()],

@@ -59,8 +59,10 @@ static __global__ void kv_append_kernel(const Word* __restrict__ k, const Word* 
 // aligned); pos: int32 [1] (device); scale = 1 / sqrt(HD).
 // grid = (n_kv_heads, ceil(n * group / kWarps), kSplit ? n_chunks : 1), block = kWarps warps.
 // kSplit (n == 1 only): part_ml: fp32 [n_heads, n_chunks, 2] (m, l); part_acc: fp32 [n_heads, n_chunks, HD].
+// __launch_bounds__ asks for two resident blocks per SM (<= 128 registers at 8 warps): with the bare
+// thread bound ptxas capped some instances at 48 registers and spilled.
 template <typename T, int HD, int kWarps, bool kSplit>
-static __global__ void __launch_bounds__(kWarps* kWarpSize)
+static __global__ void __launch_bounds__(kWarps* kWarpSize, 2)
     attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                      const int32_t* __restrict__ pos_ptr, int n, int n_heads, int n_kv_heads, int max_seq,
                      float scale, T* __restrict__ out, float* __restrict__ part_ml, float* __restrict__ part_acc,

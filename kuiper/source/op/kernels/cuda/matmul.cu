@@ -123,31 +123,33 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = 0.f;
 
-  for (int c0 = lane; c0 < n_chunks; c0 += kWarpSize * kGemvUnroll) {
+  // acc[t] += (w chunk c) . (x[t] chunk c), scaled by the chunk's group scale for int8.
+  auto fma_chunk = [&](const uint4& wv, int c) {
+    float wf[kW];
+    unpack_floats<WT, kW>(&wv, wf);
+    const float scale = kInt8 ? srow[c * kW / group_size] : 1.f;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      float xf[kW];
+      load_floats<T, kW>(x + (int64_t)t * in + (int64_t)c * kW, xf);
+      float d = 0.f;
+#pragma unroll
+      for (int j = 0; j < kW; ++j) d = fmaf(wf[j], xf[j], d);
+      acc[t] = kInt8 ? fmaf(d, scale, acc[t]) : acc[t] + d;
+    }
+  };
+
+  int c = lane;
+  // Main loop: kGemvUnroll loads per lane, all issued before the first is used, no bounds checks.
+  for (; c + (kGemvUnroll - 1) * kWarpSize < n_chunks; c += kGemvUnroll * kWarpSize) {
     uint4 wv[kGemvUnroll];
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {  // issue every load before using any
-      const int c = c0 + u * kWarpSize;
-      if (c < n_chunks) wv[u] = load_weights16(wrow + (int64_t)c * kW);
-    }
+    for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_weights16(wrow + (int64_t)(c + u * kWarpSize) * kW);
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
-      const int c = c0 + u * kWarpSize;
-      if (c >= n_chunks) break;
-      float wf[kW];
-      unpack_floats<WT, kW>(&wv[u], wf);
-      const float scale = kInt8 ? srow[c * kW / group_size] : 1.f;
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        float xf[kW];
-        load_floats<T, kW>(x + (int64_t)t * in + (int64_t)c * kW, xf);
-        float d = 0.f;
-#pragma unroll
-        for (int j = 0; j < kW; ++j) d = fmaf(wf[j], xf[j], d);
-        acc[t] = kInt8 ? fmaf(d, scale, acc[t]) : acc[t] + d;
-      }
-    }
+    for (int u = 0; u < kGemvUnroll; ++u) fma_chunk(wv[u], c + u * kWarpSize);
   }
+  // Tail: fewer than kGemvUnroll chunks left for this lane.
+  for (; c < n_chunks; c += kWarpSize) fma_chunk(load_weights16(wrow + (int64_t)c * kW), c);
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = warp_sum(acc[t]);
   if (lane == 0) {

@@ -1,0 +1,117 @@
+// Tensor parallelism on the CPU: N ranks as threads with the CpuCommunicator run the same sharding
+// arithmetic as NCCL on GPUs. tp 2 and 4 must give the greedy tokens of tp 1 and logits within 1e-5.
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "base/cpu_communicator.h"
+#include "model/tp_runner.h"
+#include "test_util.h"
+
+namespace {
+
+std::unique_ptr<model::ModelFile> stories() {
+  std::unique_ptr<model::ModelFile> f;
+  EXPECT_TRUE(model::ModelFile::open(testutil::models_dir() + "/stories260K/stories260K.bin", &f).ok());
+  return f;
+}
+
+std::unique_ptr<model::TpRunner> runner(const model::ModelFile& f, int tp) {
+  std::unique_ptr<model::TpRunner> r;
+  const base::Status s = model::TpRunner::create(f, {}, tp, &r);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return r;
+}
+
+// Logits of the last prompt token on every rank.
+std::vector<std::vector<float>> prefill_logits(model::TpRunner& r, const std::vector<int32_t>& prompt) {
+  std::vector<std::vector<float>> out(r.world_size(), std::vector<float>(r.config().vocab_size));
+  EXPECT_TRUE(r.run([&](int rank) { return r.model(rank).prefill(prompt, 0, out[rank].data()); }).ok());
+  return out;
+}
+
+std::vector<int32_t> greedy(model::TpRunner& r, const std::vector<int32_t>& prompt, int n) {
+  std::vector<int32_t> ids;
+  model::GenerateOptions go;
+  go.max_new_tokens = n;
+  go.stop_at_eos = false;
+  model::GenerateStats st;
+  EXPECT_TRUE(r.generate({}, prompt, 0, go, [&](int32_t t) {
+    ids.push_back(t);
+    return true;
+  }, &st).ok());
+  return ids;
+}
+
+const std::vector<int32_t> kPrompt = {1, 403, 407, 261, 378};  // "Once upon a time" in tok512
+
+TEST(TensorParallelCpu, LogitsMatchOneRank) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  const std::vector<float> ref = prefill_logits(*runner(*f, 1), kPrompt)[0];
+  const std::vector<double> ref64(ref.begin(), ref.end());
+  for (int tp : {2, 4}) {
+    auto logits = prefill_logits(*runner(*f, tp), kPrompt);
+    for (int rank = 0; rank < tp; ++rank) {
+      // Only the summation order of the row-parallel products differs: fp32 rounding.
+      EXPECT_TRUE(testutil::all_close(logits[rank], ref64, 1e-5, 1e-5)) << "tp " << tp << " rank " << rank;
+      EXPECT_EQ(logits[rank], logits[0]) << "ranks must agree bitwise (tp " << tp << ")";
+    }
+  }
+}
+
+TEST(TensorParallelCpu, GreedyTokensMatchOneRank) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  const auto ref = greedy(*runner(*f, 1), kPrompt, 100);
+  EXPECT_EQ(greedy(*runner(*f, 2), kPrompt, 100), ref);
+  EXPECT_EQ(greedy(*runner(*f, 4), kPrompt, 100), ref);
+}
+
+TEST(TensorParallelCpu, EachRankHoldsItsShare) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  auto one = runner(*f, 1);
+  auto four = runner(*f, 4);
+  EXPECT_EQ(four->model(0).kv_cache().bytes() * 4, one->model(0).kv_cache().bytes());
+  EXPECT_EQ(four->model(3).weights().layers[0].wq.out_features(), 16);  // 2 of 8 heads x head_dim 8
+  EXPECT_EQ(four->model(3).weights().layers[0].wo.in_features(), 16);
+  EXPECT_EQ(four->model(1).weights().layers[0].w2.in_features(), 43);  // 172 / 4
+}
+
+TEST(TensorParallelCpu, SizesThatDoNotDivideAreRejected) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  std::unique_ptr<model::TpRunner> r;
+  const base::Status s = model::TpRunner::create(*f, {}, 3, &r);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("does not divide"), std::string::npos) << s.message();
+  EXPECT_FALSE(model::TpRunner::create(*f, {}, 8, &r).ok());  // 4 KV heads
+}
+
+TEST(CpuCommunicator, AllReduceAndAllGather) {
+  const int world = 3;
+  base::CpuCommGroup group(world);
+  std::vector<tensor::Tensor> x(world), g(world);
+  for (int r = 0; r < world; ++r) {
+    x[r] = testutil::random_cpu({7}, 100 + r);
+    ASSERT_TRUE(tensor::Tensor::create(base::DType::kFp32, {world * 7}, base::CPUAllocator::get(), &g[r]).ok());
+  }
+  std::vector<double> sum(7, 0.0);
+  std::vector<float> cat;
+  for (int r = 0; r < world; ++r)
+    for (int i = 0; i < 7; ++i) sum[i] += x[r].ptr<float>()[i], cat.push_back(x[r].ptr<float>()[i]);
+  std::vector<std::thread> th;
+  for (int r = 0; r < world; ++r)
+    th.emplace_back([&, r] {
+      ASSERT_TRUE(group.rank(r)->all_gather(x[r], g[r], nullptr).ok());
+      ASSERT_TRUE(group.rank(r)->all_reduce_sum(x[r], nullptr).ok());
+    });
+  for (auto& t : th) t.join();
+  for (int r = 0; r < world; ++r) {
+    EXPECT_TRUE(testutil::all_close(x[r], sum, 1e-6, 1e-6));
+    EXPECT_EQ(std::vector<float>(g[r].ptr<float>(), g[r].ptr<float>() + world * 7), cat);
+  }
+}
+
+}  // namespace
