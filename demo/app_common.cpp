@@ -97,30 +97,42 @@ void print_stats(const model::GenerateStats& s) {
                s.stop_reason.c_str());
 }
 
-int open_engine(Engine* e) {
-  if (FLAGS_model.empty()) return fail(2, "--model is required (see --help)");
+std::string open_model_file(std::unique_ptr<model::ModelFile>* file) {
+  if (FLAGS_model.empty()) return "--model is required (see --help)";
+  const base::Status s = model::ModelFile::open(FLAGS_model, file);
+  return s.ok() ? "" : s.message();
+}
+
+std::string device_options(model::ModelOptions* opts) {
   const std::string device = FLAGS_device.empty() ? (has_gpu() ? "cuda" : "cpu") : FLAGS_device;
-  model::ModelOptions opts;
   if (device == "cpu") {
-    opts.device = base::DeviceType::kCPU;
+    opts->device = base::DeviceType::kCPU;
   } else if (device == "cuda") {
 #ifndef KUIPER_WITH_CUDA
-    return fail(2, "--device cuda: this build has no CUDA support (rebuild with -DKUIPER_WITH_CUDA=ON)");
+    return "--device cuda: this build has no CUDA support (rebuild with -DKUIPER_WITH_CUDA=ON)";
 #endif
-    if (!has_gpu()) return fail(2, "--device cuda: no CUDA GPU is visible");
-    opts.device = base::DeviceType::kCUDA;
+    if (!has_gpu()) return "--device cuda: no CUDA GPU is visible";
+    opts->device = base::DeviceType::kCUDA;
   } else {
-    return fail(2, "--device must be cpu or cuda (got '" + device + "')");
+    return "--device must be cpu or cuda (got '" + device + "')";
   }
-  const std::string dtype = FLAGS_dtype.empty() ? (opts.device == base::DeviceType::kCPU ? "fp32" : "bf16") : FLAGS_dtype;
-  if (!base::parse_dtype(dtype, &opts.act_dtype) || opts.act_dtype == base::DType::kInt8 ||
-      opts.act_dtype == base::DType::kInt32)
-    return fail(2, "--dtype must be fp32, fp16 or bf16 (got '" + dtype + "')");
-  if (FLAGS_tp < 1) return fail(2, "--tp must be at least 1");
-  if (FLAGS_max_seq_len < 0) return fail(2, "--max_seq_len must be positive");
-  opts.max_seq_len = FLAGS_max_seq_len;
+  const std::string dtype = FLAGS_dtype.empty() ? (opts->device == base::DeviceType::kCPU ? "fp32" : "bf16") : FLAGS_dtype;
+  if (!base::parse_dtype(dtype, &opts->act_dtype) || opts->act_dtype == base::DType::kInt8 ||
+      opts->act_dtype == base::DType::kInt32)
+    return "--dtype must be fp32, fp16 or bf16 (got '" + dtype + "')";
+  if (FLAGS_tp < 1) return "--tp must be at least 1";
+  if (FLAGS_max_seq_len < 0) return "--max_seq_len must be positive";
+  opts->max_seq_len = FLAGS_max_seq_len;
+  return "";
+}
 
-  if (auto s = model::ModelFile::open(FLAGS_model, &e->file); !s.ok()) return fail(1, s.message());
+int tp_flag() { return FLAGS_tp; }
+
+int open_engine(Engine* e) {
+  model::ModelOptions opts;
+  if (FLAGS_model.empty()) return fail(2, "--model is required (see --help)");
+  if (auto err = device_options(&opts); !err.empty()) return fail(2, err);
+  if (auto err = open_model_file(&e->file); !err.empty()) return fail(1, err);
   if (!FLAGS_tokenizer.empty()) {
     if (auto s = model::load_tokenizer_file(FLAGS_tokenizer, &e->tokenizer); !s.ok()) return fail(1, s.message());
   } else if (e->file->tokenizer_type() != model::TokenizerType::kNone) {
@@ -134,7 +146,6 @@ int open_engine(Engine* e) {
   if (e->tokenizer->vocab_size() != e->file->config().vocab_size)
     return fail(1, "tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model expects " +
                        std::to_string(e->file->config().vocab_size));
-
   const bool show_progress = isatty(2) && e->file->file_size() > (256u << 20);
   if (show_progress) {
     opts.load_progress = [](uint64_t done, uint64_t all) {

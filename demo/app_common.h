@@ -22,8 +22,13 @@ struct Engine {
 
 // Parses flags (prints our own --help and exits 0), quiets glog, installs the Ctrl-C handler.
 void init(int* argc, char*** argv, const char* usage);
-// Opens --model (+ --tokenizer) on --device; returns 0 or the exit code after printing the error.
+// Opens --model (+ --tokenizer) on --device with --tp ranks; returns 0 or the exit code after printing
+// the error.
 int open_engine(Engine* e);
+// The pieces of open_engine, for programs that need only some: each returns "" or the error message.
+std::string open_model_file(std::unique_ptr<model::ModelFile>* file);
+std::string device_options(model::ModelOptions* opts);  // --device, --dtype, --max_seq_len, --tp checks
+int tp_flag();
 // Prints "llama_infer: error: MESSAGE" on stderr and returns `code`.
 int fail(int code, const std::string& message);
 void print_stats(const model::GenerateStats& s);

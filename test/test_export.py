@@ -14,6 +14,7 @@ Cases:
   hf_synthetic          numpy-built HF folders (F32 one file, BF16 sharded, v4 and v5 configs):
                         the rotary un-permutation checked index by index and through both RoPE
                         conventions (same q.k scores), every other tensor exact
+  chunked_streaming     output is byte-identical whatever the streaming chunk size
   refusals              unsupported configs and options: exit 2, one line, nothing left behind
   tokenizer_json        Llama 3 tokenizer.json -> tiktoken equals Meta's tokenizer.model
   hf_fixtures_forward   test/fixtures/hf (made by tools/make_hf_fixtures.py with transformers):
@@ -21,6 +22,8 @@ Cases:
                         logits and greedy tokens transformers computed
 """
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -550,6 +553,32 @@ def test_refusals():
     check(rc == 2 and "--tokenizer" in err, f"llama2.c without tokenizer: rc {rc} {err}")
 
 
+def test_chunked_streaming():
+    """Tiny chunks (several per tensor, wq/wk cut on head boundaries, int8 scales written in step
+    with their rows) must give byte-identical files to one chunk per tensor."""
+    import export
+    folder = os.path.join(TMP, "hf_chunks")
+    make_hf_folder(folder, dim=64, heads=4, kv_heads=2, head_dim=24, hidden=96, layers=1, vocab=512, tied=False,
+                   store="BF16", v5=True, rope_scaling=LLAMA3_SCALING, seed=3)
+    tik = os.path.join(TMP, "chunks.tiktoken")
+    write_tiktoken(tik, 256)
+    saved = export.CHUNK_BYTES
+    try:
+        for dtype in ("fp32", "fp16", "int8"):
+            files = []
+            for chunk in (saved, 2048):
+                export.CHUNK_BYTES = chunk
+                out = os.path.join(TMP, f"chunks_{dtype}_{chunk}.bin")
+                with contextlib.redirect_stdout(io.StringIO()):
+                    rc = export.main(["-q", "--hf", folder, "--tokenizer", tik, "--dtype", dtype, out]
+                                     + (["--group_size", "32"] if dtype == "int8" else []))
+                check(rc == 0, f"{dtype} with {chunk}-byte chunks: rc {rc}")
+                files.append(open(out, "rb").read())
+            check(files[0] == files[1], f"{dtype}: output depends on the chunk size")
+    finally:
+        export.CHUNK_BYTES = saved
+
+
 def test_tokenizer_json():
     src = os.path.join(MODELS, "llama3", "tokenizer.json")
     need(src, "the Llama 3 tokenizer.json")
@@ -592,7 +621,7 @@ def test_hf_fixtures_forward():
 
 
 CASES = [test_llama2c_fp32_exact, test_llama2c_fp16_bf16, test_llama2c_int8, test_hf_synthetic,
-         test_refusals, test_tokenizer_json, test_hf_fixtures_forward]
+         test_chunked_streaming, test_refusals, test_tokenizer_json, test_hf_fixtures_forward]
 
 
 def main() -> int:

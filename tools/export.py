@@ -15,9 +15,9 @@ Examples, from the repository root:
 Exit status: 0 written; 2 refused (a model or option this format or engine does not support);
 1 any other error. Either way the message is one line on stderr and no partial output is left.
 
-Memory: tensors are streamed in chunks of at most CHUNK_BYTES of float32, and every offset is
-computed from metadata before any data is read, so RAM use does not grow with the model (a 70B
-export needs a few hundred MB). Needs numpy only: safetensors is parsed directly, torch is never used.
+Memory: every offset is computed from metadata before any data is read, then tensors are streamed
+in chunks of at most CHUNK_BYTES of float32 (plus that chunk's conversions), so RAM use is bounded
+by the chunk size, not the model size. Needs numpy only: safetensors is parsed directly, no torch.
 """
 
 import argparse
@@ -196,8 +196,8 @@ def plan_tensors(cfg: dict, sources: dict, hf_layout: bool, weight_dtype: str, g
         g = group_size if dtype == "int8" else 0
         plan.append(OutTensor(name, dtype, tuple(shape), src, heads if hf_layout else 0, hd, g))
 
-    # int8 keeps the embedding in fp16: it is a row gather, not a matmul, and fp16 halves nothing
-    # worth the accuracy; the classifier (`output`) is a matmul and is quantized.
+    # Under int8 the spec keeps tok_embeddings in fp16: it is a gather of one row per token, not a
+    # matmul, so int8 would gain it no speed. The classifier (`output`) is a matmul: quantized.
     add("tok_embeddings", (V, D), "fp16" if weight_dtype == "int8" else weight_dtype)
     for i in range(L):
         p = f"layers.{i}."
@@ -578,23 +578,26 @@ def _hf_name_map(n_layers: int) -> dict:
     return m
 
 
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ExportError(f"{path}: not valid JSON ({e})") from None
+
+
 def load_hf(folder: str):
     """(config, sources by our name) for a Hugging Face folder."""
     cfg_path = os.path.join(folder, "config.json")
     if not os.path.isfile(cfg_path):
         raise ExportError(f"{folder}: no config.json (is this a Hugging Face model folder?)")
-    with open(cfg_path, encoding="utf-8") as f:
-        hf_cfg = json.load(f)
-    gen_cfg = {}
-    if os.path.isfile(os.path.join(folder, "generation_config.json")):
-        with open(os.path.join(folder, "generation_config.json"), encoding="utf-8") as f:
-            gen_cfg = json.load(f)
-    cfg = config_from_hf(hf_cfg, gen_cfg)
+    gen_path = os.path.join(folder, "generation_config.json")
+    gen_cfg = _read_json(gen_path) if os.path.isfile(gen_path) else {}
+    cfg = config_from_hf(_read_json(cfg_path), gen_cfg)
 
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        files = sorted(set(_read_json(index)["weight_map"].values()))
     elif os.path.isfile(os.path.join(folder, "model.safetensors")):
         files = ["model.safetensors"]
     else:

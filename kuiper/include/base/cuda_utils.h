@@ -49,6 +49,39 @@ class CudaEvent {
   int device_id_ = 0;
 };
 
+// Owner of an instantiated CUDA graph captured from one stream.
+class CudaGraph {
+ public:
+  CudaGraph() = default;
+  ~CudaGraph();
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  bool ready() const { return exec_ != nullptr; }
+  // Captures what `record()` enqueues on `stream`, then instantiates it. `record` must not synchronise.
+  template <typename F>
+  Status capture(cudaStream_t stream, F&& record);
+  Status launch(cudaStream_t stream) const;
+
+ private:
+  Status finish_capture(cudaStream_t stream, const Status& recorded);
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+// Host memory the GPU can copy from and to asynchronously (cudaMallocHost).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer();
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  Status create(size_t bytes);
+  void* data() const { return ptr_; }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
 }  // namespace base
 
 #define CUDA_CHECK(stmt)                                                         \
@@ -59,5 +92,12 @@ class CudaEvent {
 
 // After a kernel launch: reports launch-configuration errors (not asynchronous faults).
 #define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+template <typename F>
+base::Status base::CudaGraph::capture(cudaStream_t stream, F&& record) {
+  // Relaxed mode: other threads (other tensor-parallel ranks) may make CUDA calls while we capture.
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+  return finish_capture(stream, record());
+}
 
 #endif  // KUIPER_WITH_CUDA

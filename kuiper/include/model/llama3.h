@@ -33,6 +33,7 @@ struct ModelOptions {
   int world_size = 1;
   base::Communicator* comm = nullptr;           // tensor parallelism, world_size > 1
   void* stream = nullptr;                       // cudaStream_t for this rank's compute (GPU)
+  bool cuda_graph = true;                       // capture the decode step once, replay it (GPU)
   std::function<void(uint64_t, uint64_t)> load_progress;
 };
 
@@ -47,8 +48,9 @@ struct Workspace {
   tensor::Tensor h1, h3;   // act [T, hidden_local] gate and up projections; h1 then holds swiglu
   tensor::Tensor last;     // act [1, dim]        final-normed last token
   tensor::Tensor logits_local;  // act [1, vocab_local]
-  tensor::Tensor logits_all;    // act [1, vocab]  gathered over ranks (= logits_local when world 1)
-  tensor::Tensor logits_f32;    // fp32 [1, vocab] on the device
+  tensor::Tensor logits_all;    // act [1, vocab]  gathered over ranks (a view of logits_local when world 1)
+  tensor::Tensor logits_f32;    // fp32 [1, vocab] (a view of logits_all when activations are fp32)
+  tensor::Tensor next;     // int32 [1]           argmax of the logits, computed on the device
   tensor::Tensor tokens;   // int32 [T]
   tensor::Tensor pos;      // int32 [1]           start position of the tokens in `tokens`
   tensor::Tensor scratch;  // fp32 attention scratch
@@ -65,6 +67,10 @@ class LlamaModel {
   // when `logits` is given, writes the fp32 logits of the last token to it (host, vocab_size floats).
   base::Status forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits);
 
+  // Decodes one token at `pos` and returns the greedy next token. On GPUs the argmax runs on the device
+  // and only the token id crosses to the host; the step is one CUDA graph replay when enabled.
+  base::Status decode_greedy(int32_t token, int32_t pos, int32_t* next);
+
   // Prefill of a whole prompt in chunks of max_batch_tokens; logits of the last token as in forward().
   base::Status prefill(const std::vector<int32_t>& tokens, int32_t pos, float* logits);
 
@@ -77,11 +83,15 @@ class LlamaModel {
   base::DeviceAllocator* allocator() const { return alloc_; }
 
  private:
-  LlamaModel() = default;
+  LlamaModel();
   base::Status init_mem();
+  // Uploads tokens and position, then runs the step (from the graph when it applies).
+  base::Status run_step(const int32_t* tokens, int32_t n, int32_t pos, bool classify);
+  // Every kernel of one step, queued on the stream with no host synchronisation (graph-capturable).
+  base::Status forward_device(int32_t n, bool classify);
   base::Status attention_block(int layer, int32_t n);
   base::Status ffn_block(int layer, int32_t n);
-  base::Status classifier(int32_t n, float* logits);
+  base::Status classifier(int32_t n);
 
   ModelConfig config_;
   ModelOptions opts_;
@@ -92,7 +102,11 @@ class LlamaModel {
   KVCacheManager kv_cache_;
   Workspace ws_;
   std::shared_ptr<base::Buffer> ws_block_;
-  std::vector<int32_t> host_pos_;  // staging for the position on GPUs
+  struct Staging;  // host-side copies of tokens / position / next token (pinned on GPUs), decode graph
+  std::unique_ptr<Staging> staging_;
+
+ public:
+  ~LlamaModel();
 };
 
 }  // namespace model

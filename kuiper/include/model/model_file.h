@@ -33,6 +33,9 @@ class ModelFile {
  public:
   // Opens and validates `path`; every failure names the file and the problem.
   static base::Status open(const std::string& path, std::unique_ptr<ModelFile>* out);
+  // A model of the given shape with no data behind it: the tensor table the exporter would write for
+  // `cfg`. Its weights are made on the device with random values (llama_bench's synthetic models).
+  static base::Status synthetic(const ModelConfig& cfg, std::unique_ptr<ModelFile>* out);
   ~ModelFile();
   ModelFile(const ModelFile&) = delete;
   ModelFile& operator=(const ModelFile&) = delete;
@@ -40,6 +43,7 @@ class ModelFile {
   const std::string& path() const { return path_; }
   const ModelConfig& config() const { return config_; }
   bool is_llama2c() const { return llama2c_; }
+  bool is_synthetic() const { return base_ == nullptr; }
   uint64_t file_size() const { return size_; }
 
   // The entry named `name`, or nullptr.

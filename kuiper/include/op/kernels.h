@@ -83,4 +83,18 @@ Status argmax(const Tensor& x, Tensor& out, Stream stream);
 // Converts between activation dtypes (fp32 <-> fp16/bf16), same shape.
 Status convert(const Tensor& in, Tensor& out, Stream stream);
 
+// Fills a float tensor with uniform values in [-scale, scale), or an int8 tensor with uniform integers in
+// [-127, 127], from a counter-based hash of (seed, index): the same values on every device, with no state.
+// For synthetic models (llama_bench) whose weights are made on the GPU without a file.
+Status fill_random(Tensor& t, uint64_t seed, float scale, Stream stream);
+
+// Hash of (seed, i) as a uniform float in [-1, 1): splitmix64 finaliser, top 24 bits.
+inline float hash_uniform(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
 }  // namespace kernel

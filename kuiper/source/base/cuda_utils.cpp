@@ -49,4 +49,36 @@ Status CudaEvent::create(int device_id, bool timing) {
   return Status::Ok();
 }
 
+CudaGraph::~CudaGraph() {
+  if (exec_) cudaGraphExecDestroy(exec_);
+  if (graph_) cudaGraphDestroy(graph_);
+}
+
+Status CudaGraph::finish_capture(cudaStream_t stream, const Status& recorded) {
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);  // always end, even after a failure
+  if (!recorded.ok()) {
+    if (graph) cudaGraphDestroy(graph);
+    return recorded;
+  }
+  if (end != cudaSuccess) return cuda_error(end, "cudaStreamEndCapture", __FILE__, __LINE__);
+  graph_ = graph;
+  CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+  return Status::Ok();
+}
+
+Status CudaGraph::launch(cudaStream_t stream) const {
+  CUDA_CHECK(cudaGraphLaunch(exec_, stream));
+  return Status::Ok();
+}
+
+PinnedBuffer::~PinnedBuffer() {
+  if (ptr_) cudaFreeHost(ptr_);
+}
+
+Status PinnedBuffer::create(size_t bytes) {
+  CUDA_CHECK(cudaMallocHost(&ptr_, bytes));
+  return Status::Ok();
+}
+
 }  // namespace base

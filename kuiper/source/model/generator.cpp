@@ -21,6 +21,7 @@ base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::v
     return base::InvalidArgument("the prompt (" + std::to_string(prompt.size()) + " tokens) does not fit in the context of " +
                                  std::to_string(model.max_seq_len() - pos) + " positions; raise --max_seq_len or shorten it");
   const std::vector<int32_t>& eos = model.config().eos_ids;
+  const bool greedy = sampler.config().temperature == 0.f;
 
   auto t0 = std::chrono::steady_clock::now();
   KP_RETURN_IF_ERROR(model.prefill(prompt, pos, logits));
@@ -45,9 +46,13 @@ base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::v
       stats->stop_reason = "context";
       break;
     }
-    KP_RETURN_IF_ERROR(model.forward(&token, 1, pos, logits));
+    if (greedy) {
+      KP_RETURN_IF_ERROR(model.decode_greedy(token, pos, &token));  // argmax on the device
+    } else {
+      KP_RETURN_IF_ERROR(model.forward(&token, 1, pos, logits));
+      token = sampler.sample(logits);
+    }
     ++pos;
-    token = sampler.sample(logits);
   }
   stats->decode_ms = ms_since(t1);
   return base::Status::Ok();

@@ -64,6 +64,21 @@ Status download(const Tensor& src, void* dst, size_t bytes, void* stream) {
 }
 }  // namespace
 
+// Host-side staging of what crosses between host and device each step, and the decode graph.
+struct LlamaModel::Staging {
+  int32_t* tokens = nullptr;  // [max_batch_tokens]
+  int32_t* pos = nullptr;     // [1]
+  int32_t* next = nullptr;    // [1]
+  std::vector<int32_t> host;  // backing store on the CPU
+#ifdef KUIPER_WITH_CUDA
+  base::PinnedBuffer pinned;  // backing store on GPUs, so copies are asynchronous
+  base::CudaGraph decode_graph;
+#endif
+};
+
+LlamaModel::LlamaModel() = default;
+LlamaModel::~LlamaModel() = default;
+
 Status LlamaModel::create(const ModelFile& file, const ModelOptions& opts, std::unique_ptr<LlamaModel>* out) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->config_ = file.config();
@@ -106,15 +121,16 @@ Status LlamaModel::init_mem() {
       {&ws_.v, act, {T, kv_local}, 0},        {&ws_.att, act, {T, q_local}, 0},
       {&ws_.proj, act, {T, c.dim}, 0},        {&ws_.h1, act, {T, weights_.hidden_local}, 0},
       {&ws_.h3, act, {T, weights_.hidden_local}, 0}, {&ws_.last, act, {1, c.dim}, 0},
-      {&ws_.logits_local, act, {1, vocab_local}, 0}, {&ws_.logits_all, act, {1, c.vocab_size}, 0},
-      {&ws_.logits_f32, DType::kFp32, {1, c.vocab_size}, 0}, {&ws_.tokens, DType::kInt32, {T}, 0},
-      {&ws_.pos, DType::kInt32, {1}, 0},
+      {&ws_.logits_local, act, {1, vocab_local}, 0}, {&ws_.tokens, DType::kInt32, {T}, 0},
+      {&ws_.pos, DType::kInt32, {1}, 0}, {&ws_.next, DType::kInt32, {1}, 0},
       {&ws_.scratch, DType::kFp32,
        {std::max<int64_t>(1, kernel::attention_scratch_floats(T, weights_.n_heads_local, c.head_dim, max_seq_len_,
                                                               opts_.device))},
        0},
       {&ws_.cos_sin, DType::kFp32, {max_seq_len_, c.head_dim / 2, 2}, 0},
   };
+  if (opts_.world_size > 1) slots.push_back({&ws_.logits_all, act, {1, c.vocab_size}, 0});
+  if (act != DType::kFp32) slots.push_back({&ws_.logits_f32, DType::kFp32, {1, c.vocab_size}, 0});
   uint64_t total = 0;
   for (Slot& s : slots) {
     uint64_t n = base::dtype_size(s.dtype);
@@ -125,11 +141,29 @@ Status LlamaModel::init_mem() {
   Status st = base::Buffer::create(alloc_, total, &ws_block_);
   if (!st.ok()) return {st.code(), "activation workspace does not fit: " + st.message()};
   for (Slot& s : slots) *s.t = Tensor::from_buffer(ws_block_, s.offset, s.dtype, s.shape);
+  if (opts_.world_size == 1) ws_.logits_all = ws_.logits_local;
+  if (act == DType::kFp32) ws_.logits_f32 = ws_.logits_all;
   ws_.bytes = total;
 
   const std::vector<float> table = rope_cos_sin_table(c, max_seq_len_);
   KP_RETURN_IF_ERROR(upload(table.data(), table.size() * sizeof(float), ws_.cos_sin, opts_.stream));
-  host_pos_.assign(1, 0);
+
+  staging_ = std::make_unique<Staging>();
+  const size_t n_ints = (size_t)T + 2;
+  int32_t* base_ptr = nullptr;
+  if (opts_.device == DeviceType::kCPU) {
+    staging_->host.resize(n_ints);
+    base_ptr = staging_->host.data();
+  } else {
+#ifdef KUIPER_WITH_CUDA
+    KP_RETURN_IF_ERROR(staging_->pinned.create(n_ints * sizeof(int32_t)));
+    base_ptr = static_cast<int32_t*>(staging_->pinned.data());
+    CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(opts_.stream)));
+#endif
+  }
+  staging_->tokens = base_ptr;
+  staging_->pos = base_ptr + T;
+  staging_->next = base_ptr + T + 1;
   return Status::Ok();
 }
 
@@ -161,38 +195,20 @@ Status LlamaModel::ffn_block(int layer, int32_t n) {
   return L.w2.forward(h1, proj, s);
 }
 
-Status LlamaModel::classifier(int32_t n, float* logits) {
+// Logits of the last token: this rank's slice of the vocabulary, gathered from every rank, widened to
+// fp32, and their argmax, all on the device.
+Status LlamaModel::classifier(int32_t n) {
   void* s = opts_.stream;
   // Only the last token's logits are needed: its normed row is already in xb.
-  Tensor last = ws_.xb.slice_rows(n - 1, n);
-  KP_RETURN_IF_ERROR(weights_.output.forward(last, ws_.logits_local, s));
-  if (opts_.world_size > 1) {
-    KP_RETURN_IF_ERROR(opts_.comm->all_gather(ws_.logits_local, ws_.logits_all, s));
-  } else {
-    ws_.logits_all = ws_.logits_local;
-  }
-  Tensor src = ws_.logits_all;
-  if (src.dtype() != DType::kFp32) {
-    KP_RETURN_IF_ERROR(kernel::convert(src, ws_.logits_f32, s));
-    src = ws_.logits_f32;
-  }
-  return download(src, logits, (size_t)config_.vocab_size * sizeof(float), s);
+  KP_RETURN_IF_ERROR(weights_.output.forward(ws_.xb.slice_rows(n - 1, n), ws_.logits_local, s));
+  if (opts_.world_size > 1) KP_RETURN_IF_ERROR(opts_.comm->all_gather(ws_.logits_local, ws_.logits_all, s));
+  if (ws_.logits_all.dtype() != DType::kFp32) KP_RETURN_IF_ERROR(kernel::convert(ws_.logits_all, ws_.logits_f32, s));
+  return kernel::argmax(ws_.logits_f32, ws_.next, s);
 }
 
-Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits) {
-  if (n < 1 || n > max_batch_tokens_) return base::InvalidArgument("forward: token count out of range");
-  if (pos < 0 || pos + n > max_seq_len_)
-    return base::InvalidArgument("context full: position " + std::to_string(pos + n) + " exceeds max_seq_len " +
-                                 std::to_string(max_seq_len_));
-  for (int32_t i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size)
-      return base::InvalidArgument("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
-  void* s = opts_.stream;
-  host_pos_[0] = pos;
-  KP_RETURN_IF_ERROR(upload(tokens, n * sizeof(int32_t), ws_.tokens, s));
-  KP_RETURN_IF_ERROR(upload(host_pos_.data(), sizeof(int32_t), ws_.pos, s));
-
+Status LlamaModel::forward_device(int32_t n, bool classify) {
   const ModelConfig& c = config_;
+  void* s = opts_.stream;
   Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
   KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
   KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[0].attention_norm, c.norm_eps, xb, s));
@@ -204,8 +220,50 @@ Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float*
     const Tensor& next_norm = l + 1 < c.n_layers ? weights_.layers[l + 1].attention_norm : weights_.norm;
     KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, next_norm, c.norm_eps, xb, s));
   }
+  return classify ? classifier(n) : Status::Ok();
+}
+
+Status LlamaModel::run_step(const int32_t* tokens, int32_t n, int32_t pos, bool classify) {
+  if (n < 1 || n > max_batch_tokens_) return base::InvalidArgument("forward: token count out of range");
+  if (pos < 0 || pos + n > max_seq_len_)
+    return base::InvalidArgument("context full: position " + std::to_string(pos + n) + " exceeds max_seq_len " +
+                                 std::to_string(max_seq_len_));
+  for (int32_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size)
+      return base::InvalidArgument("token id " + std::to_string(tokens[i]) + " outside the vocabulary");
+  void* s = opts_.stream;
+  std::memcpy(staging_->tokens, tokens, n * sizeof(int32_t));
+  *staging_->pos = pos;
+  KP_RETURN_IF_ERROR(upload(staging_->tokens, n * sizeof(int32_t), ws_.tokens, s));
+  KP_RETURN_IF_ERROR(upload(staging_->pos, sizeof(int32_t), ws_.pos, s));
+#ifdef KUIPER_WITH_CUDA
+  // The decode step is the same kernels on the same buffers every time (the position is read from
+  // device memory), so it is captured once and replayed: one launch instead of hundreds.
+  if (opts_.device == DeviceType::kCUDA && opts_.cuda_graph && n == 1 && classify) {
+    auto& graph = staging_->decode_graph;
+    if (!graph.ready()) {
+      // The first step runs normally (its results stand: replaying it would write the same cache row
+      // and logits again), which also creates any lazily made handles outside the capture.
+      KP_RETURN_IF_ERROR(forward_device(1, true));
+      return graph.capture(static_cast<cudaStream_t>(s), [&] { return forward_device(1, true); });
+    }
+    return graph.launch(static_cast<cudaStream_t>(s));
+  }
+#endif
+  return forward_device(n, classify);
+}
+
+Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits) {
+  KP_RETURN_IF_ERROR(run_step(tokens, n, pos, logits != nullptr));
   if (logits == nullptr) return Status::Ok();
-  return classifier(n, logits);
+  return download(ws_.logits_f32, logits, (size_t)config_.vocab_size * sizeof(float), opts_.stream);
+}
+
+Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
+  KP_RETURN_IF_ERROR(run_step(&token, 1, pos, true));
+  KP_RETURN_IF_ERROR(download(ws_.next, staging_->next, sizeof(int32_t), opts_.stream));
+  *next = *staging_->next;
+  return Status::Ok();
 }
 
 Status LlamaModel::prefill(const std::vector<int32_t>& tokens, int32_t pos, float* logits) {

@@ -129,6 +129,43 @@ Status ModelFile::open(const std::string& path, std::unique_ptr<ModelFile>* out)
 
 ModelFile::~ModelFile() = default;
 
+Status ModelFile::synthetic(const ModelConfig& cfg, std::unique_ptr<ModelFile>* out) {
+  KP_RETURN_IF_ERROR(cfg.validate());
+  std::unique_ptr<ModelFile> mf(new ModelFile());
+  mf->path_ = "(synthetic " + cfg.summary() + ")";
+  mf->config_ = cfg;
+  mf->size_ = std::numeric_limits<uint64_t>::max();
+  const int64_t D = cfg.dim, F = cfg.hidden_dim, Q = cfg.q_dim(), KV = cfg.kv_dim(), V = cfg.vocab_size;
+  const DType wd = cfg.weight_dtype;
+  auto add = [&](const std::string& name, DType dt, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return mf->add_entry(TensorEntry{name, dt, shape, 0, (uint64_t)n * base::dtype_size(dt)});
+  };
+  auto linear = [&](const std::string& name, int64_t o, int64_t i) -> Status {
+    KP_RETURN_IF_ERROR(add(name, wd, {o, i}));
+    if (wd == DType::kInt8) KP_RETURN_IF_ERROR(add(name + ".scales", DType::kFp32, {o, i / cfg.group_size}));
+    return Status::Ok();
+  };
+  KP_RETURN_IF_ERROR(add("tok_embeddings", wd == DType::kInt8 ? DType::kFp16 : wd, {V, D}));
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    KP_RETURN_IF_ERROR(add(p + "attention_norm", DType::kFp32, {D}));
+    KP_RETURN_IF_ERROR(linear(p + "wq", Q, D));
+    KP_RETURN_IF_ERROR(linear(p + "wk", KV, D));
+    KP_RETURN_IF_ERROR(linear(p + "wv", KV, D));
+    KP_RETURN_IF_ERROR(linear(p + "wo", D, Q));
+    KP_RETURN_IF_ERROR(add(p + "ffn_norm", DType::kFp32, {D}));
+    KP_RETURN_IF_ERROR(linear(p + "w1", F, D));
+    KP_RETURN_IF_ERROR(linear(p + "w2", D, F));
+    KP_RETURN_IF_ERROR(linear(p + "w3", F, D));
+  }
+  KP_RETURN_IF_ERROR(add("norm", DType::kFp32, {D}));
+  if (!cfg.tied_embeddings) KP_RETURN_IF_ERROR(linear("output", V, D));
+  *out = std::move(mf);
+  return Status::Ok();
+}
+
 Status ModelFile::add_entry(TensorEntry e) {
   int64_t n = 1;
   for (int64_t d : e.shape)

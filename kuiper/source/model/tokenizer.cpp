@@ -2,8 +2,12 @@
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <fstream>
+#include <regex>
 #include <sstream>
+
+#include "model/bpe_tokenizer.h"
 
 namespace model {
 
@@ -86,7 +90,12 @@ base::Status load_tokenizer_blob(TokenizerType type, const std::string& blob, co
     *out = std::move(t);
     return base::Status::Ok();
   }
-  if (type == TokenizerType::kTiktoken) return base::Unsupported(origin + ": Llama 3 (tiktoken) tokenizer not available yet");
+  if (type == TokenizerType::kTiktoken) {
+    std::unique_ptr<BpeTokenizer> t;
+    KP_RETURN_IF_ERROR(BpeTokenizer::from_tiktoken(blob, origin, &t));
+    *out = std::move(t);
+    return base::Status::Ok();
+  }
   return base::BadModelFile(origin + ": no tokenizer");
 }
 
@@ -95,7 +104,21 @@ base::Status load_tokenizer_file(const std::string& path, std::unique_ptr<Tokeni
   if (!f) return base::NotFound(path + ": cannot open tokenizer file");
   std::stringstream ss;
   ss << f.rdbuf();
-  return load_tokenizer_blob(TokenizerType::kSentencePiece, ss.str(), path, out);
+  const std::string blob = ss.str();
+  // Hugging Face tokenizer.json (Llama 3) is a JSON object; a tiktoken file (Llama 3) is lines of
+  // `base64 rank`; anything else is taken for a SentencePiece model (a protobuf).
+  const size_t first = blob.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && blob[first] == '{') {
+    std::unique_ptr<BpeTokenizer> t;
+    KP_RETURN_IF_ERROR(BpeTokenizer::from_hf_json(blob, path, &t));
+    *out = std::move(t);
+    return base::Status::Ok();
+  }
+  // (A tiktoken line is at most ~180 bytes: the first 512 are enough to look at.)
+  static const std::regex tiktoken_line("[A-Za-z0-9+/=]+ [0-9]+\r?");
+  if (std::regex_match(blob.substr(0, std::min<size_t>(blob.find('\n'), 512)), tiktoken_line))
+    return load_tokenizer_blob(TokenizerType::kTiktoken, blob, path, out);
+  return load_tokenizer_blob(TokenizerType::kSentencePiece, blob, path, out);
 }
 
 namespace {

@@ -1,7 +1,10 @@
 #include "model/weights.h"
 
+#include <cmath>
 #include <cstring>
 #include <string>
+
+#include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
 #include <cuda_runtime.h>
@@ -132,10 +135,20 @@ class Planner {
     uint64_t done = 0, all = 0;
     for (const Piece& p : pieces_) all += p.bytes();
     *device_bytes = 0;
+    if (file_.is_synthetic() && spec_.device == DeviceType::kCUDA) {
+#ifdef KUIPER_WITH_CUDA
+      CUDA_CHECK(cudaSetDevice(spec_.device_id));
+#endif
+    }
     for (const Piece& p : pieces_) {
       const std::vector<int64_t> shape = p.entry->shape.size() == 2 ? std::vector<int64_t>{p.nr, p.nc}
                                                                      : std::vector<int64_t>{p.nc};
-      if (p.zero_copy) {
+      if (file_.is_synthetic()) {
+        // Random values made where the tensor lives: a 70B-shaped model needs no file and no host copy.
+        *p.dst = Tensor::from_buffer(*block, p.offset, p.dtype, shape);
+        const float scale = shape.size() == 2 ? 1.f / std::sqrt((float)shape[1]) : 1.f;
+        KP_RETURN_IF_ERROR(kernel::fill_random(*p.dst, 0x5eed + (uint64_t)(&p - pieces_.data()), scale, nullptr));
+      } else if (p.zero_copy) {
         const TensorEntry& e = *p.entry;
         const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
         auto view = base::Buffer::wrap(const_cast<void*>(file_.data(e)), e.nbytes, DeviceType::kCPU, 0,
@@ -151,6 +164,9 @@ class Planner {
       done += p.bytes();
       if (progress) progress(done, all);
     }
+#ifdef KUIPER_WITH_CUDA
+    if (file_.is_synthetic() && spec_.device == DeviceType::kCUDA) CUDA_CHECK(cudaDeviceSynchronize());
+#endif
     return Status::Ok();
   }
 
@@ -162,7 +178,8 @@ class Planner {
     // The CPU kernels take fp32 float weights: fp16 / bf16 files are widened once here.
     if (spec_.device == DeviceType::kCPU && e->dtype != DType::kInt8) p.dtype = DType::kFp32;
     const int64_t cols = e->shape.size() == 2 ? e->shape[1] : e->shape[0];
-    p.zero_copy = spec_.device == DeviceType::kCPU && p.dtype == e->dtype && c0 == 0 && nc == cols &&
+    p.zero_copy = !file_.is_synthetic() && spec_.device == DeviceType::kCPU && p.dtype == e->dtype && c0 == 0 &&
+                  nc == cols &&
                   (e->offset + r0 * cols * base::dtype_size(e->dtype)) % 64 == 0;
     pieces_.push_back(p);
     return Status::Ok();

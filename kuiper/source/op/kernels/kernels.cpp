@@ -261,4 +261,11 @@ Status convert(const Tensor& in, Tensor& out, Stream stream) {
   KP_DISPATCH(in, cpu::convert(in, out), cuda::convert(in, out, cu(stream)));
 }
 
+Status fill_random(Tensor& t, uint64_t seed, float scale, Stream stream) {
+  const char* op = "fill_random";
+  KP_RETURN_IF_ERROR(same_device(op, {&t}));
+  KP_REQUIRE(t.dtype() != DType::kInt32, "int32 tensors are not filled");
+  KP_DISPATCH(t, cpu::fill_random(t, seed, scale), cuda::fill_random(t, seed, scale, cu(stream)));
+}
+
 }  // namespace kernel

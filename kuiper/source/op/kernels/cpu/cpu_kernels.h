@@ -21,5 +21,6 @@ void add(const Tensor& a, const Tensor& b, Tensor& out);
 void softmax(Tensor& x);
 void argmax(const Tensor& x, Tensor& out);
 void convert(const Tensor& in, Tensor& out);
+void fill_random(Tensor& t, uint64_t seed, float scale);
 
 }  // namespace kernel::cpu

@@ -91,3 +91,23 @@ void convert(const Tensor& in, Tensor& out) {
 }
 
 }  // namespace kernel::cpu
+
+namespace kernel::cpu {
+
+// Same values as the CUDA kernel: hash_uniform(seed, i) scaled, rounded to the tensor's dtype.
+void fill_random(Tensor& t, uint64_t seed, float scale) {
+  const int64_t n = t.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) {
+    const float u = hash_uniform(seed, (uint64_t)i);
+    switch (t.dtype()) {
+      case base::DType::kFp32: t.ptr<float>()[i] = u * scale; break;
+      case base::DType::kFp16: t.ptr_u16()[i] = base::float_to_half(u * scale); break;
+      case base::DType::kBf16: t.ptr_u16()[i] = base::float_to_bf16(u * scale); break;
+      case base::DType::kInt8: t.ptr<int8_t>()[i] = (int8_t)std::lrint(u * 127.f); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace kernel::cpu

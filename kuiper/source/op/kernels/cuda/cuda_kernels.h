@@ -29,5 +29,6 @@ Status add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t stream);
 Status softmax(Tensor& x, cudaStream_t stream);
 Status argmax(const Tensor& x, Tensor& out, cudaStream_t stream);
 Status convert(const Tensor& in, Tensor& out, cudaStream_t stream);
+Status fill_random(Tensor& t, uint64_t seed, float scale, cudaStream_t stream);
 
 }  // namespace kernel::cuda

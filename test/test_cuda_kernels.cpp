@@ -1,0 +1,772 @@
+// CUDA kernels (through the kernel:: API) against float64 references computed here from the same rounded
+// inputs: random fp32 values are rounded to the activation dtype first, and the reference reads those
+// rounded values, so the only differences left are the kernels' fp32 arithmetic and the rounding of
+// their outputs. Outputs are poisoned with 0xFF bytes (NaN in fp32/fp16/bf16, -1 in int32) before each
+// call, so an element a kernel fails to write cannot pass.
+//
+// Tolerances are atol + rtol * |ref|. Results rounded once to the activation dtype get: fp32 ~1e-5
+// (fp32 arithmetic), fp16 ~2e-3 (half an ulp is 2^-11 ~ 4.9e-4 relative), bf16 ~1e-2 (half an ulp is
+// 2^-8 ~ 3.9e-3 relative). Conversions and copies must be exact.
+//
+// Uploads go through the legacy stream (Tensor::copy_to, cudaMemset); the kernels run on a non-blocking
+// stream, so every test settles the device between the two.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "base/cuda_utils.h"
+#include "op/kernels.h"
+#include "test_util.h"
+
+namespace {
+
+using base::DType;
+using tensor::Tensor;
+
+#define ASSERT_OK(expr)                                   \
+  do {                                                    \
+    const ::base::Status kp_st_ = (expr);                 \
+    ASSERT_TRUE(kp_st_.ok()) << #expr << ": " << kp_st_.message(); \
+  } while (0)
+
+#define ASSERT_CUDA(expr)                                                            \
+  do {                                                                               \
+    const cudaError_t kp_err_ = (expr);                                              \
+    ASSERT_EQ(kp_err_, cudaSuccess) << #expr << ": " << cudaGetErrorString(kp_err_); \
+  } while (0)
+
+const DType kActDtypes[] = {DType::kFp32, DType::kFp16, DType::kBf16};
+
+struct Tol {
+  double atol, rtol;
+};
+
+// One rounding of an O(1) result to `dt` after fp32 arithmetic (see the file comment).
+Tol tol_for(DType dt) {
+  switch (dt) {
+    case DType::kFp16: return {1e-3, 2e-3};
+    case DType::kBf16: return {1e-2, 1e-2};
+    default: return {1e-5, 1e-5};
+  }
+}
+
+// The value a kernel stores when it rounds the fp32 result `v` to `dt`.
+double round_to(DType dt, double v) {
+  const float f = (float)v;
+  switch (dt) {
+    case DType::kFp16: return base::half_to_float(base::float_to_half(f));
+    case DType::kBf16: return base::bf16_to_float(base::float_to_bf16(f));
+    default: return f;
+  }
+}
+
+std::vector<double> round_all(DType dt, std::vector<double> v) {
+  for (double& x : v) x = round_to(dt, x);
+  return v;
+}
+
+std::vector<double> values_of(const Tensor& t) {
+  const Tensor f = testutil::to_fp32_cpu(t);
+  return std::vector<double>(f.ptr<float>(), f.ptr<float>() + f.numel());
+}
+
+// A GPU tensor with every byte 0xFF.
+Tensor poisoned(DType dt, std::vector<int64_t> shape) {
+  Tensor t;
+  EXPECT_TRUE(Tensor::create(dt, std::move(shape), base::CUDAAllocator::get(0), &t).ok());
+  EXPECT_EQ(cudaMemset(t.data(), 0xFF, t.nbytes()), cudaSuccess);
+  return t;
+}
+
+// A copy of host tensor `h` on the GPU, starting one element past a 256-byte boundary, so the kernels'
+// 16-byte vector paths must be refused in favour of the scalar ones.
+Tensor to_gpu_misaligned(const Tensor& h) {
+  Tensor big;
+  EXPECT_TRUE(Tensor::create(h.dtype(), {h.numel() + 16}, base::CUDAAllocator::get(0), &big).ok());
+  Tensor view = Tensor::from_buffer(big.buffer(), big.byte_offset() + base::dtype_size(h.dtype()), h.dtype(),
+                                    h.shape());
+  EXPECT_TRUE(h.copy_to(view).ok());
+  return view;
+}
+
+// Input data: the GPU tensor and exactly the same values in double.
+struct Data {
+  Tensor gpu;
+  std::vector<double> v;
+};
+
+Data upload_host(const Tensor& h, bool misaligned) {
+  return {misaligned ? to_gpu_misaligned(h) : testutil::to_gpu(h), values_of(h)};
+}
+
+// Uniform [lo, hi) values from `seed`, rounded to `dt`.
+Data make_data(std::vector<int64_t> shape, uint64_t seed, DType dt, float lo = -1.f, float hi = 1.f,
+               bool misaligned = false) {
+  return upload_host(testutil::to_dtype_cpu(testutil::random_cpu(std::move(shape), seed, lo, hi), dt), misaligned);
+}
+
+// `v` (rounded to `dt`) as a GPU tensor.
+Data upload_values(const std::vector<double>& v, std::vector<int64_t> shape, DType dt) {
+  Tensor f;
+  EXPECT_TRUE(Tensor::create(DType::kFp32, std::move(shape), base::CPUAllocator::get(), &f).ok());
+  for (int64_t i = 0; i < f.numel(); ++i) f.ptr<float>()[i] = (float)v[i];
+  return upload_host(testutil::to_dtype_cpu(f, dt), false);
+}
+
+Tensor int32_gpu(const std::vector<int32_t>& v) {
+  Tensor h;
+  EXPECT_TRUE(Tensor::create(DType::kInt32, {(int64_t)v.size()}, base::CPUAllocator::get(), &h).ok());
+  std::copy(v.begin(), v.end(), h.ptr<int32_t>());
+  return testutil::to_gpu(h);
+}
+
+std::vector<int32_t> int32_host(const Tensor& g) {
+  Tensor h;
+  EXPECT_TRUE(Tensor::create(DType::kInt32, g.shape(), base::CPUAllocator::get(), &h).ok());
+  EXPECT_TRUE(g.copy_to(h).ok());
+  return std::vector<int32_t>(h.ptr<int32_t>(), h.ptr<int32_t>() + h.numel());
+}
+
+// fp32 [max_seq, head_dim / 2, 2] table of (cos t, sin t), t = p * theta^(-2j / head_dim).
+Tensor make_cos_sin(int max_seq, int head_dim, std::vector<double>* values) {
+  Tensor h;
+  EXPECT_TRUE(Tensor::create(DType::kFp32, {max_seq, head_dim / 2, 2}, base::CPUAllocator::get(), &h).ok());
+  float* p = h.ptr<float>();
+  for (int s = 0; s < max_seq; ++s)
+    for (int j = 0; j < head_dim / 2; ++j) {
+      const double t = s * std::pow(10000.0, -2.0 * j / head_dim);
+      p[(s * head_dim / 2 + j) * 2] = (float)std::cos(t);
+      p[(s * head_dim / 2 + j) * 2 + 1] = (float)std::sin(t);
+    }
+  *values = std::vector<double>(p, p + h.numel());
+  return testutil::to_gpu(h);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// float64 references.
+
+std::vector<double> rmsnorm_ref(const std::vector<double>& x, const std::vector<double>& w, int64_t n, int64_t dim,
+                                double eps) {
+  std::vector<double> out(x.size());
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t d = 0; d < dim; ++d) ss += x[i * dim + d] * x[i * dim + d];
+    const double inv = 1.0 / std::sqrt(ss / dim + eps);
+    for (int64_t d = 0; d < dim; ++d) out[i * dim + d] = x[i * dim + d] * inv * w[d];
+  }
+  return out;
+}
+
+std::vector<double> matmul_ref(const std::vector<double>& x, const std::vector<double>& w, int64_t n, int64_t in,
+                               int64_t out) {
+  std::vector<double> y(n * out);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0;
+      for (int64_t k = 0; k < in; ++k) s += x[i * in + k] * w[o * in + k];
+      y[i * out + o] = s;
+    }
+  return y;
+}
+
+// Rotates rows of width `width` (heads of head_dim) in place, positions pos .. pos + n - 1.
+void rope_ref(std::vector<double>& x, int64_t n, int64_t width, int head_dim, int pos,
+              const std::vector<double>& cos_sin) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t p = 0; p < width / 2; ++p) {
+      const int64_t j = p % (head_dim / 2);
+      const double c = cos_sin[((pos + i) * (head_dim / 2) + j) * 2], s = cos_sin[((pos + i) * (head_dim / 2) + j) * 2 + 1];
+      double& a = x[i * width + 2 * p];
+      double& b = x[i * width + 2 * p + 1];
+      const double a0 = a, b0 = b;
+      a = a0 * c - b0 * s;
+      b = a0 * s + b0 * c;
+    }
+}
+
+// Causal GQA: query i (position pos + i) over cache rows [0, pos + i].
+std::vector<double> attention_ref(const std::vector<double>& q, const std::vector<double>& kc,
+                                  const std::vector<double>& vc, int pos, int n, int n_heads, int n_kv_heads,
+                                  int hd) {
+  const int group = n_heads / n_kv_heads, kv_dim = n_kv_heads * hd;
+  std::vector<double> out((size_t)n * n_heads * hd);
+  std::vector<double> sc;
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < n_heads; ++h) {
+      const int g = h / group, len = pos + i + 1;
+      const double* qh = &q[((size_t)i * n_heads + h) * hd];
+      sc.assign(len, 0);
+      double mx = -INFINITY;
+      for (int t = 0; t < len; ++t) {
+        double s = 0;
+        for (int d = 0; d < hd; ++d) s += qh[d] * kc[(size_t)t * kv_dim + g * hd + d];
+        sc[t] = s / std::sqrt((double)hd);
+        mx = std::max(mx, sc[t]);
+      }
+      double sum = 0;
+      for (int t = 0; t < len; ++t) sum += (sc[t] = std::exp(sc[t] - mx));
+      for (int d = 0; d < hd; ++d) {
+        double o = 0;
+        for (int t = 0; t < len; ++t) o += sc[t] * vc[(size_t)t * kv_dim + g * hd + d];
+        out[((size_t)i * n_heads + h) * hd + d] = o / sum;
+      }
+    }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (testutil::gpu_count() == 0) return;  // the test body skips
+    ASSERT_OK(stream_.create(0));
+  }
+  kernel::Stream stream() const { return stream_.get(); }
+  // Uploads and poisoning (legacy stream) must land before kernels on our non-blocking stream run.
+  static void settle() { ASSERT_CUDA(cudaDeviceSynchronize()); }
+  void finish() {
+    ASSERT_CUDA(cudaStreamSynchronize(stream_.get()));
+    ASSERT_CUDA(cudaGetLastError());
+  }
+  base::CudaStream stream_;
+};
+
+TEST_F(CudaKernels, Embedding) {
+  KP_SKIP_WITHOUT_GPU();
+  const int64_t vocab = 37;
+  const std::vector<int32_t> ids = {3, 0, 36, -5, 1000, 17};
+  const std::vector<int64_t> rows = {3, 0, 36, 0, 36, 17};  // out-of-range ids clamp on the GPU
+  const Tensor tokens = int32_gpu(ids);
+  for (int64_t dim : {770, 64}) {
+    for (DType tdt : kActDtypes) {
+      for (DType odt : kActDtypes) {
+        SCOPED_TRACE(std::string("dim ") + std::to_string(dim) + " table " + base::dtype_name(tdt) + " out " +
+                     base::dtype_name(odt));
+        const Data table = make_data({vocab, dim}, 11 + dim, tdt);
+        Tensor out = poisoned(odt, {(int64_t)ids.size(), dim});
+        settle();
+        ASSERT_OK(kernel::embedding(tokens, table.gpu, out, stream()));
+        finish();
+        std::vector<double> ref;
+        for (int64_t r : rows)
+          for (int64_t d = 0; d < dim; ++d) ref.push_back(round_to(odt, table.v[r * dim + d]));
+        EXPECT_TRUE(testutil::all_close(out, ref, 0, 0));  // a conversion: exact
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernels, RmsNorm) {
+  KP_SKIP_WITHOUT_GPU();
+  const float eps = 1e-5f;
+  for (DType dt : kActDtypes)
+    for (int64_t n : {1, 3})
+      for (int64_t dim : {769, 770, 771, 1024}) {
+        for (bool misaligned : {false, true}) {
+          if (misaligned && dim != 1024) continue;  // 1024 is the size that would take the vector path
+          SCOPED_TRACE(std::string(base::dtype_name(dt)) + " n " + std::to_string(n) + " dim " +
+                       std::to_string(dim) + (misaligned ? " misaligned" : ""));
+          const Data x = make_data({n, dim}, 100 + dim, dt, -2.f, 2.f, misaligned);
+          const Data w = make_data({dim}, 200 + dim, DType::kFp32, 0.5f, 1.5f);
+          Tensor out = poisoned(dt, {n, dim});
+          settle();
+          ASSERT_OK(kernel::rmsnorm(x.gpu, w.gpu, eps, out, stream()));
+          finish();
+          const Tol tol = tol_for(dt);
+          EXPECT_TRUE(testutil::all_close(out, rmsnorm_ref(x.v, w.v, n, dim, eps), tol.atol, tol.rtol));
+        }
+      }
+}
+
+TEST_F(CudaKernels, AddRmsNorm) {
+  KP_SKIP_WITHOUT_GPU();
+  const float eps = 1e-5f;
+  for (DType dt : kActDtypes)
+    for (int64_t n : {1, 3})
+      for (int64_t dim : {769, 770, 771, 1024}) {
+        SCOPED_TRACE(std::string(base::dtype_name(dt)) + " n " + std::to_string(n) + " dim " + std::to_string(dim));
+        Data res = make_data({n, dim}, 300 + dim, dt, -2.f, 2.f);
+        const Data delta = make_data({n, dim}, 400 + dim, dt);
+        const Data w = make_data({dim}, 500 + dim, DType::kFp32, 0.5f, 1.5f);
+        Tensor out = poisoned(dt, {n, dim});
+        settle();
+        ASSERT_OK(kernel::add_rmsnorm(res.gpu, delta.gpu, w.gpu, eps, out, stream()));
+        finish();
+        // The residual is stored rounded, and the norm reads the stored values.
+        std::vector<double> r(res.v.size());
+        for (size_t i = 0; i < r.size(); ++i) r[i] = round_to(dt, res.v[i] + delta.v[i]);
+        EXPECT_TRUE(testutil::all_close(res.gpu, r, 0, 0));  // one fp32 add, one rounding: exact
+        const Tol tol = tol_for(dt);
+        EXPECT_TRUE(testutil::all_close(out, rmsnorm_ref(r, w.v, n, dim, eps), tol.atol, tol.rtol));
+      }
+}
+
+// out may alias delta: the model may normalise into the buffer that held the layer's output.
+TEST_F(CudaKernels, AddRmsNormOutAliasesDelta) {
+  KP_SKIP_WITHOUT_GPU();
+  const DType dt = DType::kFp16;
+  const int64_t n = 2, dim = 1024;
+  Data res = make_data({n, dim}, 601, dt, -2.f, 2.f);
+  Data delta = make_data({n, dim}, 602, dt);
+  const Data w = make_data({dim}, 603, DType::kFp32, 0.5f, 1.5f);
+  settle();
+  ASSERT_OK(kernel::add_rmsnorm(res.gpu, delta.gpu, w.gpu, 1e-5f, delta.gpu, stream()));
+  finish();
+  std::vector<double> r(res.v.size());
+  for (size_t i = 0; i < r.size(); ++i) r[i] = round_to(dt, res.v[i] + delta.v[i]);
+  const Tol tol = tol_for(dt);
+  EXPECT_TRUE(testutil::all_close(delta.gpu, rmsnorm_ref(r, w.v, n, dim, 1e-5), tol.atol, tol.rtol));
+}
+
+// Accumulation over `in` products of O(1) values: y is O(10), so atol is looser than for O(1) results.
+// fp32 stays strict: cuBLAS runs fp32 GEMMs in full fp32 (no TF32).
+Tol matmul_tol(DType dt) {
+  switch (dt) {
+    case DType::kFp16: return {2e-3, 2e-3};
+    case DType::kBf16: return {1e-2, 1e-2};
+    default: return {1e-4, 1e-5};
+  }
+}
+
+struct MatmulCase {
+  int64_t in, out;
+  int group;  // int8 weights only
+};
+
+TEST_F(CudaKernels, MatmulFloatWeights) {
+  KP_SKIP_WITHOUT_GPU();
+  // (1024, 300): every 16-byte vector path; 771: the scalar GEMV fallback (odd row length).
+  const MatmulCase cases[] = {{1024, 300, 0}, {771, 129, 0}};
+  // n <= 4: GEMV (1, 3, 4); n > 4: cuBLAS (weights of the activation dtype) or the tiled kernel.
+  const int64_t ns[] = {1, 3, 4, 5, 17, 64};
+  for (DType dt : kActDtypes)
+    for (DType wdt : kActDtypes)
+      for (const MatmulCase& c : cases)
+        for (int64_t n : ns) {
+          SCOPED_TRACE(std::string("x ") + base::dtype_name(dt) + " W " + base::dtype_name(wdt) + " n " +
+                       std::to_string(n) + " in " + std::to_string(c.in) + " out " + std::to_string(c.out));
+          const Data x = make_data({n, c.in}, 700 + n, dt);
+          const Data w = make_data({c.out, c.in}, 800 + c.in, wdt);
+          Tensor y = poisoned(dt, {n, c.out});
+          settle();
+          ASSERT_OK(kernel::matmul(x.gpu, w.gpu, Tensor(), 0, y, stream()));
+          finish();
+          const Tol tol = matmul_tol(dt);
+          EXPECT_TRUE(testutil::all_close(y, matmul_ref(x.v, w.v, n, c.in, c.out), tol.atol, tol.rtol));
+        }
+}
+
+TEST_F(CudaKernels, MatmulInt8Weights) {
+  KP_SKIP_WITHOUT_GPU();
+  // group 64: vector GEMV (16 int8 per load inside one group); group 8 and in 770: scalar fallback.
+  const MatmulCase cases[] = {{1024, 300, 64}, {1024, 300, 8}, {770, 129, 70}};
+  const int64_t ns[] = {1, 3, 4, 5, 17, 64};
+  for (const MatmulCase& c : cases) {
+    Tensor q, s;
+    ASSERT_OK(Tensor::create(DType::kInt8, {c.out, c.in}, base::CPUAllocator::get(), &q));
+    ASSERT_OK(Tensor::create(DType::kFp32, {c.out, c.in / c.group}, base::CPUAllocator::get(), &s));
+    std::mt19937_64 rng(900 + c.group);
+    std::uniform_int_distribution<int> qd(-127, 127);
+    std::uniform_real_distribution<float> sd(0.002f, 0.02f);
+    for (int64_t i = 0; i < q.numel(); ++i) q.ptr<int8_t>()[i] = (int8_t)qd(rng);
+    for (int64_t i = 0; i < s.numel(); ++i) s.ptr<float>()[i] = sd(rng);
+    std::vector<double> w(q.numel());  // W[o, k] = q[o, k] * scales[o, k / group]
+    for (int64_t o = 0; o < c.out; ++o)
+      for (int64_t k = 0; k < c.in; ++k)
+        w[o * c.in + k] = (double)q.ptr<int8_t>()[o * c.in + k] * s.ptr<float>()[o * (c.in / c.group) + k / c.group];
+    const Tensor qg = testutil::to_gpu(q), sg = testutil::to_gpu(s);
+    for (DType dt : kActDtypes)
+      for (int64_t n : ns) {
+        SCOPED_TRACE(std::string("x ") + base::dtype_name(dt) + " int8 W, n " + std::to_string(n) + " in " +
+                     std::to_string(c.in) + " group " + std::to_string(c.group));
+        const Data x = make_data({n, c.in}, 1000 + n, dt);
+        Tensor y = poisoned(dt, {n, c.out});
+        settle();
+        ASSERT_OK(kernel::matmul(x.gpu, qg, sg, c.group, y, stream()));
+        finish();
+        const Tol tol = matmul_tol(dt);
+        EXPECT_TRUE(testutil::all_close(y, matmul_ref(x.v, w, n, c.in, c.out), tol.atol, tol.rtol));
+      }
+  }
+}
+
+// A misaligned activation row must take the scalar GEMV and still be right.
+TEST_F(CudaKernels, MatmulMisalignedActivations) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes)
+    for (int64_t n : {1, 2}) {
+      SCOPED_TRACE(std::string(base::dtype_name(dt)) + " n " + std::to_string(n));
+      const Data x = make_data({n, 1024}, 1100, dt, -1.f, 1.f, /*misaligned=*/true);
+      const Data w = make_data({96, 1024}, 1101, dt);
+      Tensor y = poisoned(dt, {n, 96});
+      settle();
+      ASSERT_OK(kernel::matmul(x.gpu, w.gpu, Tensor(), 0, y, stream()));
+      finish();
+      const Tol tol = matmul_tol(dt);
+      EXPECT_TRUE(testutil::all_close(y, matmul_ref(x.v, w.v, n, 1024, 96), tol.atol, tol.rtol));
+    }
+}
+
+TEST_F(CudaKernels, Rope) {
+  KP_SKIP_WITHOUT_GPU();
+  const int max_seq = 16;
+  struct Case {
+    int n_heads, n_kv_heads, hd, n, pos;
+  };
+  const Case cases[] = {{4, 2, 8, 1, 0}, {4, 2, 8, 3, 5}, {2, 2, 64, 1, 15}, {4, 2, 64, 3, 5}, {4, 1, 128, 3, 13}};
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(base::dtype_name(dt)) + " heads " + std::to_string(c.n_heads) + "/" +
+                   std::to_string(c.n_kv_heads) + " hd " + std::to_string(c.hd) + " n " + std::to_string(c.n) +
+                   " pos " + std::to_string(c.pos));
+      std::vector<double> cs;
+      const Tensor cos_sin = make_cos_sin(max_seq, c.hd, &cs);
+      const int64_t qw = (int64_t)c.n_heads * c.hd, kw = (int64_t)c.n_kv_heads * c.hd;
+      Data q = make_data({c.n, qw}, 1200 + c.hd, dt);
+      Data k = make_data({c.n, kw}, 1300 + c.hd, dt);
+      const Tensor pos = int32_gpu({c.pos});
+      settle();
+      ASSERT_OK(kernel::rope(q.gpu, k.gpu, pos, cos_sin, c.hd, stream()));
+      finish();
+      rope_ref(q.v, c.n, qw, c.hd, c.pos, cs);
+      rope_ref(k.v, c.n, kw, c.hd, c.pos, cs);
+      const Tol tol = tol_for(dt);
+      EXPECT_TRUE(testutil::all_close(q.gpu, q.v, tol.atol, tol.rtol));
+      EXPECT_TRUE(testutil::all_close(k.gpu, k.v, tol.atol, tol.rtol));
+    }
+}
+
+TEST_F(CudaKernels, KvAppend) {
+  KP_SKIP_WITHOUT_GPU();
+  const int64_t max_seq = 16;
+  struct Case {
+    int64_t kv_dim, n;
+    int pos;
+    bool fits;
+  };
+  // kv_dim 6 in fp16/bf16 is 12 bytes a row: the element-wise copy. pos 15 with 3 rows does not fit
+  // and must write nothing.
+  const Case cases[] = {{128, 1, 0, true}, {128, 3, 7, true}, {128, 1, 15, true}, {6, 3, 7, true}, {128, 3, 15, false}};
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(base::dtype_name(dt)) + " kv_dim " + std::to_string(c.kv_dim) + " n " +
+                   std::to_string(c.n) + " pos " + std::to_string(c.pos));
+      const Data k = make_data({c.n, c.kv_dim}, 1400, dt);
+      const Data v = make_data({c.n, c.kv_dim}, 1401, dt);
+      Tensor kc = poisoned(dt, {max_seq, c.kv_dim}), vc = poisoned(dt, {max_seq, c.kv_dim});
+      const Tensor pos = int32_gpu({c.pos});
+      settle();
+      ASSERT_OK(kernel::kv_append(k.gpu, v.gpu, kc, vc, pos, stream()));
+      finish();
+      for (int which = 0; which < 2; ++which) {
+        const Tensor& cache = which == 0 ? kc : vc;
+        const Data& src = which == 0 ? k : v;
+        Tensor host;
+        ASSERT_OK(Tensor::create(dt, cache.shape(), base::CPUAllocator::get(), &host));
+        ASSERT_OK(cache.copy_to(host));
+        const Tensor srch = testutil::to_dtype_cpu(testutil::to_fp32_cpu(src.gpu), dt);
+        const size_t row_bytes = c.kv_dim * base::dtype_size(dt);
+        const auto* bytes = static_cast<const uint8_t*>(host.data());
+        for (int64_t r = 0; r < max_seq; ++r) {
+          const bool written = c.fits && r >= c.pos && r < c.pos + c.n;
+          if (written) {
+            EXPECT_EQ(std::memcmp(bytes + r * row_bytes, static_cast<const uint8_t*>(srch.data()) + (r - c.pos) * row_bytes,
+                                  row_bytes),
+                      0)
+                << (which ? "v" : "k") << " cache row " << r << " differs from the appended row";
+          } else {
+            EXPECT_TRUE(std::all_of(bytes + r * row_bytes, bytes + (r + 1) * row_bytes, [](uint8_t b) { return b == 0xFF; }))
+                << (which ? "v" : "k") << " cache row " << r << " was written";
+          }
+        }
+      }
+    }
+}
+
+TEST_F(CudaKernels, KvAppendRejectsOtherCacheDtype) {
+  KP_SKIP_WITHOUT_GPU();
+  const Data k = make_data({1, 64}, 1500, DType::kFp32);
+  Tensor kc = poisoned(DType::kFp16, {8, 64}), vc = poisoned(DType::kFp16, {8, 64});
+  const Tensor pos = int32_gpu({0});
+  settle();
+  const base::Status st = kernel::kv_append(k.gpu, k.gpu, kc, vc, pos, stream());
+  EXPECT_EQ(st.code(), base::StatusCode::kInvalidArgument) << st.message();
+}
+
+// Runs attention for n queries at positions pos .. pos + n - 1 over a cache whose rows [0, pos + n) hold
+// random data and whose later rows are NaN (the kernel must never read them), against attention_ref.
+void check_attention(kernel::Stream stream, DType dt, int n_heads, int n_kv_heads, int hd, int n, int pos,
+                     int max_seq, uint64_t seed) {
+  SCOPED_TRACE(std::string(base::dtype_name(dt)) + " heads " + std::to_string(n_heads) + "/" +
+               std::to_string(n_kv_heads) + " hd " + std::to_string(hd) + " n " + std::to_string(n) + " pos " +
+               std::to_string(pos) + " max_seq " + std::to_string(max_seq));
+  const int64_t kv_dim = (int64_t)n_kv_heads * hd, live = pos + n;
+  // q in [-3, 3] against k in [-1, 1] gives scores of standard deviation ~1: a peaked, non-trivial softmax.
+  const Data q = make_data({n, (int64_t)n_heads * hd}, seed, dt, -3.f, 3.f);
+  const Data k = make_data({live, kv_dim}, seed + 1, dt);
+  const Data v = make_data({live, kv_dim}, seed + 2, dt);
+  Tensor kc = poisoned(dt, {max_seq, kv_dim}), vc = poisoned(dt, {max_seq, kv_dim});
+  Tensor kc_live = kc.slice_rows(0, live), vc_live = vc.slice_rows(0, live);
+  ASSERT_OK(k.gpu.copy_to(kc_live));
+  ASSERT_OK(v.gpu.copy_to(vc_live));
+  const int64_t scratch_n = kernel::attention_scratch_floats(n, n_heads, hd, max_seq, base::DeviceType::kCUDA);
+  Tensor scratch = poisoned(DType::kFp32, {std::max<int64_t>(scratch_n, 1)});
+  Tensor out = poisoned(dt, {n, (int64_t)n_heads * hd});
+  const Tensor pos_t = int32_gpu({pos});
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ASSERT_OK(kernel::attention(q.gpu, kc, vc, pos_t, n_heads, n_kv_heads, hd, scratch, out, stream));
+  ASSERT_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  ASSERT_CUDA(cudaGetLastError());
+  // Outputs are convex combinations of v in [-1, 1]; fp32 allows for expf and long fp32 sums.
+  const Tol tol = dt == DType::kFp32 ? Tol{2e-5, 1e-4} : dt == DType::kFp16 ? Tol{2e-3, 2e-3} : Tol{1e-2, 1e-2};
+  EXPECT_TRUE(testutil::all_close(out, attention_ref(q.v, k.v, v.v, pos, n, n_heads, n_kv_heads, hd), tol.atol,
+                                  tol.rtol));
+}
+
+TEST_F(CudaKernels, AttentionPrefill) {
+  KP_SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv_heads, hd, n, pos;
+  };
+  const Case cases[] = {
+      {8, 4, 8, 3, 0},     // stories260K shape
+      {8, 4, 8, 17, 5},
+      {4, 4, 64, 17, 0},   // MHA
+      {4, 4, 64, 40, 30},  // rows of one block straddle key tiles
+      {8, 2, 128, 17, 5},  // GQA, group 4
+      {8, 1, 32, 3, 33},   // group 8
+      {6, 2, 16, 9, 2},    // group 3: blocks mix queries
+  };
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases) check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, c.n, c.pos, 64, 1600);
+}
+
+// A prefill chunk after a long context: 64 queries at positions 3000 .. 3063.
+TEST_F(CudaKernels, AttentionPrefillLongContext) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes) check_attention(stream(), dt, 8, 2, 128, 64, 3000, 4096, 1700);
+}
+
+// Decode: split-K over chunks of the cache and the combine. Positions around the chunk edges (128) and
+// a long context (3000: 24 chunks).
+TEST_F(CudaKernels, AttentionDecode) {
+  KP_SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv_heads, hd;
+  };
+  const Case cases[] = {{8, 2, 128}, {4, 4, 64}, {8, 4, 8}, {12, 1, 16}};  // group 4, MHA, stories260K, group 12
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases)
+      for (int pos : {0, 1, 31, 32, 127, 128, 129, 3000})
+        check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, 1, pos, 4096, 1800 + pos);
+}
+
+TEST_F(CudaKernels, AttentionRejectsUnsupportedHeadDim) {
+  KP_SKIP_WITHOUT_GPU();
+  const int hd = 96, max_seq = 8;
+  const Data q = make_data({1, 2 * hd}, 1900, DType::kFp16);
+  Tensor kc = poisoned(DType::kFp16, {max_seq, hd}), vc = poisoned(DType::kFp16, {max_seq, hd});
+  Tensor scratch = poisoned(DType::kFp32, {kernel::attention_scratch_floats(1, 2, hd, max_seq, base::DeviceType::kCUDA)});
+  Tensor out = poisoned(DType::kFp16, {1, 2 * hd});
+  const Tensor pos = int32_gpu({0});
+  settle();
+  const base::Status st = kernel::attention(q.gpu, kc, vc, pos, 2, 1, hd, scratch, out, stream());
+  EXPECT_EQ(st.code(), base::StatusCode::kInvalidArgument) << st.message();
+}
+
+TEST_F(CudaKernels, Swiglu) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes)
+    for (int64_t cols : {771, 1024})
+      for (bool misaligned : {false, true}) {
+        SCOPED_TRACE(std::string(base::dtype_name(dt)) + " cols " + std::to_string(cols) + (misaligned ? " misaligned" : ""));
+        const Data g = make_data({3, cols}, 2000 + cols, dt, -6.f, 6.f, misaligned);
+        const Data u = make_data({3, cols}, 2100 + cols, dt, -2.f, 2.f);
+        Tensor out = poisoned(dt, {3, cols});
+        settle();
+        ASSERT_OK(kernel::swiglu(g.gpu, u.gpu, out, stream()));
+        finish();
+        std::vector<double> ref(g.v.size());
+        for (size_t i = 0; i < ref.size(); ++i) ref[i] = g.v[i] / (1.0 + std::exp(-g.v[i])) * u.v[i];
+        const Tol tol = tol_for(dt);
+        EXPECT_TRUE(testutil::all_close(out, ref, tol.atol, tol.rtol));
+      }
+}
+
+TEST_F(CudaKernels, Add) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes)
+    for (int64_t cols : {771, 1024})
+      for (bool in_place : {false, true}) {
+        SCOPED_TRACE(std::string(base::dtype_name(dt)) + " cols " + std::to_string(cols) + (in_place ? " in place" : ""));
+        Data a = make_data({3, cols}, 2200 + cols, dt, -4.f, 4.f);
+        const Data b = make_data({3, cols}, 2300 + cols, dt);
+        Tensor out = in_place ? a.gpu : poisoned(dt, {3, cols});
+        settle();
+        ASSERT_OK(kernel::add(a.gpu, b.gpu, out, stream()));
+        finish();
+        std::vector<double> ref(a.v.size());
+        for (size_t i = 0; i < ref.size(); ++i) ref[i] = round_to(dt, a.v[i] + b.v[i]);
+        EXPECT_TRUE(testutil::all_close(out, ref, 0, 0));  // one fp32 add, one rounding: exact
+      }
+}
+
+TEST_F(CudaKernels, Convert) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType from : kActDtypes)
+    for (DType to : kActDtypes)
+      for (int64_t cols : {771, 1024})
+        for (bool misaligned : {false, true}) {
+          SCOPED_TRACE(std::string(base::dtype_name(from)) + " -> " + base::dtype_name(to) + " cols " +
+                       std::to_string(cols) + (misaligned ? " misaligned" : ""));
+          const Data in = make_data({2, cols}, 2400 + cols, from, -300.f, 300.f, misaligned);
+          Tensor out = poisoned(to, {2, cols});
+          settle();
+          ASSERT_OK(kernel::convert(in.gpu, out, stream()));
+          finish();
+          EXPECT_TRUE(testutil::all_close(out, round_all(to, in.v), 0, 0));  // round to nearest even: exact
+        }
+}
+
+TEST_F(CudaKernels, Softmax) {
+  KP_SKIP_WITHOUT_GPU();
+  for (int64_t cols : {771, 32000}) {
+    SCOPED_TRACE("cols " + std::to_string(cols));
+    Data x = make_data({3, cols}, 2500 + cols, DType::kFp32, -20.f, 20.f);
+    settle();
+    ASSERT_OK(kernel::softmax(x.gpu, stream()));
+    finish();
+    std::vector<double> ref(x.v.size());
+    for (int64_t r = 0; r < 3; ++r) {
+      const double* row = &x.v[r * cols];
+      const double mx = *std::max_element(row, row + cols);
+      double sum = 0;
+      for (int64_t i = 0; i < cols; ++i) sum += std::exp(row[i] - mx);
+      for (int64_t i = 0; i < cols; ++i) ref[r * cols + i] = std::exp(row[i] - mx) / sum;
+    }
+    // Probabilities span e^-40 .. 1: relative error of expf and the fp32 sum, tiny atol.
+    EXPECT_TRUE(testutil::all_close(x.gpu, ref, 1e-9, 1e-5));
+  }
+}
+
+TEST_F(CudaKernels, Argmax) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes)
+    for (int64_t cols : {771, 32000}) {
+      SCOPED_TRACE(std::string(base::dtype_name(dt)) + " cols " + std::to_string(cols));
+      Tensor f = testutil::random_cpu({4, cols}, 2600 + cols, -1.f, 1.f);
+      float* p = f.ptr<float>();
+      p[1 * cols + 700] = 5.f;  // row 1: a tie, the lower index wins
+      p[1 * cols + 5] = 5.f;
+      std::fill(p + 2 * cols, p + 3 * cols, 0.25f);  // row 2: all equal -> 0
+      p[3 * cols + cols - 1] = 7.f;                   // row 3: the last element
+      const Data x = upload_host(testutil::to_dtype_cpu(f, dt), false);
+      Tensor out = poisoned(DType::kInt32, {4});
+      settle();
+      ASSERT_OK(kernel::argmax(x.gpu, out, stream()));
+      finish();
+      const std::vector<int32_t> got = int32_host(out);
+      for (int64_t r = 0; r < 4; ++r) {
+        // Reference on the rounded values (bf16 rounding makes ties common), lowest index on ties.
+        int64_t best = 0;
+        for (int64_t i = 1; i < cols; ++i)
+          if (x.v[r * cols + i] > x.v[r * cols + best]) best = i;
+        EXPECT_EQ(got[r], best) << "row " << r;
+      }
+      EXPECT_EQ(got[1], 5);
+      EXPECT_EQ(got[2], 0);
+      EXPECT_EQ(got[3], cols - 1);
+    }
+}
+
+// One decode step (rope -> kv_append -> attention -> matmul, n = 1) captured once in a CUDA graph and
+// replayed at several positions, pos being updated on the device between replays: every replay must
+// match a reference step at that position, and the results must change with it.
+TEST_F(CudaKernels, DecodeStepGraphReplay) {
+  KP_SKIP_WITHOUT_GPU();
+  const int n_heads = 4, n_kv_heads = 2, hd = 64, max_seq = 256, n_out = 96;
+  const int64_t dim = n_heads * hd, kv_dim = n_kv_heads * hd;
+  for (DType dt : {DType::kFp32, DType::kBf16}) {
+    SCOPED_TRACE(base::dtype_name(dt));
+    std::vector<double> cs;
+    const Tensor cos_sin = make_cos_sin(max_seq, hd, &cs);
+    // The whole cache holds data, so replays may jump between positions; each writes its own row.
+    Data kc = make_data({max_seq, kv_dim}, 2700, dt), vc = make_data({max_seq, kv_dim}, 2701, dt);
+    const Data w = make_data({n_out, dim}, 2702, dt);
+    Tensor q = poisoned(dt, {1, dim}), k = poisoned(dt, {1, kv_dim}), v = poisoned(dt, {1, kv_dim});
+    Tensor pos = poisoned(DType::kInt32, {1});
+    Tensor att = poisoned(dt, {1, dim}), y = poisoned(dt, {1, n_out});
+    Tensor scratch =
+        poisoned(DType::kFp32, {kernel::attention_scratch_floats(1, n_heads, hd, max_seq, base::DeviceType::kCUDA)});
+    settle();
+
+    const cudaStream_t s = static_cast<cudaStream_t>(stream());
+    cudaGraph_t graph_raw = nullptr;
+    ASSERT_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    base::Status st = kernel::rope(q, k, pos, cos_sin, hd, s);
+    if (st.ok()) st = kernel::kv_append(k, v, kc.gpu, vc.gpu, pos, s);
+    if (st.ok()) st = kernel::attention(q, kc.gpu, vc.gpu, pos, n_heads, n_kv_heads, hd, scratch, att, s);
+    if (st.ok()) st = kernel::matmul(att, w.gpu, Tensor(), 0, y, s);
+    const cudaError_t end = cudaStreamEndCapture(s, &graph_raw);  // always leave capture mode
+    std::unique_ptr<CUgraph_st, decltype(&cudaGraphDestroy)> graph(graph_raw, &cudaGraphDestroy);
+    ASSERT_OK(st);
+    ASSERT_CUDA(end);
+    cudaGraphExec_t exec_raw = nullptr;
+    ASSERT_CUDA(cudaGraphInstantiate(&exec_raw, graph.get(), 0));
+    std::unique_ptr<CUgraphExec_st, decltype(&cudaGraphExecDestroy)> exec(exec_raw, &cudaGraphExecDestroy);
+
+    std::vector<double> prev_y;
+    uint64_t seed = 2800;
+    for (int32_t p : {0, 100, 127, 128, 200, 255}) {
+      SCOPED_TRACE("pos " + std::to_string(p));
+      const Tensor hq = testutil::to_dtype_cpu(testutil::random_cpu({1, dim}, seed++, -3.f, 3.f), dt);
+      const Tensor hk = testutil::to_dtype_cpu(testutil::random_cpu({1, kv_dim}, seed++), dt);
+      const Tensor hv = testutil::to_dtype_cpu(testutil::random_cpu({1, kv_dim}, seed++), dt);
+      ASSERT_CUDA(cudaMemcpyAsync(q.data(), hq.data(), hq.nbytes(), cudaMemcpyHostToDevice, s));
+      ASSERT_CUDA(cudaMemcpyAsync(k.data(), hk.data(), hk.nbytes(), cudaMemcpyHostToDevice, s));
+      ASSERT_CUDA(cudaMemcpyAsync(v.data(), hv.data(), hv.nbytes(), cudaMemcpyHostToDevice, s));
+      ASSERT_CUDA(cudaMemcpyAsync(pos.data(), &p, sizeof(p), cudaMemcpyHostToDevice, s));
+      ASSERT_CUDA(cudaMemsetAsync(att.data(), 0xFF, att.nbytes(), s));
+      ASSERT_CUDA(cudaMemsetAsync(y.data(), 0xFF, y.nbytes(), s));
+      ASSERT_CUDA(cudaGraphLaunch(exec.get(), s));
+      ASSERT_CUDA(cudaStreamSynchronize(s));
+
+      // Reference step. The kernels store rotated q and k in the activation dtype and attention's
+      // output too; the reference rounds at the same places.
+      std::vector<double> rq = values_of(hq), rk = values_of(hk);
+      const std::vector<double> rv = values_of(hv);
+      rope_ref(rq, 1, dim, hd, p, cs);
+      rope_ref(rk, 1, kv_dim, hd, p, cs);
+      rq = round_all(dt, rq);
+      rk = round_all(dt, rk);
+      std::copy(rk.begin(), rk.end(), kc.v.begin() + p * kv_dim);
+      std::copy(rv.begin(), rv.end(), vc.v.begin() + p * kv_dim);
+      const std::vector<double> ref_att = attention_ref(rq, kc.v, vc.v, p, 1, n_heads, n_kv_heads, hd);
+      const std::vector<double> ref_y = matmul_ref(round_all(dt, ref_att), w.v, 1, dim, n_out);
+
+      // bf16: a rotated value may round to the neighbouring bf16 number (fp32 vs float64 rotation), and
+      // such one-ulp differences feed through attention into y.
+      const Tol t_att = dt == DType::kFp32 ? Tol{2e-5, 1e-4} : Tol{1e-2, 1e-2};
+      const Tol t_y = dt == DType::kFp32 ? Tol{1e-4, 1e-4} : Tol{3e-2, 1.5e-2};
+      EXPECT_TRUE(testutil::all_close(kc.gpu.slice_rows(p, p + 1), rk, t_att.atol, t_att.rtol));
+      EXPECT_TRUE(testutil::all_close(att, ref_att, t_att.atol, t_att.rtol));
+      const std::vector<double> got_y = values_of(y);
+      EXPECT_TRUE(testutil::all_close(y, ref_y, t_y.atol, t_y.rtol));
+      if (!prev_y.empty()) {
+        double diff = 0;
+        for (size_t i = 0; i < got_y.size(); ++i) diff = std::max(diff, std::fabs(got_y[i] - prev_y[i]));
+        EXPECT_GT(diff, 0.1) << "the replay at a new position gave (nearly) the previous result";
+      }
+      prev_y = got_y;
+    }
+  }
+}
+
+}  // namespace
