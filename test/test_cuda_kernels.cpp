@@ -508,6 +508,7 @@ void check_attention(kernel::Stream stream, DType dt, int n_heads, int n_kv_head
                std::to_string(n_kv_heads) + " hd " + std::to_string(hd) + " n " + std::to_string(n) + " pos " +
                std::to_string(pos) + " max_seq " + std::to_string(max_seq));
   const int64_t kv_dim = (int64_t)n_kv_heads * hd, live = pos + n;
+  ASSERT_LE(live, max_seq) << "test case does not fit its cache";
   // q in [-3, 3] against k in [-1, 1] gives scores of standard deviation ~1: a peaked, non-trivial softmax.
   const Data q = make_data({n, (int64_t)n_heads * hd}, seed, dt, -3.f, 3.f);
   const Data k = make_data({live, kv_dim}, seed + 1, dt);
@@ -545,7 +546,7 @@ TEST_F(CudaKernels, AttentionPrefill) {
       {6, 2, 16, 9, 2},    // group 3: blocks mix queries
   };
   for (DType dt : kActDtypes)
-    for (const Case& c : cases) check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, c.n, c.pos, 64, 1600);
+    for (const Case& c : cases) check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, c.n, c.pos, 128, 1600);
 }
 
 // A prefill chunk after a long context: 64 queries at positions 3000 .. 3063.

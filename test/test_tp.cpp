@@ -60,6 +60,18 @@ TEST(TensorParallelCpu, LogitsMatchOneRank) {
   }
 }
 
+// A 300-token prompt: the row-parallel matmuls run in chunks of 128 tokens with the all-reduce of each
+// chunk started before the next is multiplied (op/matmul.cpp); the result must not change.
+TEST(TensorParallelCpu, ChunkedRowParallelPrefillMatchesOneRank) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  std::vector<int32_t> prompt(300);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 3 + (int32_t)((i * 7919) % 500);
+  const std::vector<float> ref = prefill_logits(*runner(*f, 1), prompt)[0];
+  const auto tp2 = prefill_logits(*runner(*f, 2), prompt);
+  EXPECT_TRUE(testutil::all_close(tp2[1], std::vector<double>(ref.begin(), ref.end()), 1e-5, 1e-5));
+}
+
 TEST(TensorParallelCpu, GreedyTokensMatchOneRank) {
   KP_SKIP_WITHOUT_MODELS();
   auto f = stories();

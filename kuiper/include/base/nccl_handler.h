@@ -46,8 +46,11 @@ class NcclHandler {
   // The Communicator of `rank`; valid after init.
   Communicator* communicator(int rank);
 
-  // out-of-place sum over ranks of `count` elements; `stream` is the caller's compute stream.
-  Status all_reduce(int rank, const void* send, void* recv, size_t count, DType dtype, cudaStream_t stream);
+  // Sum over ranks of `count` elements, in two halves (see the overlap diagram above): start() queues
+  // the collective on the comm stream after the work queued on the compute `stream` so far; finish()
+  // makes `stream` wait for every collective started before it.
+  Status all_reduce_start(int rank, const void* send, void* recv, size_t count, DType dtype, cudaStream_t stream);
+  Status all_reduce_finish(int rank, cudaStream_t stream);
   // recv (count * world elements) = every rank's send (count elements), rank order.
   Status all_gather(int rank, const void* send, void* recv, size_t count, DType dtype, cudaStream_t stream);
 

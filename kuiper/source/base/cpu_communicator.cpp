@@ -22,7 +22,7 @@ CpuCommGroup::CpuCommGroup(int world) : barrier_(world), slots_(world, nullptr) 
 
 int CpuCommunicator::world_size() const { return group_->world_size(); }
 
-Status CpuCommunicator::all_reduce_sum(tensor::Tensor& t, void*) {
+Status CpuCommunicator::all_reduce_start(tensor::Tensor& t, void*) {
   if (t.dtype() != DType::kFp32 || t.device_type() != DeviceType::kCPU || !t.is_contiguous())
     return InvalidArgument("CPU all-reduce takes contiguous fp32 host tensors");
   const int world = world_size();

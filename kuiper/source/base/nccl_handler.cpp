@@ -29,8 +29,11 @@ struct NcclHandler::Rank final : Communicator {
 
   int rank() const override { return index; }
   int world_size() const override { return handler->world_size(); }
-  Status all_reduce_sum(tensor::Tensor& t, void* stream) override {
-    return handler->all_reduce(index, t.data(), t.data(), t.numel(), t.dtype(), static_cast<cudaStream_t>(stream));
+  Status all_reduce_start(tensor::Tensor& t, void* stream) override {
+    return handler->all_reduce_start(index, t.data(), t.data(), t.numel(), t.dtype(), static_cast<cudaStream_t>(stream));
+  }
+  Status all_reduce_finish(void* stream) override {
+    return handler->all_reduce_finish(index, static_cast<cudaStream_t>(stream));
   }
   Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) override {
     if (out.numel() != in.numel() * world_size() || out.dtype() != in.dtype())
@@ -76,12 +79,19 @@ Status NcclHandler::init(int world) {
 
 Communicator* NcclHandler::communicator(int rank) { return ranks_.at(rank).get(); }
 
-Status NcclHandler::all_reduce(int rank, const void* send, void* recv, size_t count, DType dtype,
-                               cudaStream_t stream) {
+// compute: [record done]      comm: [wait done] ncclAllReduce      (the host returns at once)
+Status NcclHandler::all_reduce_start(int rank, const void* send, void* recv, size_t count, DType dtype,
+                                     cudaStream_t stream) {
   Rank& r = *ranks_.at(rank);
   CUDA_CHECK(cudaEventRecord(r.done.get(), stream));
   CUDA_CHECK(cudaStreamWaitEvent(r.comm_stream.get(), r.done.get(), 0));
   NCCL_CHECK(ncclAllReduce(send, recv, count, nccl_type(dtype), ncclSum, r.comm, r.comm_stream.get()));
+  return Status::Ok();
+}
+
+// comm: [record reduced]      compute: [wait reduced]   (covers every all-reduce started before)
+Status NcclHandler::all_reduce_finish(int rank, cudaStream_t stream) {
+  Rank& r = *ranks_.at(rank);
   CUDA_CHECK(cudaEventRecord(r.reduced.get(), r.comm_stream.get()));
   CUDA_CHECK(cudaStreamWaitEvent(stream, r.reduced.get(), 0));
   return Status::Ok();

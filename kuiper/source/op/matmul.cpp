@@ -3,6 +3,8 @@
 // after w2).
 #include "op/matmul.h"
 
+#include <algorithm>
+
 #include "op/kernels.h"
 
 namespace op {
@@ -19,13 +21,26 @@ base::Status MatmulLayer::set_weight(tensor::Tensor weight, tensor::Tensor scale
   return base::Status::Ok();
 }
 
+// Row-parallel prefill is cut into chunks of this many tokens so that the all-reduce of one chunk (on
+// the comm stream) runs while the next chunk is multiplied (on the compute stream).
+constexpr int64_t kOverlapChunk = 128;
+
 base::Status MatmulLayer::forward(const tensor::Tensor& x, tensor::Tensor& y, void* stream) const {
-  KP_RETURN_IF_ERROR(kernel::matmul(x, weight_, scales_, group_size_, y, stream));
-  if (tp_.mode == TpMode::kRow && tp_.world_size > 1) {
-    // Partial sums over this rank's slice of the input features: add them up across ranks.
-    KP_RETURN_IF_ERROR(tp_.comm->all_reduce_sum(y, stream));
+  if (tp_.mode != TpMode::kRow || tp_.world_size == 1)
+    return kernel::matmul(x, weight_, scales_, group_size_, y, stream);
+
+  // y holds partial sums over this rank's slice of the input features: add them up across ranks.
+  //   compute: [matmul c0][matmul c1][matmul c2]...            [wait: all reduced] next op
+  //   comm:               [reduce c0][reduce c1][reduce c2]...
+  // Decode (one token) is one chunk: the next op needs the sum, so nothing overlaps there.
+  const int64_t n = x.dim(0);
+  for (int64_t begin = 0; begin < n; begin += kOverlapChunk) {
+    const int64_t end = std::min(n, begin + kOverlapChunk);
+    tensor::Tensor yc = y.slice_rows(begin, end);
+    KP_RETURN_IF_ERROR(kernel::matmul(x.slice_rows(begin, end), weight_, scales_, group_size_, yc, stream));
+    KP_RETURN_IF_ERROR(tp_.comm->all_reduce_start(yc, stream));
   }
-  return base::Status::Ok();
+  return tp_.comm->all_reduce_finish(stream);
 }
 
 }  // namespace op
