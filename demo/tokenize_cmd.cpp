@@ -30,8 +30,16 @@ int detokenize_ids(const model::Tokenizer& tok, const std::string& text) {
       return fail(2, "--detokenize: '" + word + "' is not a token id" + range);
     ids.push_back(static_cast<int32_t>(std::stol(word)));
   }
+  // Decoded as if after BOS: SentencePiece's dummy-prefix space before the first word is dropped, as
+  // sentencepiece's own decode does, so `--detokenize` of `--tokenize`'s output gives the text back.
   model::Utf8Stream utf8;
-  const std::string out = utf8.push(tok.decode(ids)) + utf8.flush();
+  std::string out;
+  int32_t prev = tok.bos_id();
+  for (int32_t id : ids) {
+    out += utf8.push(tok.decode_token(prev, id));
+    prev = id;
+  }
+  out += utf8.flush();
   std::fwrite(out.data(), 1, out.size(), stdout);  // the text may hold NUL bytes
   std::fputc('\n', stdout);
   return 0;

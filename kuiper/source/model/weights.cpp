@@ -93,14 +93,16 @@ class Planner {
   }
 
   // A linear layer's shard: rows (column-parallel) or columns (row-parallel) of this rank.
+  // `rows` overrides the row range of a column-parallel shard (replicated KV heads).
   Status linear(const std::string& name, int64_t out, int64_t in, op::TpMode mode, op::MatmulLayer* layer,
-                Tensor* w, Tensor* s) {
+                Tensor* w, Tensor* s, std::pair<int64_t, int64_t> rows = {-1, -1}) {
     const TensorEntry* e;
     KP_RETURN_IF_ERROR(file_.get(name, {out, in}, &e));
     const int world = mode == op::TpMode::kReplicated ? 1 : spec_.world_size;
-    const int64_t r_len = mode == op::TpMode::kColumn ? out / world : out;
+    int64_t r_len = mode == op::TpMode::kColumn ? out / world : out;
     const int64_t c_len = mode == op::TpMode::kRow ? in / world : in;
-    const int64_t r0 = mode == op::TpMode::kColumn ? spec_.rank * r_len : 0;
+    int64_t r0 = mode == op::TpMode::kColumn ? spec_.rank * r_len : 0;
+    if (rows.first >= 0) r0 = rows.first, r_len = rows.second;
     const int64_t c0 = mode == op::TpMode::kRow ? spec_.rank * c_len : 0;
     layer->set_tp_config({mode, spec_.rank, world, spec_.comm});
     KP_RETURN_IF_ERROR(add(e, r0, r_len, c0, c_len, w, false));
@@ -204,7 +206,16 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
   const int w = spec.world_size;
   if (w < 1 || spec.rank < 0 || spec.rank >= w) return base::InvalidArgument("bad tensor-parallel rank");
   KP_RETURN_IF_ERROR(divisible(file, "the query heads", c.n_heads, w));
-  KP_RETURN_IF_ERROR(divisible(file, "the key/value heads", c.n_kv_heads, w));
+  // More ranks than KV heads: each KV head is replicated on world / n_kv_heads ranks (as large
+  // deployments do), provided every rank's query heads share one KV head.
+  const bool replicate_kv = w > c.n_kv_heads;
+  if (replicate_kv) {
+    if (w % c.n_kv_heads != 0)
+      return base::InvalidArgument("--tp " + std::to_string(w) + " is neither a divisor nor a multiple of the " +
+                                   std::to_string(c.n_kv_heads) + " key/value heads of " + file.path());
+  } else {
+    KP_RETURN_IF_ERROR(divisible(file, "the key/value heads", c.n_kv_heads, w));
+  }
   KP_RETURN_IF_ERROR(divisible(file, "the FFN width", c.hidden_dim, w));
   KP_RETURN_IF_ERROR(divisible(file, "the vocabulary", c.vocab_size, w));
   if (c.weight_dtype == DType::kInt8) {
@@ -213,7 +224,11 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
   }
   LlamaWeights& W = *out;
   W.n_heads_local = c.n_heads / w;
-  W.n_kv_heads_local = c.n_kv_heads / w;
+  W.n_kv_heads_local = replicate_kv ? 1 : c.n_kv_heads / w;
+  // Rows of wk / wv this rank reads: its KV heads, or the one KV head its query heads use.
+  const int64_t kv_rows = (int64_t)W.n_kv_heads_local * c.head_dim;
+  const int64_t kv_row0 = replicate_kv ? (int64_t)(spec.rank * W.n_heads_local / (c.n_heads / c.n_kv_heads)) * c.head_dim
+                                       : spec.rank * kv_rows;
   W.hidden_local = c.hidden_dim / w;
   W.layers.assign(c.n_layers, LayerWeights{});
 
@@ -225,18 +240,19 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
   struct Lin { op::MatmulLayer* layer; Tensor w, s; };
   std::vector<Lin> lins;
   lins.reserve(c.n_layers * 7 + 1);
-  auto linear = [&](const std::string& name, int64_t o, int64_t i, TpMode mode, op::MatmulLayer* layer) {
+  auto linear = [&](const std::string& name, int64_t o, int64_t i, TpMode mode, op::MatmulLayer* layer,
+                    std::pair<int64_t, int64_t> rows = {-1, -1}) {
     *layer = op::MatmulLayer(name);
     lins.push_back({layer, {}, {}});
-    return plan.linear(name, o, i, mode, layer, &lins.back().w, &lins.back().s);
+    return plan.linear(name, o, i, mode, layer, &lins.back().w, &lins.back().s, rows);
   };
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights& L = W.layers[l];
     KP_RETURN_IF_ERROR(plan.whole(p + "attention_norm", {D}, &L.attention_norm, true));
     KP_RETURN_IF_ERROR(linear(p + "wq", Q, D, TpMode::kColumn, &L.wq));
-    KP_RETURN_IF_ERROR(linear(p + "wk", KV, D, TpMode::kColumn, &L.wk));
-    KP_RETURN_IF_ERROR(linear(p + "wv", KV, D, TpMode::kColumn, &L.wv));
+    KP_RETURN_IF_ERROR(linear(p + "wk", KV, D, TpMode::kColumn, &L.wk, {kv_row0, kv_rows}));
+    KP_RETURN_IF_ERROR(linear(p + "wv", KV, D, TpMode::kColumn, &L.wv, {kv_row0, kv_rows}));
     KP_RETURN_IF_ERROR(linear(p + "wo", D, Q, TpMode::kRow, &L.wo));
     KP_RETURN_IF_ERROR(plan.whole(p + "ffn_norm", {D}, &L.ffn_norm, true));
     KP_RETURN_IF_ERROR(linear(p + "w1", F, D, TpMode::kColumn, &L.w1));
