@@ -40,7 +40,8 @@ class NcclHandler {
   NcclHandler(const NcclHandler&) = delete;
   NcclHandler& operator=(const NcclHandler&) = delete;
 
-  // Creates communicators for GPUs 0..world-1 (idempotent for the same world size).
+  // Creates communicators for GPUs 0..world-1 (idempotent for the same world size; another size
+  // replaces them, so it must not be called while a model of the old size still runs).
   Status init(int world);
   int world_size() const { return (int)ranks_.size(); }
   // The Communicator of `rank`; valid after init.

@@ -59,7 +59,10 @@ void NcclHandler::shutdown() {
 Status NcclHandler::init(int world) {
   std::lock_guard<std::mutex> lock(mu_);
   if ((int)ranks_.size() == world) return Status::Ok();
-  if (!ranks_.empty()) return InvalidArgument("NCCL already initialised with another world size");
+  // Another world size: the old communicators go (nothing may still be using them).
+  for (auto& r : ranks_)
+    if (r->comm) ncclCommDestroy(r->comm);
+  ranks_.clear();
   std::vector<ncclComm_t> comms(world);
   std::vector<int> devs(world);
   for (int i = 0; i < world; ++i) devs[i] = i;

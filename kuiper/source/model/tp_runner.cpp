@@ -41,9 +41,9 @@ base::Status TpRunner::create(const ModelFile& file, const ModelOptions& opts, i
     if (world > gpus)
       return base::InvalidArgument("--tp " + std::to_string(world) + " needs " + std::to_string(world) +
                                    " GPUs; " + std::to_string(gpus) + " visible");
-    KP_RETURN_IF_ERROR(base::NcclHandler::instance().init(world));
+    if (world > 1) KP_RETURN_IF_ERROR(base::NcclHandler::instance().init(world));
     for (int i = 0; i < world; ++i) {
-      im.comms[i] = base::NcclHandler::instance().communicator(i);
+      if (world > 1) im.comms[i] = base::NcclHandler::instance().communicator(i);
       im.streams.push_back(std::make_unique<base::CudaStream>());
       KP_RETURN_IF_ERROR(im.streams.back()->create(i));
     }
