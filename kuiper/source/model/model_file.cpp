@@ -307,7 +307,7 @@ Status ModelFile::parse_llama2c() {
   auto slab = [&](const char* name, std::vector<int64_t> per_layer) -> Status {
     int64_t n = 1;
     for (int64_t d : per_layer) n *= d;
-    uint64_t at;
+    uint64_t at = 0;
     KP_RETURN_IF_ERROR(take(n * L, &at));
     for (int64_t l = 0; l < L; ++l) {
       TensorEntry e{"layers." + std::to_string(l) + "." + name, DType::kFp32, per_layer, at + (uint64_t)(l * n * 4),
@@ -319,7 +319,7 @@ Status ModelFile::parse_llama2c() {
   auto single = [&](const char* name, std::vector<int64_t> shape) -> Status {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    uint64_t at;
+    uint64_t at = 0;
     KP_RETURN_IF_ERROR(take(n, &at));
     return add_entry(TensorEntry{name, DType::kFp32, shape, at, (uint64_t)n * 4});
   };
