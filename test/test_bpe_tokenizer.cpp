@@ -181,7 +181,7 @@ TEST(BpeTokenizer, SpecialTokensOnlyThroughEncodeWithSpecial) {
       EXPECT_TRUE(same_ids(std::string(rel) + " special '" + name + "'", ids, fx["special_ids"][i].get<Ids>()));
       // Plain encode treats the same text as text: no special id, and it decodes back unchanged.
       ASSERT_TRUE(t->encode(text, false, &ids).ok());
-      for (int32_t id : ids) EXPECT_LT(id, model::BpeTokenizer::kNumOrdinary) << rel << " '" << name << "'";
+      for (int32_t id : ids) EXPECT_LT(id, t->num_ordinary()) << rel << " '" << name << "'";
       EXPECT_EQ(t->decode(ids), text);
     }
     Ids ids;
@@ -236,13 +236,38 @@ TEST(BpeTokenizer, MalformedFilesAreClearErrors) {
   EXPECT_EQ(s.code(), base::StatusCode::kBadModelFile);
   EXPECT_NE(s.message().find("tok: line 2"), std::string::npos) << s.message();
   s = model::BpeTokenizer::from_tiktoken("IQ== 0\nIg== 0\n", "tok", &t);
-  EXPECT_NE(s.message().find("appears twice"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("rank 0 repeated"), std::string::npos) << s.message();
+  s = model::BpeTokenizer::from_tiktoken("IQ== 0\nIg== 2\n", "tok", &t);
+  EXPECT_NE(s.message().find("rank 2 out of range"), std::string::npos) << s.message();
+  // Every byte must be a token, or some text could not be encoded.
   s = model::BpeTokenizer::from_tiktoken("IQ== 0\n", "tok", &t);
-  EXPECT_NE(s.message().find("rank 1 missing"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("byte 0 is not a token"), std::string::npos) << s.message();
   s = model::BpeTokenizer::from_hf_json("{\"model\": 3", "tok.json", &t);
   EXPECT_EQ(s.code(), base::StatusCode::kBadModelFile);
   s = model::BpeTokenizer::from_hf_json(R"({"model": {"type": "BPE", "vocab": {}}, "pre_tokenizer": null})", "tok.json", &t);
   EXPECT_EQ(s.code(), base::StatusCode::kUnsupported) << s.message();
+}
+
+// A tiktoken file of any size N works, the special tokens following at N..N+255 (docs/model_format.md;
+// tools/export.py builds synthetic models with the 256 single bytes as ranks). Needs no model files.
+TEST(BpeTokenizer, SmallVocabularyPutsSpecialTokensAfterTheRanks) {
+  std::string file;
+  const char* b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (int b = 0; b < 256; ++b)  // base64 of the single byte b: two digits and "=="
+    file += std::string{b64[b >> 2], b64[(b & 3) << 4]} + "== " + std::to_string(b) + "\n";
+  file += "aGk= 256\n";  // "hi"
+  std::unique_ptr<model::BpeTokenizer> t;
+  const auto s = model::BpeTokenizer::from_tiktoken(file, "tiny", &t);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(t->vocab_size(), 257 + 256);
+  EXPECT_EQ(t->bos_id(), 257);
+  EXPECT_EQ(t->eos_id(), 258);
+  EXPECT_EQ(t->eot_id(), 266);
+  EXPECT_EQ(t->token_text(266), "<|eot_id|>");
+  Ids ids;
+  ASSERT_TRUE(t->encode_with_special("hi<|eot_id|>h\xc3\xa9", true, &ids).ok());
+  EXPECT_EQ(ids, (Ids{257, 256, 266, 'h', 0xc3, 0xa9}));
+  EXPECT_EQ(t->decode(ids), "hih\xc3\xa9");
 }
 
 // The whole 128k vocabulary must load fast: it is read at every start of llama_infer.
@@ -260,7 +285,7 @@ TEST(BpeTokenizer, LoadTime) {
   const double json_s = seconds_since(t0);
   std::printf("load time: tiktoken file %.1f ms, tokenizer.json %.1f ms\n", 1e3 * tiktoken_s, 1e3 * json_s);
 #ifdef NDEBUG
-  // Measured ~40 ms (Release, one core); the bound leaves room for slow or sanitized builds.
+  // Measured 19 ms idle, ~50 ms on a busy 2-core machine (Release); 160 ms under ASan.
   EXPECT_LT(tiktoken_s, 1.0);
 #endif
 }

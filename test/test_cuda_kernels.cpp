@@ -555,8 +555,8 @@ TEST_F(CudaKernels, AttentionPrefillLongContext) {
   for (DType dt : kActDtypes) check_attention(stream(), dt, 8, 2, 128, 64, 3000, 4096, 1700);
 }
 
-// Decode: split-K over chunks of the cache and the combine. Positions around the chunk edges (128) and
-// a long context (3000: 24 chunks).
+// Decode: split-K over 64 device-sized chunks and the combine. Positions around the key-tile edge (32),
+// where the chunk grows from one tile to two (2048 keys), and a long context (3000: 47 chunks of 64).
 TEST_F(CudaKernels, AttentionDecode) {
   KP_SKIP_WITHOUT_GPU();
   struct Case {
@@ -565,7 +565,7 @@ TEST_F(CudaKernels, AttentionDecode) {
   const Case cases[] = {{8, 2, 128}, {4, 4, 64}, {8, 4, 8}, {12, 1, 16}};  // group 4, MHA, stories260K, group 12
   for (DType dt : kActDtypes)
     for (const Case& c : cases)
-      for (int pos : {0, 1, 31, 32, 127, 128, 129, 3000})
+      for (int pos : {0, 1, 31, 32, 127, 128, 129, 2047, 2048, 3000})
         check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, 1, pos, 4096, 1800 + pos);
 }
 

@@ -3,8 +3,10 @@
 //   text -> pre-tokens (the Llama 3 regex, PCRE2) -> each pre-token's UTF-8 bytes merged pairwise,
 //   lowest rank first, until no adjacent pair is a token -> ids (a token's id is its rank).
 //
-// 128000 ordinary tokens (byte strings) plus 256 special tokens at 128000..128255. Two sources give
-// the same tokenizer (test/test_bpe_tokenizer.cpp checks both against tiktoken and Hugging Face):
+// N ordinary tokens (byte strings; N = 128000 for Llama 3) plus 256 special tokens at ids N..N+255,
+// as docs/model_format.md defines the `tiktoken` blob (tools/export.py writes small N for synthetic
+// models). Two sources give the same tokenizer (test/test_bpe_tokenizer.cpp checks both against
+// tiktoken and Hugging Face):
 //   - Meta's tiktoken file `tokenizer.model`: one `base64(token bytes) rank` line per token; the
 //     special tokens are not in it, so their names come from a table here (the one in Llama 3's
 //     tokenizer.json, below).
@@ -15,6 +17,12 @@
 //
 // Invalid UTF-8 in the text is refused (InvalidArgument "prompt is not valid UTF-8 ..."): the regex
 // classes are defined on characters, and neither reference accepts anything but Unicode text.
+//
+// One known difference: \p{L}, \p{N} and \s come from PCRE2's Unicode tables (14.0 in Debian 12's
+// PCRE2 10.42), the references' are newer. A character assigned since (CJK extensions H and I,
+// Egyptian hieroglyphs extended-A, ...) counts as punctuation here and a letter there, which moves
+// pre-token boundaries next to it. On 50,000 random strings of assigned Unicode 14 characters the ids
+// were identical to tiktoken's.
 #pragma once
 
 #include <cstdint>
@@ -31,17 +39,19 @@ namespace model {
 
 class BpeTokenizer final : public Tokenizer {
  public:
-  static constexpr int32_t kNumOrdinary = 128000;  // ranks 0..127999
-  static constexpr int32_t kNumSpecial = 256;      // ids 128000..128255
-  static constexpr int32_t kBosId = 128000;        // <|begin_of_text|>
-  static constexpr int32_t kEosId = 128001;        // <|end_of_text|>
-  static constexpr int32_t kEotId = 128009;        // <|eot_id|>: ends an assistant turn in chat
+  static constexpr int32_t kNumSpecial = 256;  // ids N..N+255, after the N ranks
+  // Positions among the special tokens (Llama 3: ids 128000, 128001, 128009).
+  static constexpr int32_t kBosIndex = 0;  // <|begin_of_text|>
+  static constexpr int32_t kEosIndex = 1;  // <|end_of_text|>
+  static constexpr int32_t kEotIndex = 9;  // <|eot_id|>: ends a chat turn
 
-  // From the bytes of a tiktoken file. Errors (BadModelFile) name `origin` and the line.
+  // From the bytes of a tiktoken file (ranks 0..N-1, each once, any order). Errors (BadModelFile)
+  // name `origin` and the line.
   static base::Status from_tiktoken(const std::string& blob, const std::string& origin,
                                     std::unique_ptr<BpeTokenizer>* out);
-  // From the text of a Hugging Face tokenizer.json. Refuses (Unsupported) one whose pre-tokenizer
-  // regex is not Llama 3's.
+  // From the text of a Hugging Face tokenizer.json: model.vocab ids 0..N-1, added_tokens N..N+255
+  // (vocab entries that are added tokens are skipped). Refuses (Unsupported) one whose
+  // pre-tokenizer regex is not Llama 3's.
   static base::Status from_hf_json(const std::string& blob, const std::string& origin,
                                    std::unique_ptr<BpeTokenizer>* out);
 
@@ -62,17 +72,19 @@ class BpeTokenizer final : public Tokenizer {
   // For debugging: a special token's name ("<|eot_id|>"), else the token's bytes.
   std::string token_text(int32_t id) const;
 
-  int32_t vocab_size() const override { return kNumOrdinary + kNumSpecial; }
-  int32_t bos_id() const override { return kBosId; }
-  int32_t eos_id() const override { return kEosId; }
-  int32_t eot_id() const { return kEotId; }
+  int32_t vocab_size() const override { return n_ordinary_ + kNumSpecial; }
+  int32_t bos_id() const override { return n_ordinary_ + kBosIndex; }
+  int32_t eos_id() const override { return n_ordinary_ + kEosIndex; }
+  int32_t eot_id() const { return n_ordinary_ + kEotIndex; }
+  // Ids below this are ordinary tokens (byte strings); from here on, special ones.
+  int32_t num_ordinary() const { return n_ordinary_; }
 
  private:
   struct PreTokenizer;  // the compiled regex (PCRE2 stays out of this header)
   struct Scratch;       // per-call merge buffers
 
   BpeTokenizer();
-  // Takes the ordinary tokens' bytes (index = rank) and the special names (index = id - 128000);
+  // Takes the ordinary tokens' bytes (index = rank) and the special names (index = id - N);
   // checks them and builds the rank table and the regex.
   base::Status init(std::vector<std::string> tokens, std::vector<std::string> special_names, const std::string& origin);
   // Appends the ids of `text`; special-token strings in it are plain text.
@@ -88,8 +100,9 @@ class BpeTokenizer final : public Tokenizer {
     return std::string_view(bytes_).substr(offsets_[rank], offsets_[rank + 1] - offsets_[rank]);
   }
 
+  int32_t n_ordinary_ = 0;         // N
   std::string bytes_;              // every ordinary token's bytes, back to back, in rank order
-  std::vector<uint32_t> offsets_;  // [kNumOrdinary + 1]: token r is bytes_[offsets_[r], offsets_[r+1])
+  std::vector<uint32_t> offsets_;  // [N + 1]: token r is bytes_[offsets_[r], offsets_[r+1])
   std::unordered_map<std::string_view, int32_t> rank_;  // bytes (views into bytes_) -> rank
   std::vector<std::string> special_names_;              // [kNumSpecial]
   std::map<std::string, int32_t, std::less<>> special_ids_;  // name -> id

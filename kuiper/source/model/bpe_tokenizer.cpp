@@ -18,7 +18,7 @@ constexpr char kLlama3Pattern[] =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 // The special tokens as Llama 3's tokenizer.json names them (its added_tokens, the authority); the
-// tiktoken file does not hold them. Ids 128000 + index. Everything else is reserved_special_token_N,
+// tiktoken file does not hold them. Id = N + index. Everything else is reserved_special_token_N,
 // N counting up from 0 over the unnamed ids.
 std::vector<std::string> llama3_special_names() {
   const std::map<int32_t, std::string> named = {
@@ -173,8 +173,7 @@ BpeTokenizer::~BpeTokenizer() = default;
 
 base::Status BpeTokenizer::from_tiktoken(const std::string& blob, const std::string& origin,
                                          std::unique_ptr<BpeTokenizer>* out) {
-  std::vector<std::string> tokens(kNumOrdinary);
-  std::vector<bool> seen(kNumOrdinary, false);
+  std::vector<std::pair<int32_t, std::string>> lines;  // (rank, bytes) in file order
   std::string bytes;
   size_t line_no = 0, pos = 0;
   while (pos < blob.size()) {
@@ -192,18 +191,21 @@ base::Status BpeTokenizer::from_tiktoken(const std::string& blob, const std::str
     if (space == std::string_view::npos) return fail("expected 'base64 rank'");
     if (!base64_decode(line.substr(0, space), &bytes)) return fail("bad base64");
     const std::string_view digits = line.substr(space + 1);
-    if (digits.empty() || digits.size() > 9 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string_view::npos)
       return fail("bad rank");
-    const int32_t rank = std::stoi(std::string(digits));
-    if (rank >= kNumOrdinary) return fail("rank " + std::to_string(rank) + " past the Llama 3 vocabulary (128000)");
-    if (seen[rank]) return fail("rank " + std::to_string(rank) + " appears twice");
-    seen[rank] = true;
-    tokens[rank] = bytes;
+    lines.emplace_back(std::stoi(std::string(digits)), bytes);
   }
-  const auto missing = std::find(seen.begin(), seen.end(), false);
-  if (missing != seen.end())
-    return base::BadModelFile(origin + ": rank " + std::to_string(missing - seen.begin()) +
-                              " missing (a Llama 3 tiktoken file has ranks 0..127999)");
+  // N lines must hold ranks 0..N-1, each once.
+  const auto n = static_cast<int32_t>(lines.size());
+  std::vector<std::string> tokens(n);
+  std::vector<bool> seen(n, false);
+  for (auto& [rank, token] : lines) {
+    if (rank >= n || seen[rank])
+      return base::BadModelFile(origin + ": rank " + std::to_string(rank) + (rank >= n ? " out of range" : " repeated") +
+                                " (" + std::to_string(n) + " lines should hold ranks 0.." + std::to_string(n - 1) + ")");
+    seen[rank] = true;
+    tokens[rank] = std::move(token);
+  }
   std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
   KP_RETURN_IF_ERROR(t->init(std::move(tokens), llama3_special_names(), origin));
   *out = std::move(t);
@@ -232,35 +234,40 @@ base::Status BpeTokenizer::from_hf_json(const std::string& blob, const std::stri
     }
     if (!llama3_regex) return base::Unsupported(origin + ": pre-tokenizer is not Llama 3's regex (only Llama 3 BPE is supported)");
 
+    std::map<int64_t, std::string> added;  // id -> name
+    for (const auto& a : j.at("added_tokens")) {
+      const int64_t id = a.at("id").get<int64_t>();
+      const std::string name = a.at("content").get<std::string>();
+      if (name.empty() || !added.emplace(id, name).second) return bad("added_tokens: bad entry for id " + std::to_string(id));
+    }
     const auto& vocab = m.at("vocab");
-    if (!vocab.is_object() || vocab.size() != static_cast<size_t>(kNumOrdinary))
-      return bad("model.vocab should have 128000 entries (Llama 3)");
+    if (!vocab.is_object()) return bad("model.vocab is not an object");
+    const auto n = static_cast<int32_t>(std::count_if(vocab.begin(), vocab.end(), [&](const nlohmann::json& id) {
+      return added.count(id.get<int64_t>()) == 0;
+    }));
     const std::vector<int> table = gpt2_unicode_to_byte();
-    std::vector<std::string> tokens(kNumOrdinary);
-    std::vector<bool> seen(kNumOrdinary, false);
+    std::vector<std::string> tokens(n);
+    std::vector<bool> seen(n, false);
     std::string bytes;
     for (const auto& [key, id_json] : vocab.items()) {
       const int64_t id = id_json.get<int64_t>();
-      if (id < 0 || id >= kNumOrdinary || seen[id]) return bad("model.vocab: bad or repeated id " + std::to_string(id));
+      if (added.count(id)) continue;
+      if (id < 0 || id >= n || seen[id])
+        return bad("model.vocab: id " + std::to_string(id) + " out of range or repeated (ids should be 0.." +
+                   std::to_string(n - 1) + ")");
       if (!gpt2_decode(key, table, &bytes)) return bad("model.vocab: '" + key + "' is not in byte-level spelling");
       seen[id] = true;
       tokens[id] = bytes;
     }
     std::vector<std::string> names(kNumSpecial);
-    for (const auto& a : j.at("added_tokens")) {
-      const int64_t id = a.at("id").get<int64_t>();
-      if (id < kNumOrdinary || id >= kNumOrdinary + kNumSpecial || !names[id - kNumOrdinary].empty())
-        return bad("added_tokens: bad or repeated id " + std::to_string(id));
-      names[id - kNumOrdinary] = a.at("content").get<std::string>();
-      if (names[id - kNumOrdinary].empty()) return bad("added_tokens: empty content for id " + std::to_string(id));
-    }
-    for (int32_t i = 0; i < kNumSpecial; ++i)
-      if (names[i].empty()) return bad("added_tokens: no token " + std::to_string(kNumOrdinary + i));
+    if (added.size() != static_cast<size_t>(kNumSpecial) || added.begin()->first != n || added.rbegin()->first != n + kNumSpecial - 1)
+      return bad("added_tokens should be the 256 ids after the vocabulary, " + std::to_string(n) + ".." +
+                 std::to_string(n + kNumSpecial - 1));
+    for (const auto& [id, name] : added) names[id - n] = name;
     const std::vector<std::string> expected = llama3_special_names();
-    for (int32_t id : {kBosId, kEosId, kEotId})
-      if (names[id - kNumOrdinary] != expected[id - kNumOrdinary])
-        return bad("token " + std::to_string(id) + " is '" + names[id - kNumOrdinary] + "', expected '" +
-                   expected[id - kNumOrdinary] + "'");
+    for (int32_t i : {kBosIndex, kEosIndex, kEotIndex})
+      if (names[i] != expected[i])
+        return bad("token " + std::to_string(n + i) + " is '" + names[i] + "', expected '" + expected[i] + "'");
 
     std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
     KP_RETURN_IF_ERROR(t->init(std::move(tokens), std::move(names), origin));
@@ -273,8 +280,11 @@ base::Status BpeTokenizer::from_hf_json(const std::string& blob, const std::stri
 
 base::Status BpeTokenizer::init(std::vector<std::string> tokens, std::vector<std::string> special_names,
                                 const std::string& origin) {
+  if (tokens.empty()) return base::BadModelFile(origin + ": no tokens");
+  n_ordinary_ = static_cast<int32_t>(tokens.size());
   size_t total = 0;
   for (const auto& t : tokens) total += t.size();
+  if (total > UINT32_MAX) return base::BadModelFile(origin + ": tokens too long");
   bytes_.reserve(total);
   offsets_.resize(tokens.size() + 1);
   for (size_t r = 0; r < tokens.size(); ++r) {
@@ -297,7 +307,7 @@ base::Status BpeTokenizer::init(std::vector<std::string> tokens, std::vector<std
 
   special_names_ = std::move(special_names);
   for (int32_t i = 0; i < kNumSpecial; ++i) {
-    if (!special_ids_.emplace(special_names_[i], kNumOrdinary + i).second)
+    if (!special_ids_.emplace(special_names_[i], n_ordinary_ + i).second)
       return base::BadModelFile(origin + ": special token '" + special_names_[i] + "' appears twice");
     max_special_len_ = std::max(max_special_len_, special_names_[i].size());
   }
@@ -316,7 +326,8 @@ base::Status BpeTokenizer::init(std::vector<std::string> tokens, std::vector<std
     pcre2_get_error_message(err, msg, sizeof(msg));
     return base::Internal(std::string("cannot compile the pre-tokenizer regex: ") + reinterpret_cast<char*>(msg));
   }
-  // The JIT is ~3x faster than the interpreter; without it (unsupported CPU) pcre2_match interprets.
+  // JIT: 3 MB of mixed prose, code and CJK split in 22 ms, against 117 ms interpreted. Where the JIT
+  // is unavailable, pcre2_match interprets.
   pcre2_jit_compile(pre_->code, PCRE2_JIT_COMPLETE);
   return base::Status::Ok();
 }
@@ -326,7 +337,7 @@ base::Status BpeTokenizer::init(std::vector<std::string> tokens, std::vector<std
 base::Status BpeTokenizer::encode(const std::string& text, bool add_bos, std::vector<int32_t>* ids) const {
   KP_RETURN_IF_ERROR(check_utf8(text));
   ids->clear();
-  if (add_bos) ids->push_back(kBosId);
+  if (add_bos) ids->push_back(bos_id());
   Scratch scratch;
   return encode_ordinary(text, &scratch, ids);
 }
@@ -334,7 +345,7 @@ base::Status BpeTokenizer::encode(const std::string& text, bool add_bos, std::ve
 base::Status BpeTokenizer::encode_with_special(const std::string& text, bool add_bos, std::vector<int32_t>* ids) const {
   KP_RETURN_IF_ERROR(check_utf8(text));
   ids->clear();
-  if (add_bos) ids->push_back(kBosId);
+  if (add_bos) ids->push_back(bos_id());
   Scratch scratch;
   const std::string_view all(text);
   // Every special name is "<|...|>" with no "|>" inside: at each "<|", try the text up to the first
@@ -431,12 +442,12 @@ void BpeTokenizer::encode_piece(std::string_view piece, Scratch* s, std::vector<
 // ---- decoding ----
 
 std::string BpeTokenizer::decode_token(int32_t /*prev*/, int32_t id) const {
-  if (id < 0 || id >= kNumOrdinary) return "";
+  if (id < 0 || id >= n_ordinary_) return "";
   return std::string(token_bytes(id));
 }
 
 std::string BpeTokenizer::token_text(int32_t id) const {
-  if (id >= kNumOrdinary && id < kNumOrdinary + kNumSpecial) return special_names_[id - kNumOrdinary];
+  if (id >= n_ordinary_ && id < n_ordinary_ + kNumSpecial) return special_names_[id - n_ordinary_];
   return decode_token(-1, id);
 }
 

@@ -2,9 +2,7 @@
 
 #include <sentencepiece_processor.h>
 
-#include <algorithm>
 #include <fstream>
-#include <regex>
 #include <sstream>
 
 #include "model/bpe_tokenizer.h"
@@ -99,6 +97,21 @@ base::Status load_tokenizer_blob(TokenizerType type, const std::string& blob, co
   return base::BadModelFile(origin + ": no tokenizer");
 }
 
+namespace {
+// Whether the first line is `^[A-Za-z0-9+/=]+ [0-9]+$`, as in a tiktoken file.
+bool looks_like_tiktoken(const std::string& blob) {
+  std::string line = blob.substr(0, blob.find('\n'));
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  const size_t space = line.find(' ');
+  auto all_of = [&](size_t from, size_t to, const char* chars) {
+    return from < to && line.find_first_not_of(chars, from) >= to;
+  };
+  return space != std::string::npos &&
+         all_of(0, space, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") &&
+         all_of(space + 1, line.size(), "0123456789");
+}
+}  // namespace
+
 base::Status load_tokenizer_file(const std::string& path, std::unique_ptr<Tokenizer>* out) {
   std::ifstream f(path, std::ios::binary);
   if (!f) return base::NotFound(path + ": cannot open tokenizer file");
@@ -114,9 +127,7 @@ base::Status load_tokenizer_file(const std::string& path, std::unique_ptr<Tokeni
     *out = std::move(t);
     return base::Status::Ok();
   }
-  // (A tiktoken line is at most ~180 bytes: the first 512 are enough to look at.)
-  static const std::regex tiktoken_line("[A-Za-z0-9+/=]+ [0-9]+\r?");
-  if (std::regex_match(blob.substr(0, std::min<size_t>(blob.find('\n'), 512)), tiktoken_line))
+  if (looks_like_tiktoken(blob))
     return load_tokenizer_blob(TokenizerType::kTiktoken, blob, path, out);
   return load_tokenizer_blob(TokenizerType::kSentencePiece, blob, path, out);
 }
