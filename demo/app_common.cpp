@@ -128,21 +128,30 @@ std::string device_options(model::ModelOptions* opts) {
 
 int tp_flag() { return FLAGS_tp; }
 
+std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok) {
+  if (!FLAGS_tokenizer.empty()) {
+    const base::Status s = model::load_tokenizer_file(FLAGS_tokenizer, tok);
+    return s.ok() ? "" : s.message();
+  }
+  std::unique_ptr<model::ModelFile> opened;
+  if (file == nullptr) {
+    if (FLAGS_model.empty()) return "--tokenizer or --model is required";
+    if (auto err = open_model_file(&opened); !err.empty()) return err;
+    file = opened.get();
+  }
+  if (file->tokenizer_type() == model::TokenizerType::kNone)
+    return file->path() + " has no embedded tokenizer: pass --tokenizer";
+  const base::Status s = model::load_tokenizer_blob(file->tokenizer_type(), file->tokenizer_blob(), file->path(), tok);
+  return s.ok() ? "" : s.message();
+}
+
 int open_engine(Engine* e) {
   model::ModelOptions opts;
   if (FLAGS_model.empty()) return fail(2, "--model is required (see --help)");
   if (auto err = device_options(&opts); !err.empty()) return fail(2, err);
   if (auto err = open_model_file(&e->file); !err.empty()) return fail(1, err);
-  if (!FLAGS_tokenizer.empty()) {
-    if (auto s = model::load_tokenizer_file(FLAGS_tokenizer, &e->tokenizer); !s.ok()) return fail(1, s.message());
-  } else if (e->file->tokenizer_type() != model::TokenizerType::kNone) {
-    if (auto s = model::load_tokenizer_blob(e->file->tokenizer_type(), e->file->tokenizer_blob(), FLAGS_model,
-                                            &e->tokenizer);
-        !s.ok())
-      return fail(1, s.message());
-  } else {
-    return fail(2, FLAGS_model + " has no embedded tokenizer: pass --tokenizer");
-  }
+  if (auto err = open_tokenizer(e->file.get(), &e->tokenizer); !err.empty())
+    return fail(e->file->tokenizer_type() == model::TokenizerType::kNone && FLAGS_tokenizer.empty() ? 2 : 1, err);
   if (e->tokenizer->vocab_size() != e->file->config().vocab_size)
     return fail(1, "tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model expects " +
                        std::to_string(e->file->config().vocab_size));

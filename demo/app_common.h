@@ -29,6 +29,8 @@ int open_engine(Engine* e);
 std::string open_model_file(std::unique_ptr<model::ModelFile>* file);
 std::string device_options(model::ModelOptions* opts);  // --device, --dtype, --max_seq_len, --tp checks
 int tp_flag();
+// --tokenizer, else the tokenizer embedded in `file` (opened from --model when null).
+std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok);
 // Prints "llama_infer: error: MESSAGE" on stderr and returns `code`.
 int fail(int code, const std::string& message);
 void print_stats(const model::GenerateStats& s);

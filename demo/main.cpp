@@ -18,6 +18,7 @@
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 #include "sampler/sampler.h"
+#include "tokenize_cmd.h"
 
 DEFINE_string(prompt, "", "text to continue (empty: start from BOS)");
 DEFINE_int32(n, 256, "number of new tokens to generate");
@@ -25,10 +26,21 @@ DEFINE_double(temperature, 0.8, "sampling temperature; 0 = greedy");
 DEFINE_double(top_p, 0.9, "nucleus sampling: keep the smallest set of tokens with this much probability, in (0, 1]");
 DEFINE_int32(top_k, 0, "keep only the k most likely tokens (0 = all)");
 DEFINE_uint64(seed, 0, "random seed for sampling (0 = from the clock)");
+DEFINE_bool(tokenize, false, "print the token ids of --prompt (tokenizer of --model, or --tokenizer alone) and exit");
+DEFINE_bool(detokenize, false, "print the text of the space-separated token ids in --prompt and exit");
 
 namespace {
 
+// --tokenize / --detokenize: the tokenizer of --tokenizer, else the one embedded in --model.
+int tokenize_mode() {
+  std::unique_ptr<model::Tokenizer> tok;
+  if (auto err = app::open_tokenizer(nullptr, &tok); !err.empty()) return app::fail(2, err);
+  return app::run_tokenize_command(*tok, FLAGS_tokenize, FLAGS_detokenize, FLAGS_prompt);
+}
+
 int run() {
+  if (FLAGS_tokenize && FLAGS_detokenize) return app::fail(2, "--tokenize and --detokenize exclude each other");
+  if (FLAGS_tokenize || FLAGS_detokenize) return tokenize_mode();
   if (FLAGS_n <= 0) return app::fail(2, "--n must be at least 1");
   sampler::SamplerConfig sc;
   sc.temperature = (float)FLAGS_temperature;

@@ -28,7 +28,8 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids) const;
 };
 
-// From a file: a SentencePiece .model (protobuf). Errors name the file.
+// From a file: a SentencePiece .model (protobuf), a tiktoken-format Llama 3 tokenizer.model, or a
+// Hugging Face tokenizer.json (detected from the content). Errors name the file.
 base::Status load_tokenizer_file(const std::string& path, std::unique_ptr<Tokenizer>* out);
 // From the blob embedded in a model file.
 base::Status load_tokenizer_blob(TokenizerType type, const std::string& blob, const std::string& origin,

@@ -257,12 +257,11 @@ template <typename T, int HD> Status launch_attention(const AttentionArgs& a, cu
     CUDA_CHECK_LAUNCH();
     return Status::Ok();
   }
-  // Decode: one warp per query head of the group (rounded up to a power of two, at most 8).
-  const int warps = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+  // Decode: one warp per query head of the group, at least 4 warps: warps without a head still share
+  // the tile loads, which a single warp (MHA) is too few to keep in flight.
+  const int warps = group <= 4 ? 4 : 8;
   const dim3 grid(a.n_kv_heads, (unsigned)ceil_div(group, warps), kDecodeSplits);
   switch (warps) {
-    case 1: launch_attention_kernel<T, HD, 1, true>(a, grid, stream); break;
-    case 2: launch_attention_kernel<T, HD, 2, true>(a, grid, stream); break;
     case 4: launch_attention_kernel<T, HD, 4, true>(a, grid, stream); break;
     case 8: launch_attention_kernel<T, HD, 8, true>(a, grid, stream); break;
     default: return base::Internal("attention: no decode kernel for " + std::to_string(warps) + " warps");
