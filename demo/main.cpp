@@ -18,6 +18,7 @@
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 #include "sampler/sampler.h"
+#include "chat.h"
 #include "tokenize_cmd.h"
 
 DEFINE_string(prompt, "", "text to continue (empty: start from BOS)");
@@ -26,6 +27,8 @@ DEFINE_double(temperature, 0.8, "sampling temperature; 0 = greedy");
 DEFINE_double(top_p, 0.9, "nucleus sampling: keep the smallest set of tokens with this much probability, in (0, 1]");
 DEFINE_int32(top_k, 0, "keep only the k most likely tokens (0 = all)");
 DEFINE_uint64(seed, 0, "random seed for sampling (0 = from the clock)");
+DEFINE_bool(chat, false, "chat: read user turns from stdin (or answer --prompt once), keeping the conversation in the KV cache");
+DEFINE_string(system, "", "system prompt for --chat");
 DEFINE_bool(tokenize, false, "print the token ids of --prompt (tokenizer of --model, or --tokenizer alone) and exit");
 DEFINE_bool(detokenize, false, "print the text of the space-separated token ids in --prompt and exit");
 
@@ -53,6 +56,7 @@ int run() {
   }
   app::Engine engine;
   if (int rc = app::open_engine(&engine); rc != 0) return rc;
+  if (FLAGS_chat) return app::run_chat(engine, sc, FLAGS_system, FLAGS_prompt, FLAGS_n);
 
   std::vector<int32_t> prompt;
   if (auto s = engine.tokenizer->encode(FLAGS_prompt, /*add_bos=*/true, &prompt); !s.ok())

@@ -209,11 +209,10 @@ def save_and_reference(args, model, stats: dict) -> str:
             if ids[-1] == EOS:
                 break
     ref = {"prompt": GREEDY_PROMPT, "prompt_ids": prompt, "generated_ids": ids[len(prompt):],
-           "min_top2_gap": min(gaps), "text": sp.decode(ids[len(prompt):]), **stats}
+           "min_top2_gap": min(gaps), "text": sp.decode(ids[1:]), **stats}
     with open(os.path.join(args.work, "greedy.json"), "w") as f:
         json.dump(ref, f, indent=1)
-    log(f"greedy ({len(ids) - len(prompt)} tokens, smallest top-1/top-2 logit gap {min(gaps):.3f}):\n"
-        f"{GREEDY_PROMPT}{ref['text'] if ref['text'].startswith(' ') else ' ' + ref['text']}")
+    log(f"greedy ({len(ids) - len(prompt)} tokens, smallest top-1/top-2 logit gap {min(gaps):.3f}):\n{ref['text']}")
     return hf_dir
 
 
@@ -225,12 +224,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--mb", type=float, default=30.0, help="corpus size in MB")
     ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq_len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--log_every", type=int, default=100)
+    ap.add_argument("--log_every", type=int, default=250)
     ap.add_argument("--time_limit", type=float, default=0, help="stop training after this many seconds (0: none)")
     ap.add_argument("--data-only", action="store_true", help="stop after the token ids (no torch needed)")
     args = ap.parse_args(argv)

@@ -15,7 +15,8 @@ namespace model {
 
 struct GenerateOptions {
   int32_t max_new_tokens = 256;
-  bool stop_at_eos = true;  // stop at any of the model's eos_ids
+  bool stop_at_eos = true;              // stop at any of the model's eos_ids ...
+  std::vector<int32_t> extra_stop_ids;  // ... or at these (a chat template's end of turn)
 };
 
 struct GenerateStats {
@@ -24,6 +25,10 @@ struct GenerateStats {
   double prefill_ms = 0;  // time to first token: prefill + first sample
   double decode_ms = 0;   // every later token
   std::string stop_reason;  // "eos", "length", "context", "stopped"
+  // Where the cache stands afterwards: positions [0, next_pos) are filled, and `unfed_token` (the stop
+  // token, or the last token printed) is the one to feed first to continue the conversation.
+  int32_t next_pos = 0;
+  int32_t unfed_token = -1;
 
   double prefill_tok_per_s() const { return prefill_ms > 0 ? prompt_tokens * 1e3 / prefill_ms : 0; }
   double decode_tok_per_s() const {

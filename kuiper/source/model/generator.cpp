@@ -32,7 +32,8 @@ base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::v
 
   auto t1 = std::chrono::steady_clock::now();
   for (int32_t i = 0; i < opts.max_new_tokens; ++i) {
-    if (opts.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) {
+    if ((opts.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end()) ||
+        std::find(opts.extra_stop_ids.begin(), opts.extra_stop_ids.end(), token) != opts.extra_stop_ids.end()) {
       stats->stop_reason = "eos";
       break;
     }
@@ -55,6 +56,8 @@ base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::v
     ++pos;
   }
   stats->decode_ms = ms_since(t1);
+  stats->next_pos = pos;
+  stats->unfed_token = token;
   return base::Status::Ok();
 }
 
