@@ -138,6 +138,22 @@ TEST(Stories260K, NoAllocationWhileGenerating) {
   EXPECT_EQ(m->kv_cache().bytes(), 5ull * 2 * 512 * 4 * 8 * 4);
 }
 
+// The project's own model (models/storyteller.bin, fp16) against the greedy ids PyTorch computed for
+// it before export (test/fixtures/storyteller_greedy.json): 200 tokens identical.
+TEST(Storyteller, GreedyMatchesPyTorch) {
+  std::unique_ptr<model::ModelFile> f;
+  ASSERT_TRUE(model::ModelFile::open(testutil::source_dir() + "/models/storyteller.bin", &f).ok());
+  std::unique_ptr<model::Tokenizer> tok;
+  ASSERT_TRUE(model::load_tokenizer_blob(f->tokenizer_type(), f->tokenizer_blob(), "storyteller", &tok).ok());
+  std::ifstream in(testutil::source_dir() + "/test/fixtures/storyteller_greedy.json");
+  const nlohmann::json fx = nlohmann::json::parse(in);
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(tok->encode(fx["prompt"], true, &ids).ok());
+  EXPECT_EQ(ids, fx["prompt_ids"].get<std::vector<int32_t>>());
+  auto m = make_model(*f);
+  EXPECT_EQ(greedy(*m, ids, 200), fx["generated_ids"].get<std::vector<int32_t>>());
+}
+
 TEST(Stories260K, ContextLimitIsAnErrorNotACrash) {
   KP_SKIP_WITHOUT_MODELS();
   Stories s;
