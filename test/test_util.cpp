@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 
@@ -12,14 +13,20 @@
 
 namespace testutil {
 
+// The compiled-in paths can be overridden (tests run from a copied tree, e.g. on the GPU machine).
+static std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
 std::string models_dir() {
-  const std::string d = std::string(KUIPER_SHARED_DIR) + "/models";
+  const std::string d = env_or("KUIPER_SHARED_DIR", KUIPER_SHARED_DIR) + "/models";
   struct stat st;
   return stat(d.c_str(), &st) == 0 && S_ISDIR(st.st_mode) ? d : "";
 }
 
-std::string source_dir() { return KUIPER_SOURCE_DIR; }
-std::string bin_dir() { return KUIPER_BIN_DIR; }
+std::string source_dir() { return env_or("KUIPER_SOURCE_DIR", KUIPER_SOURCE_DIR); }
+std::string bin_dir() { return env_or("KUIPER_BIN_DIR", KUIPER_BIN_DIR); }
 
 int gpu_count() {
 #ifdef KUIPER_WITH_CUDA

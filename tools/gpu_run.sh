@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs on the GPU test machine what can only run there, from a pack made here:
+#   tools/gpu_pack.sh                      (here: build for sm_90, bundle programs + test data into .gpu/)
+#   bash tools/gpu_run.sh [tests|sanitize|bench|all]   (there, in the repository root)
+# Writes logs under $OUT when set (the device tool brings them back), else under .gpu/out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+out=${OUT:-.gpu/out}
+mkdir -p "$out"
+export LD_LIBRARY_PATH=$PWD/.gpu/lib:${LD_LIBRARY_PATH:-}
+export KUIPER_SHARED_DIR=$PWD/.gpu/shared KUIPER_SOURCE_DIR=$PWD KUIPER_BIN_DIR=$PWD/.gpu/bin
+export KUIPER_HF_EXPORTS=$PWD/.gpu/hf_exports
+export NCCL_NVLS_ENABLE=0
+bin=.gpu/bin
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+
+run_tests() {
+  local rc=0
+  for t in test_cuda_kernels test_gpu_model test_multi_gpu; do
+    echo "== $t"
+    $bin/$t --gtest_brief=1 2>&1 | tee "$out/$t.log" | tail -25 || rc=1
+  done
+  echo "== test_hf_fixtures (CUDA)"
+  $bin/test_hf_fixtures --gtest_filter='HfFixtures.Cuda*' 2>&1 | tee "$out/hf_cuda.log" | tail -30 || rc=1
+  echo "== llama_infer: cuda vs cpu, stories260K greedy"
+  local S=.gpu/shared/models/stories260K
+  $bin/llama_infer --model $S/stories260K.bin --tokenizer $S/tok512.model --prompt "Once upon a time" \
+    --temperature 0 --n 200 --device cpu > "$out/cpu.txt" 2>"$out/cpu.err"
+  for dt in fp32 bf16 fp16; do
+    $bin/llama_infer --model $S/stories260K.bin --tokenizer $S/tok512.model --prompt "Once upon a time" \
+      --temperature 0 --n 200 --device cuda --dtype $dt > "$out/cuda_$dt.txt" 2>"$out/cuda_$dt.err"
+    if cmp -s "$out/cpu.txt" "$out/cuda_$dt.txt"; then echo "cuda $dt: identical to cpu"; else echo "cuda $dt: DIFFERS from cpu"; fi
+    tail -1 "$out/cuda_$dt.err"
+  done
+  $bin/llama_infer --model models/storyteller.bin --prompt "Once upon a time" --n 120 --device cuda --seed 5 2>&1 | tail -3
+  return $rc
+}
+
+run_sanitize() {
+  # memcheck and racecheck over the GPU tests (racecheck on the kernels: it is slow on whole models).
+  for tool in memcheck racecheck synccheck; do
+    echo "== compute-sanitizer $tool test_cuda_kernels"
+    compute-sanitizer --tool $tool --error-exitcode 9 $bin/test_cuda_kernels --gtest_brief=1 > "$out/san_${tool}_kernels.log" 2>&1
+    echo "exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Tests|FAILED" "$out/san_${tool}_kernels.log" | tail -4
+  done
+  echo "== compute-sanitizer memcheck test_gpu_model"
+  compute-sanitizer --tool memcheck --error-exitcode 9 $bin/test_gpu_model --gtest_brief=1 > "$out/san_memcheck_model.log" 2>&1
+  echo "exit $?"; grep -E "ERROR SUMMARY|FAILED|PASSED" "$out/san_memcheck_model.log" | tail -4
+}
+
+run_bench() {
+  local b="$bin/llama_bench --reps 3"
+  {
+    $b --shape llama2-7b --weights fp16 --dtype fp16 --prompt_len 16 --gen 128
+    $b --shape llama2-7b --weights int8 --dtype fp16 --prompt_len 16 --gen 128
+    $b --shape llama3-8b --weights bf16 --dtype bf16 --prompt_len 16 --gen 128
+    $b --shape llama2-7b --weights fp16 --dtype fp16 --prompt_len 512 --gen 16
+    $b --shape llama2-7b --weights fp16 --dtype fp16 --prompt_len 2048 --gen 16 --reps 1
+    $b --shape llama2-7b --weights fp16 --dtype fp16 --prompt_len 4000 --gen 64 --reps 1
+  } 2>&1 | tee "$out/bench.txt" | grep -E "^(model|prefill|decode|bandwidth|memory)|error"
+}
+
+case $what in
+  tests) run_tests ;;
+  sanitize) run_sanitize ;;
+  bench) run_bench ;;
+  all) run_tests; run_bench; run_sanitize ;;
+esac
