@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Here (no GPU): builds for sm_90 into build/ and packs what tools/gpu_run.sh needs into .gpu/:
+# Here (no GPU): builds for sm_90 into build-gpu/ and packs what tools/gpu_run.sh needs into .gpu/:
 # the programs and the libraries the GPU machine lacks (../shared/device/bundle.sh), the test data
-# from ../shared/models it reads, and the Hugging Face fixture exports. Keep .gpu/ out of git.
+# from ../shared/models it reads (the Hugging Face fixtures are exported there). Keep .gpu/ out of git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/build.sh -DCMAKE_CUDA_ARCHITECTURES=90
+# Shared libraries: the kernels' device code is then in one libkuiper_core.so, not in every program.
+BUILD_DIR=build-gpu tools/build.sh -DKUIPER_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON
 rm -rf .gpu && mkdir -p .gpu/shared/models
-../shared/device/bundle.sh .gpu build/bin
+progs=(llama_infer llama_bench test_cuda_kernels test_gpu_model test_multi_gpu test_hf_fixtures)
+../shared/device/bundle.sh .gpu "${progs[@]/#/build-gpu/bin/}"
+strip .gpu/bin/* .gpu/lib/libkuiper*  # keeps the pack well under the 64 MiB a run may carry
 cp -r ../shared/models/stories260K ../shared/models/llama3 .gpu/shared/models/ 2>/dev/null || true
 rm -f .gpu/shared/models/llama3/tokenizer.json  # 9 MB, not needed there
-python3 test/export_hf_fixtures.py .gpu/hf_exports --shared ../shared >/dev/null
 du -sh .gpu

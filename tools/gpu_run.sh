@@ -17,6 +17,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 run_tests() {
   local rc=0
+  python3 test/export_hf_fixtures.py "$KUIPER_HF_EXPORTS" --shared "$KUIPER_SHARED_DIR" > "$out/hf_exports.log" 2>&1 ||
+    echo "hf exports failed: see hf_exports.log"
   for t in test_cuda_kernels test_gpu_model test_multi_gpu; do
     echo "== $t"
     $bin/$t --gtest_brief=1 2>&1 | tee "$out/$t.log" | tail -25 || rc=1
