@@ -46,6 +46,12 @@ struct Workspace {
   tensor::Tensor att;      // act [T, q_local]    attention output, input of wo
   tensor::Tensor proj;     // act [T, dim]        output of wo / w2 (summed over ranks)
   tensor::Tensor h1, h3;   // act [T, hidden_local] gate and up projections; h1 then holds swiglu
+  // Decode (one token) runs the stacked wqkv and w13 as one product each; q1 / k1 / v1 and g1 / u1
+  // are views of their one-row outputs.
+  tensor::Tensor qkv1;     // act [1, q_local + 2 kv_local]
+  tensor::Tensor q1, k1, v1;
+  tensor::Tensor gu1;      // act [1, 2 hidden_local]
+  tensor::Tensor g1, u1;
   tensor::Tensor last;     // act [1, dim]        final-normed last token
   tensor::Tensor logits_local;  // act [1, vocab_local]
   tensor::Tensor logits_all;    // act [1, vocab]  gathered over ranks (a view of logits_local when world 1)

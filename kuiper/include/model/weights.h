@@ -29,10 +29,12 @@ struct ShardSpec {
 struct LayerWeights {
   tensor::Tensor attention_norm;  // fp32 [dim]
   tensor::Tensor ffn_norm;        // fp32 [dim]
-  op::MatmulLayer wq;             // column-parallel: [n_heads_local * head_dim, dim]
-  op::MatmulLayer wk, wv;         // column-parallel: [n_kv_heads_local * head_dim, dim]
+  op::MatmulLayer wqkv;           // column-parallel: [q_local + 2 kv_local, dim], wq / wk / wv stacked
+  op::MatmulLayer wq;             //   rows of wqkv:  [n_heads_local * head_dim, dim]
+  op::MatmulLayer wk, wv;         //   rows of wqkv:  [n_kv_heads_local * head_dim, dim]
   op::MatmulLayer wo;             // row-parallel:    [dim, n_heads_local * head_dim]
-  op::MatmulLayer w1, w3;         // column-parallel: [hidden_local, dim] (gate, up)
+  op::MatmulLayer w13;            // column-parallel: [2 hidden_local, dim], w1 / w3 stacked
+  op::MatmulLayer w1, w3;         //   rows of w13:   [hidden_local, dim] (gate, up)
   op::MatmulLayer w2;             // row-parallel:    [dim, hidden_local] (down)
 };
 

@@ -121,6 +121,7 @@ Status LlamaModel::init_mem() {
       {&ws_.v, act, {T, kv_local}, 0},        {&ws_.att, act, {T, q_local}, 0},
       {&ws_.proj, act, {T, c.dim}, 0},        {&ws_.h1, act, {T, weights_.hidden_local}, 0},
       {&ws_.h3, act, {T, weights_.hidden_local}, 0}, {&ws_.last, act, {1, c.dim}, 0},
+      {&ws_.qkv1, act, {1, q_local + 2 * kv_local}, 0}, {&ws_.gu1, act, {1, 2 * (int64_t)weights_.hidden_local}, 0},
       {&ws_.logits_local, act, {1, vocab_local}, 0}, {&ws_.tokens, DType::kInt32, {T}, 0},
       {&ws_.pos, DType::kInt32, {1}, 0}, {&ws_.next, DType::kInt32, {1}, 0},
       {&ws_.scratch, DType::kFp32,
@@ -141,6 +142,15 @@ Status LlamaModel::init_mem() {
   Status st = base::Buffer::create(alloc_, total, &ws_block_);
   if (!st.ok()) return {st.code(), "activation workspace does not fit: " + st.message()};
   for (Slot& s : slots) *s.t = Tensor::from_buffer(ws_block_, s.offset, s.dtype, s.shape);
+  auto columns = [](const Tensor& row, int64_t begin, int64_t len) {
+    return Tensor::from_buffer(row.buffer(), row.byte_offset() + begin * base::dtype_size(row.dtype()), row.dtype(),
+                               {1, len});
+  };
+  ws_.q1 = columns(ws_.qkv1, 0, q_local);
+  ws_.k1 = columns(ws_.qkv1, q_local, kv_local);
+  ws_.v1 = columns(ws_.qkv1, q_local + kv_local, kv_local);
+  ws_.g1 = columns(ws_.gu1, 0, weights_.hidden_local);
+  ws_.u1 = columns(ws_.gu1, weights_.hidden_local, weights_.hidden_local);
   if (opts_.world_size == 1) ws_.logits_all = ws_.logits_local;
   if (act == DType::kFp32) ws_.logits_f32 = ws_.logits_all;
   ws_.bytes = total;
@@ -171,11 +181,17 @@ Status LlamaModel::attention_block(int layer, int32_t n) {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[layer];
   void* s = opts_.stream;
-  Tensor xb = ws_.xb.slice_rows(0, n), q = ws_.q.slice_rows(0, n), k = ws_.k.slice_rows(0, n),
-         v = ws_.v.slice_rows(0, n), att = ws_.att.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
-  KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
-  KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
-  KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
+  Tensor xb = ws_.xb.slice_rows(0, n), att = ws_.att.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
+  Tensor q, k, v;
+  if (n == 1) {  // one pass over the stacked weights
+    q = ws_.q1, k = ws_.k1, v = ws_.v1;
+    KP_RETURN_IF_ERROR(L.wqkv.forward(xb, ws_.qkv1, s));
+  } else {       // three GEMMs into contiguous q, k, v
+    q = ws_.q.slice_rows(0, n), k = ws_.k.slice_rows(0, n), v = ws_.v.slice_rows(0, n);
+    KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
+    KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
+    KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
+  }
   KP_RETURN_IF_ERROR(kernel::rope(q, k, ws_.pos, ws_.cos_sin, c.head_dim, s));
   Tensor kc = kv_cache_.key(layer), vc = kv_cache_.value(layer);
   KP_RETURN_IF_ERROR(kernel::kv_append(k, v, kc, vc, ws_.pos, s));
@@ -187,12 +203,18 @@ Status LlamaModel::attention_block(int layer, int32_t n) {
 Status LlamaModel::ffn_block(int layer, int32_t n) {
   const LayerWeights& L = weights_.layers[layer];
   void* s = opts_.stream;
-  Tensor xb = ws_.xb.slice_rows(0, n), h1 = ws_.h1.slice_rows(0, n), h3 = ws_.h3.slice_rows(0, n),
-         proj = ws_.proj.slice_rows(0, n);
-  KP_RETURN_IF_ERROR(L.w1.forward(xb, h1, s));
-  KP_RETURN_IF_ERROR(L.w3.forward(xb, h3, s));
-  KP_RETURN_IF_ERROR(kernel::swiglu(h1, h3, h1, s));
-  return L.w2.forward(h1, proj, s);
+  Tensor xb = ws_.xb.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
+  Tensor gate, up;
+  if (n == 1) {  // one pass over the stacked weights
+    gate = ws_.g1, up = ws_.u1;
+    KP_RETURN_IF_ERROR(L.w13.forward(xb, ws_.gu1, s));
+  } else {
+    gate = ws_.h1.slice_rows(0, n), up = ws_.h3.slice_rows(0, n);
+    KP_RETURN_IF_ERROR(L.w1.forward(xb, gate, s));
+    KP_RETURN_IF_ERROR(L.w3.forward(xb, up, s));
+  }
+  KP_RETURN_IF_ERROR(kernel::swiglu(gate, up, gate, s));
+  return L.w2.forward(gate, proj, s);
 }
 
 // Logits of the last token: this rank's slice of the vocabulary, gathered from every rank, widened to

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <string>
 
 #include "op/kernels.h"
@@ -24,16 +25,28 @@ using tensor::Tensor;
 constexpr uint64_t kAlign = 256;
 uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// One tensor to bring onto the device: rows [r0, r0 + nr) x columns [c0, c0 + nc) of a 2-D entry
-// (1-D entries are one row), converted to `dtype`.
+// A tensor the loader fills: one or more pieces stacked along its rows.
+struct Dest {
+  Tensor* tensor = nullptr;
+  DType dtype = DType::kFp32;
+  int64_t rows = 0, cols = 0;
+  bool one_d = false;
+  int pieces = 0;
+  bool zero_copy = false;  // its one piece is used in place, from the mapping
+  uint64_t offset = 0;  // in the weight block
+  uint64_t bytes() const { return (uint64_t)rows * cols * base::dtype_size(dtype); }
+};
+
+// Rows [r0, r0 + nr) x columns [c0, c0 + nc) of a 2-D entry (1-D entries are one row), converted to
+// the destination's dtype and written at its row `dst_row0`.
 struct Piece {
   const TensorEntry* entry = nullptr;
   int64_t r0 = 0, nr = 0, c0 = 0, nc = 0;
-  DType dtype = DType::kFp32;
-  Tensor* dst = nullptr;
-  bool zero_copy = false;  // CPU, same dtype, whole rows: wrap the mapping instead of copying
-  uint64_t offset = 0;     // in the weight block when copied
-  uint64_t bytes() const { return (uint64_t)nr * nc * base::dtype_size(dtype); }
+  Dest* dest = nullptr;
+  int64_t dst_row0 = 0;
+  bool zero_copy = false;  // CPU, same dtype, whole rows, alone in its Dest: wrap the mapping
+  DType dtype() const { return dest->dtype; }
+  uint64_t bytes() const { return (uint64_t)nr * nc * base::dtype_size(dest->dtype); }
 };
 
 float load_float(const uint8_t* p, DType t) {
@@ -50,12 +63,12 @@ float load_float(const uint8_t* p, DType t) {
 void copy_piece_host(const ModelFile& f, const Piece& p, uint8_t* dst) {
   const TensorEntry& e = *p.entry;
   const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
-  const size_t src_es = base::dtype_size(e.dtype), dst_es = base::dtype_size(p.dtype);
+  const size_t src_es = base::dtype_size(e.dtype), dst_es = base::dtype_size(p.dtype());
   const uint8_t* src = static_cast<const uint8_t*>(f.data(e));
   for (int64_t r = 0; r < p.nr; ++r) {
     const uint8_t* s = src + ((p.r0 + r) * cols + p.c0) * src_es;
     uint8_t* d = dst + r * p.nc * dst_es;
-    if (e.dtype == p.dtype) {
+    if (e.dtype == p.dtype()) {
       std::memcpy(d, s, p.nc * dst_es);
     } else {
       float* df = reinterpret_cast<float*>(d);
@@ -89,13 +102,22 @@ class Planner {
     const TensorEntry* e;
     KP_RETURN_IF_ERROR(file_.get(name, shape, &e));
     const int64_t rows = shape.size() == 2 ? shape[0] : 1;
-    return add(e, 0, rows, 0, shape.back(), dst, norm);
+    return add(e, 0, rows, 0, shape.back(), new_dest(dst, shape.size() == 1), 0, norm);
   }
 
+  // Starts a stack: the column-parallel linears added until end_stack() share one weight tensor `w`
+  // (and `s` for int8 scales), their shards one after another along the output rows.
+  void begin_stack(Tensor* w, Tensor* s) {
+    stack_w_ = new_dest(w, false);
+    stack_s_ = new_dest(s, false);
+  }
+  void end_stack() { stack_w_ = stack_s_ = nullptr; }
+
   // A linear layer's shard: rows (column-parallel) or columns (row-parallel) of this rank.
-  // `rows` overrides the row range of a column-parallel shard (replicated KV heads).
+  // `rows` overrides the row range of a column-parallel shard (replicated KV heads). Inside a stack,
+  // *row0 receives the first row of this layer in the stacked tensor.
   Status linear(const std::string& name, int64_t out, int64_t in, op::TpMode mode, op::MatmulLayer* layer,
-                Tensor* w, Tensor* s, std::pair<int64_t, int64_t> rows = {-1, -1}) {
+                Tensor* w, Tensor* s, std::pair<int64_t, int64_t> rows = {-1, -1}, int64_t* row0 = nullptr) {
     const TensorEntry* e;
     KP_RETURN_IF_ERROR(file_.get(name, {out, in}, &e));
     const int world = mode == op::TpMode::kReplicated ? 1 : spec_.world_size;
@@ -105,13 +127,16 @@ class Planner {
     if (rows.first >= 0) r0 = rows.first, r_len = rows.second;
     const int64_t c0 = mode == op::TpMode::kRow ? spec_.rank * c_len : 0;
     layer->set_tp_config({mode, spec_.rank, world, spec_.comm});
-    KP_RETURN_IF_ERROR(add(e, r0, r_len, c0, c_len, w, false));
+    Dest* wd = stack_w_ ? stack_w_ : new_dest(w, false);
+    if (row0) *row0 = wd->rows;
+    KP_RETURN_IF_ERROR(add(e, r0, r_len, c0, c_len, wd, wd->rows, false));
     if (e->dtype == DType::kInt8) {
       const int64_t g = file_.config().group_size;
       const TensorEntry* se;
       KP_RETURN_IF_ERROR(file_.get(name + ".scales", {out, in / g}, &se));
       if (se->dtype != DType::kFp32) return base::BadModelFile(file_.path() + ": " + name + ".scales must be fp32");
-      KP_RETURN_IF_ERROR(add(se, r0, r_len, c0 / g, c_len / g, s, true));
+      Dest* sd = stack_s_ ? stack_s_ : new_dest(s, false);
+      KP_RETURN_IF_ERROR(add(se, r0, r_len, c0 / g, c_len / g, sd, sd->rows, true));
     }
     return Status::Ok();
   }
@@ -119,11 +144,12 @@ class Planner {
   // Assigns offsets, allocates the one block, copies. Tensors are views of it (or of the mapping).
   Status execute(std::shared_ptr<base::Buffer>* block, uint64_t* device_bytes,
                  const std::function<void(uint64_t, uint64_t)>& progress) {
+    mark_zero_copy();
     uint64_t total = 0;
-    for (Piece& p : pieces_) {
-      if (p.zero_copy) continue;
-      p.offset = total;
-      total += align_up(p.bytes());
+    for (Dest& d : dests_) {
+      if (d.zero_copy) continue;
+      d.offset = total;
+      total += align_up(d.bytes());
     }
     base::DeviceAllocator* alloc = spec_.device == DeviceType::kCPU
                                        ? static_cast<base::DeviceAllocator*>(base::CPUAllocator::get())
@@ -134,38 +160,39 @@ class Planner {
         return {st.code(), "model weights (" + std::to_string(total >> 20) + " MiB on this rank) do not fit: " +
                                st.message() + "; try more --tp ranks or an int8 export"};
     }
+    for (Dest& d : dests_) {
+      if (d.rows == 0 || d.zero_copy) continue;  // an empty stack (float weights have no scales)
+      *d.tensor = Tensor::from_buffer(*block, d.offset, d.dtype,
+                                      d.one_d ? std::vector<int64_t>{d.cols} : std::vector<int64_t>{d.rows, d.cols});
+    }
+#ifdef KUIPER_WITH_CUDA
+    if (spec_.device == DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(spec_.device_id));
+#endif
     uint64_t done = 0, all = 0;
     for (const Piece& p : pieces_) all += p.bytes();
-    *device_bytes = 0;
-    if (file_.is_synthetic() && spec_.device == DeviceType::kCUDA) {
-#ifdef KUIPER_WITH_CUDA
-      CUDA_CHECK(cudaSetDevice(spec_.device_id));
-#endif
-    }
     for (const Piece& p : pieces_) {
-      const std::vector<int64_t> shape = p.entry->shape.size() == 2 ? std::vector<int64_t>{p.nr, p.nc}
-                                                                     : std::vector<int64_t>{p.nc};
+      const Dest& d = *p.dest;
       if (file_.is_synthetic()) {
         // Random values made where the tensor lives: a 70B-shaped model needs no file and no host copy.
-        *p.dst = Tensor::from_buffer(*block, p.offset, p.dtype, shape);
-        const float scale = shape.size() == 2 ? 1.f / std::sqrt((float)shape[1]) : 1.f;
-        KP_RETURN_IF_ERROR(kernel::fill_random(*p.dst, 0x5eed + (uint64_t)(&p - pieces_.data()), scale, nullptr));
+        Tensor part = d.one_d ? *d.tensor : d.tensor->slice_rows(p.dst_row0, p.dst_row0 + p.nr);
+        const float scale = d.one_d ? 1.f : 1.f / std::sqrt((float)p.entry->shape.back());
+        KP_RETURN_IF_ERROR(kernel::fill_random(part, 0x5eed + (uint64_t)(&p - pieces_.data()), scale, nullptr));
       } else if (p.zero_copy) {
         const TensorEntry& e = *p.entry;
-        const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
         auto view = base::Buffer::wrap(const_cast<void*>(file_.data(e)), e.nbytes, DeviceType::kCPU, 0,
                                        file_.keepalive());
-        *p.dst = Tensor::from_buffer(view, (size_t)(p.r0 * cols) * base::dtype_size(e.dtype), p.dtype, shape);
+        *d.tensor = Tensor::from_buffer(view, (size_t)(p.r0 * d.cols) * base::dtype_size(e.dtype), d.dtype,
+                                        d.one_d ? std::vector<int64_t>{d.cols} : std::vector<int64_t>{d.rows, d.cols});
       } else {
-        uint8_t* dst = static_cast<uint8_t*>((*block)->data()) + p.offset;
+        uint8_t* dst = static_cast<uint8_t*>((*block)->data()) + d.offset +
+                       (uint64_t)p.dst_row0 * d.cols * base::dtype_size(d.dtype);
         if (spec_.device == DeviceType::kCPU) copy_piece_host(file_, p, dst);
         else KP_RETURN_IF_ERROR(copy_piece_device(file_, p, dst, spec_.device_id));
-        *p.dst = Tensor::from_buffer(*block, p.offset, p.dtype, shape);
       }
-      *device_bytes += p.bytes();
       done += p.bytes();
       if (progress) progress(done, all);
     }
+    *device_bytes = all;
 #ifdef KUIPER_WITH_CUDA
     if (file_.is_synthetic() && spec_.device == DeviceType::kCUDA) CUDA_CHECK(cudaDeviceSynchronize());
 #endif
@@ -173,23 +200,48 @@ class Planner {
   }
 
  private:
-  Status add(const TensorEntry* e, int64_t r0, int64_t nr, int64_t c0, int64_t nc, Tensor* dst, bool keep_fp32) {
-    Piece p{e, r0, nr, c0, nc, e->dtype, dst};
+  Dest* new_dest(Tensor* t, bool one_d) {
+    dests_.push_back(Dest{t});
+    dests_.back().one_d = one_d;
+    return &dests_.back();
+  }
+
+  Status add(const TensorEntry* e, int64_t r0, int64_t nr, int64_t c0, int64_t nc, Dest* d, int64_t dst_row0,
+             bool keep_fp32) {
     if (keep_fp32 && e->dtype != DType::kFp32)
       return base::BadModelFile(file_.path() + ": " + e->name + " must be fp32");
     // The CPU kernels take fp32 float weights: fp16 / bf16 files are widened once here.
-    if (spec_.device == DeviceType::kCPU && e->dtype != DType::kInt8) p.dtype = DType::kFp32;
-    const int64_t cols = e->shape.size() == 2 ? e->shape[1] : e->shape[0];
-    p.zero_copy = !file_.is_synthetic() && spec_.device == DeviceType::kCPU && p.dtype == e->dtype && c0 == 0 &&
-                  nc == cols &&
-                  (e->offset + r0 * cols * base::dtype_size(e->dtype)) % 64 == 0;
+    const DType dtype = spec_.device == DeviceType::kCPU && e->dtype != DType::kInt8 ? DType::kFp32 : e->dtype;
+    if (d->rows == 0) {
+      d->dtype = dtype;
+      d->cols = nc;
+    } else if (d->dtype != dtype || d->cols != nc) {
+      return base::BadModelFile(file_.path() + ": " + e->name + " cannot be stacked with the tensors before it");
+    }
+    d->rows += nr;
+    ++d->pieces;
+    Piece p{e, r0, nr, c0, nc, d, dst_row0};
     pieces_.push_back(p);
     return Status::Ok();
   }
 
+  // Pieces alone in their destination, whole rows, same dtype on the CPU: no copy (the mapping is used).
+  void mark_zero_copy() {
+    for (Piece& p : pieces_) {
+      const int64_t cols = p.entry->shape.size() == 2 ? p.entry->shape[1] : p.entry->shape[0];
+      p.zero_copy = !file_.is_synthetic() && spec_.device == DeviceType::kCPU && p.dest->pieces == 1 &&
+                    p.dtype() == p.entry->dtype && p.c0 == 0 && p.nc == cols &&
+                    (p.entry->offset + p.r0 * cols * base::dtype_size(p.entry->dtype)) % 64 == 0;
+      p.dest->zero_copy = p.zero_copy;
+    }
+  }
+
   const ModelFile& file_;
   const ShardSpec& spec_;
+  std::deque<Dest> dests_;  // stable addresses: pieces point at them
   std::vector<Piece> pieces_;
+  Dest* stack_w_ = nullptr;
+  Dest* stack_s_ = nullptr;
 };
 
 Status divisible(const ModelFile& f, const char* what, int64_t n, int world) {
@@ -236,34 +288,63 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
   using op::TpMode;
   Planner plan(file, spec);
   KP_RETURN_IF_ERROR(plan.whole("tok_embeddings", {V, D}, &W.tok_embeddings));
-  // Scales of the linears: kept alive by the layers; collected here before set_weight.
-  struct Lin { op::MatmulLayer* layer; Tensor w, s; };
-  std::vector<Lin> lins;
-  lins.reserve(c.n_layers * 7 + 1);
+  // Each linear's weight (and int8 scales) until set_weight after loading. A stacked linear (wq, wk,
+  // wv in wqkv; w1, w3 in w13) is the rows [row0, row0 + rows) of its stack's tensors.
+  struct Lin { op::MatmulLayer* layer; Tensor w, s; Lin* stack; int64_t row0, rows; };
+  std::deque<Lin> lins;
+  Lin* stack = nullptr;
   auto linear = [&](const std::string& name, int64_t o, int64_t i, TpMode mode, op::MatmulLayer* layer,
                     std::pair<int64_t, int64_t> rows = {-1, -1}) {
     *layer = op::MatmulLayer(name);
-    lins.push_back({layer, {}, {}});
-    return plan.linear(name, o, i, mode, layer, &lins.back().w, &lins.back().s, rows);
+    lins.push_back({layer, {}, {}, stack, 0, 0});
+    Lin& lin = lins.back();
+    KP_RETURN_IF_ERROR(plan.linear(name, o, i, mode, layer, &lin.w, &lin.s, rows, &lin.row0));
+    lin.rows = rows.first >= 0 ? rows.second : o / (mode == TpMode::kColumn ? w : 1);
+    return Status::Ok();
+  };
+  // Column-parallel linears reading the same input, stacked so that decode runs them as one
+  // matrix-vector product (one pass over the weights, one launch instead of several).
+  auto begin_stack = [&](const std::string& name, op::MatmulLayer* fused) {
+    *fused = op::MatmulLayer(name);
+    fused->set_tp_config({TpMode::kColumn, spec.rank, w, spec.comm});
+    lins.push_back({fused, {}, {}, nullptr, 0, 0});
+    stack = &lins.back();
+    plan.begin_stack(&stack->w, &stack->s);
+  };
+  auto end_stack = [&] {
+    plan.end_stack();
+    stack = nullptr;
   };
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights& L = W.layers[l];
     KP_RETURN_IF_ERROR(plan.whole(p + "attention_norm", {D}, &L.attention_norm, true));
+    begin_stack(p + "wqkv", &L.wqkv);
     KP_RETURN_IF_ERROR(linear(p + "wq", Q, D, TpMode::kColumn, &L.wq));
     KP_RETURN_IF_ERROR(linear(p + "wk", KV, D, TpMode::kColumn, &L.wk, {kv_row0, kv_rows}));
     KP_RETURN_IF_ERROR(linear(p + "wv", KV, D, TpMode::kColumn, &L.wv, {kv_row0, kv_rows}));
+    end_stack();
     KP_RETURN_IF_ERROR(linear(p + "wo", D, Q, TpMode::kRow, &L.wo));
     KP_RETURN_IF_ERROR(plan.whole(p + "ffn_norm", {D}, &L.ffn_norm, true));
+    begin_stack(p + "w13", &L.w13);
     KP_RETURN_IF_ERROR(linear(p + "w1", F, D, TpMode::kColumn, &L.w1));
-    KP_RETURN_IF_ERROR(linear(p + "w2", D, F, TpMode::kRow, &L.w2));
     KP_RETURN_IF_ERROR(linear(p + "w3", F, D, TpMode::kColumn, &L.w3));
+    end_stack();
+    KP_RETURN_IF_ERROR(linear(p + "w2", D, F, TpMode::kRow, &L.w2));
   }
   KP_RETURN_IF_ERROR(plan.whole("norm", {D}, &W.norm, true));
   if (!c.tied_embeddings) KP_RETURN_IF_ERROR(linear("output", V, D, TpMode::kColumn, &W.output));
   KP_RETURN_IF_ERROR(plan.execute(&W.block_, &W.bytes, progress));
 
-  for (Lin& lin : lins) KP_RETURN_IF_ERROR(lin.layer->set_weight(lin.w, lin.s, c.group_size));
+  for (Lin& lin : lins) {
+    if (lin.stack != nullptr) {
+      const Tensor& sw = lin.stack->w;
+      const Tensor& ss = lin.stack->s;
+      lin.w = sw.slice_rows(lin.row0, lin.row0 + lin.rows);
+      if (!ss.empty()) lin.s = ss.slice_rows(lin.row0, lin.row0 + lin.rows);
+    }
+    KP_RETURN_IF_ERROR(lin.layer->set_weight(lin.w, lin.s, c.group_size));
+  }
   if (c.tied_embeddings) {
     // The classifier is the embedding table; each rank uses its rows of the vocabulary.
     W.output = op::MatmulLayer("output");
