@@ -20,6 +20,7 @@ DEFINE_string(tokenizer, "", "tokenizer file (.model); default: the one embedded
 DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
 DEFINE_int32(tp, 1, "tensor-parallel ranks (GPUs)");
 DEFINE_int32(max_seq_len, 0, "context length to allocate the KV cache for (0 = the model's)");
+DEFINE_bool(cuda_graph, true, "capture the decode step once as a CUDA graph and replay it (off: plain launches, for debugging)");
 DEFINE_string(dtype, "", "activation and KV-cache dtype: fp32, fp16 or bf16 (default: fp32 on cpu, bf16 on cuda)");
 
 DECLARE_bool(help);
@@ -123,6 +124,7 @@ std::string device_options(model::ModelOptions* opts) {
   if (FLAGS_tp < 1) return "--tp must be at least 1";
   if (FLAGS_max_seq_len < 0) return "--max_seq_len must be positive";
   opts->max_seq_len = FLAGS_max_seq_len;
+  opts->cuda_graph = FLAGS_cuda_graph;
   return "";
 }
 

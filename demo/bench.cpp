@@ -30,7 +30,7 @@ DEFINE_int32(group_size, 64, "int8 group size of a synthetic model");
 DEFINE_int32(prompt_len, 16, "prompt tokens (prefill)");
 DEFINE_int32(gen, 128, "generated tokens (decode)");
 DEFINE_int32(reps, 3, "repetitions; the median is reported");
-DEFINE_bool(cuda_graph, true, "replay the decode step as a CUDA graph");
+DECLARE_bool(cuda_graph);
 
 namespace {
 
@@ -134,7 +134,6 @@ int run() {
 
   model::ModelOptions opts;
   if (auto err = app::device_options(&opts); !err.empty()) return app::fail(2, err);
-  opts.cuda_graph = FLAGS_cuda_graph;
   opts.max_batch_tokens = std::max(FLAGS_prompt_len, 1);
   const bool cuda = opts.device == base::DeviceType::kCUDA;
   const int32_t ctx = FLAGS_prompt_len + FLAGS_gen;
