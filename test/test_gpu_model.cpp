@@ -11,6 +11,7 @@
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tp_runner.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 namespace {
@@ -39,22 +40,7 @@ void make_gpu(const model::ModelFile& f, base::DType act, bool graph, GpuModel* 
   ASSERT_TRUE(s.ok()) << s.message();
 }
 
-std::vector<int32_t> greedy(model::LlamaModel& m, int n) {
-  sampler::Sampler smp;
-  EXPECT_TRUE(sampler::Sampler::create({}, m.config().vocab_size, &smp).ok());
-  std::vector<float> logits(m.config().vocab_size);
-  std::vector<int32_t> out;
-  model::GenerateOptions go;
-  go.max_new_tokens = n;
-  go.stop_at_eos = false;
-  model::GenerateStats st;
-  const base::Status s = model::generate(m, smp, kPrompt, 0, go, logits.data(), [&](int32_t t) {
-    out.push_back(t);
-    return true;
-  }, &st);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return out;
-}
+std::vector<int32_t> greedy(model::LlamaModel& m, int n) { return testutil::greedy(m, kPrompt, n); }
 
 std::vector<int32_t> cpu_greedy(const model::ModelFile& f, int n) {
   std::unique_ptr<model::LlamaModel> m;

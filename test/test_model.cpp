@@ -13,6 +13,7 @@
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 #include "sampler/sampler.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 namespace {
@@ -37,22 +38,7 @@ std::unique_ptr<model::LlamaModel> make_model(const model::ModelFile& f, int32_t
   return m;
 }
 
-std::vector<int32_t> greedy(model::LlamaModel& m, const std::vector<int32_t>& prompt, int n) {
-  sampler::Sampler smp;
-  EXPECT_TRUE(sampler::Sampler::create({}, m.config().vocab_size, &smp).ok());
-  std::vector<float> logits(m.config().vocab_size);
-  std::vector<int32_t> out;
-  model::GenerateOptions go;
-  go.max_new_tokens = n;
-  go.stop_at_eos = false;
-  model::GenerateStats st;
-  const base::Status s = model::generate(m, smp, prompt, 0, go, logits.data(), [&](int32_t t) {
-    out.push_back(t);
-    return true;
-  }, &st);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return out;
-}
+using testutil::greedy;
 
 TEST(Stories260K, ConfigFromLlama2cHeader) {
   KP_SKIP_WITHOUT_MODELS();

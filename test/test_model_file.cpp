@@ -15,6 +15,7 @@
 #include "model/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 namespace {
@@ -130,19 +131,7 @@ base::Status open_bytes(const std::string& bytes, const std::string& name) {
 std::vector<int32_t> greedy_ids(const model::ModelFile& f, int n) {
   std::unique_ptr<model::LlamaModel> m;
   EXPECT_TRUE(model::LlamaModel::create(f, {}, &m).ok());
-  sampler::Sampler smp;
-  EXPECT_TRUE(sampler::Sampler::create({}, f.config().vocab_size, &smp).ok());
-  std::vector<float> logits(f.config().vocab_size);
-  std::vector<int32_t> out;
-  model::GenerateOptions go;
-  go.max_new_tokens = n;
-  go.stop_at_eos = false;
-  model::GenerateStats st;
-  EXPECT_TRUE(model::generate(*m, smp, {1, 403, 407, 261, 378}, 0, go, logits.data(), [&](int32_t t) {
-    out.push_back(t);
-    return true;
-  }, &st).ok());
-  return out;
+  return testutil::greedy(*m, {1, 403, 407, 261, 378}, n);  // "Once upon a time" in tok512
 }
 
 class ModelFileTest : public ::testing::Test {

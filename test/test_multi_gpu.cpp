@@ -5,6 +5,7 @@
 #include "model/generator.h"
 #include "model/model_file.h"
 #include "model/tp_runner.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 namespace {
@@ -19,16 +20,7 @@ std::vector<int32_t> tp_greedy(const model::ModelFile& f, base::DType act, int t
   const base::Status s = model::TpRunner::create(f, o, tp, &r);
   EXPECT_TRUE(s.ok()) << s.message();
   if (!s.ok()) return {};
-  std::vector<int32_t> ids;
-  model::GenerateOptions go;
-  go.max_new_tokens = n;
-  go.stop_at_eos = false;
-  model::GenerateStats st;
-  EXPECT_TRUE(r->generate({}, kPrompt, 0, go, [&](int32_t t) {
-    ids.push_back(t);
-    return true;
-  }, &st).ok());
-  return ids;
+  return testutil::greedy(*r, kPrompt, n);
 }
 
 TEST(MultiGpu, TensorParallelMatchesOneGpu) {

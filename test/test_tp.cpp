@@ -10,6 +10,7 @@
 
 #include "base/cpu_communicator.h"
 #include "model/tp_runner.h"
+#include "model_test_util.h"
 #include "test_util.h"
 
 namespace {
@@ -34,18 +35,7 @@ std::vector<std::vector<float>> prefill_logits(model::TpRunner& r, const std::ve
   return out;
 }
 
-std::vector<int32_t> greedy(model::TpRunner& r, const std::vector<int32_t>& prompt, int n) {
-  std::vector<int32_t> ids;
-  model::GenerateOptions go;
-  go.max_new_tokens = n;
-  go.stop_at_eos = false;
-  model::GenerateStats st;
-  EXPECT_TRUE(r.generate({}, prompt, 0, go, [&](int32_t t) {
-    ids.push_back(t);
-    return true;
-  }, &st).ok());
-  return ids;
-}
+using testutil::greedy;
 
 const std::vector<int32_t> kPrompt = {1, 403, 407, 261, 378};  // "Once upon a time" in tok512
 

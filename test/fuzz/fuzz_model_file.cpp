@@ -1,0 +1,115 @@
+// libFuzzer target: arbitrary bytes as a model file, used the way llama_infer uses one.
+//
+//   bytes -> memfd -> ModelFile::open -> embedded tokenizer (load, encode, decode)
+//         -> LlamaModel on the CPU (2 positions) -> generate 2 tokens
+//
+// ModelFile::open takes a path and mmaps it, so the bytes go into an in-memory file (memfd_create) that
+// is opened through /proc/self/fd: a real regular file, and no disk traffic per input. Errors are the
+// expected outcome; a crash, a sanitizer report, a leak or a hang is a bug. A model is only built when
+// its converted weights stay small (the file size bounds each tensor, but tensors may share bytes and
+// fp16/bf16 are widened to fp32 on the CPU), so one input costs milliseconds, not gigabytes.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/generator.h"
+#include "model/llama3.h"
+#include "model/model_file.h"
+#include "model/tokenizer.h"
+#include "model/tp_runner.h"
+#include "sampler/sampler.h"
+
+namespace {
+
+constexpr uint64_t kMaxModelBytes = 64ull << 20;  // widened weights + workspace of a model we build
+
+// Stops the run with a message: libFuzzer saves the input that got here.
+[[noreturn]] void bug(const std::string& what) {
+  std::fprintf(stderr, "fuzz_model_file: %s\n", what.c_str());
+  std::abort();
+}
+
+// The in-memory file the input is written to, reused across inputs.
+const std::string& write_input(const uint8_t* data, size_t size) {
+  static const int fd = memfd_create("fuzz_model_file", 0);
+  static const std::string path = "/proc/self/fd/" + std::to_string(fd);
+  if (fd < 0 || ftruncate(fd, 0) != 0) bug("memfd unavailable");
+  for (size_t done = 0; done < size;) {
+    const ssize_t n = pwrite(fd, data + done, size - done, (off_t)done);
+    if (n <= 0) bug("memfd write failed");
+    done += (size_t)n;
+  }
+  return path;
+}
+
+void use_tokenizer(const model::Tokenizer& tok) {
+  for (const char* text : {"", "Once upon a time", "  two  spaces\n\nnew lines\t", "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac",
+                           "\xff\xfe not UTF-8", "<|eot_id|><s>"}) {
+    std::vector<int32_t> ids;
+    if (!tok.encode(text, /*add_bos=*/true, &ids).ok()) continue;
+    for (int32_t id : ids)
+      if (id < 0 || id >= tok.vocab_size()) bug("encode gave id " + std::to_string(id) + " outside the vocabulary");
+    (void)tok.decode(ids);
+  }
+  for (int32_t id : {-1, 0, tok.vocab_size() - 1, tok.vocab_size(), INT32_MAX}) (void)tok.decode_token(0, id);
+}
+
+// Widened weights plus the workspace and cache of a 2-position model, roughly.
+uint64_t model_bytes(const model::ModelFile& f) {
+  uint64_t total = 0;
+  for (const auto& e : f.tensors()) total += e.nbytes * 2;
+  const auto& c = f.config();
+  total += (uint64_t)c.vocab_size * 4 + (uint64_t)c.n_layers * 4 * c.n_kv_heads * c.head_dim * 4 +
+           (uint64_t)2 * 4 * (2ull * c.dim + c.n_heads * c.head_dim + c.hidden_dim * 2);
+  return total;
+}
+
+void use_model(const model::ModelFile& f, const model::Tokenizer* tok) {
+  if (model_bytes(f) > kMaxModelBytes) return;
+  model::ModelOptions opts;
+  opts.max_seq_len = std::min(f.config().max_seq_len, 2);
+  std::unique_ptr<model::TpRunner> runner;
+  if (!model::TpRunner::create(f, opts, 1, &runner).ok()) return;
+  std::vector<int32_t> prompt = {f.config().bos_id};
+  if (tok != nullptr && tok->vocab_size() == f.config().vocab_size) {
+    std::vector<int32_t> ids;
+    if (tok->encode("a", true, &ids).ok() && ids.size() <= 2) prompt = ids;
+  }
+  sampler::SamplerConfig sc;
+  sc.temperature = 0.f;
+  model::GenerateOptions go;
+  go.max_new_tokens = 2;
+  model::GenerateStats stats;
+  const int32_t vocab = f.config().vocab_size;
+  (void)runner->generate(sc, prompt, 0, go, [&](int32_t t) {
+    if (t < 0 || t >= vocab) bug("generated token " + std::to_string(t) + " outside the vocabulary");
+    return true;
+  }, &stats);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string& path = write_input(data, size);
+  std::unique_ptr<model::ModelFile> f;
+  const base::Status s = model::ModelFile::open(path, &f);
+  if (!s.ok()) {
+    if (s.message().empty() || s.message().find('\n') != std::string::npos) bug("error is not one line: " + s.message());
+    return 0;
+  }
+  for (const auto& e : f->tensors())
+    if (e.offset > f->file_size() || e.nbytes > f->file_size() - e.offset) bug("tensor " + e.name + " outside the file");
+  std::unique_ptr<model::Tokenizer> tok;
+  if (f->tokenizer_type() != model::TokenizerType::kNone &&
+      model::load_tokenizer_blob(f->tokenizer_type(), f->tokenizer_blob(), f->path(), &tok).ok())
+    use_tokenizer(*tok);
+  use_model(*f, tok.get());
+  return 0;
+}
