@@ -342,8 +342,9 @@ struct MatmulCase {
 
 TEST_F(CudaKernels, MatmulFloatWeights) {
   KP_SKIP_WITHOUT_GPU();
-  // (1024, 300): every 16-byte vector path; 771: the scalar GEMV fallback (odd row length).
-  const MatmulCase cases[] = {{1024, 300, 0}, {771, 129, 0}};
+  // (1024, 300): every 16-byte vector path; 771: the scalar GEMV fallback (odd row length); 4104: the
+  // GEMV's double-buffered loop over several batches of loads, the last one partial.
+  const MatmulCase cases[] = {{1024, 300, 0}, {771, 129, 0}, {4104, 37, 0}};
   // n <= 4: GEMV (1, 3, 4); n > 4: cuBLAS (weights of the activation dtype) or the tiled kernel.
   const int64_t ns[] = {1, 3, 4, 5, 17, 64};
   for (DType dt : kActDtypes)
@@ -366,8 +367,13 @@ TEST_F(CudaKernels, MatmulFloatWeights) {
 TEST_F(CudaKernels, MatmulInt8Weights) {
   KP_SKIP_WITHOUT_GPU();
   // group 64: vector GEMV (16 int8 per load inside one group); group 8 and in 770: scalar fallback.
-  const MatmulCase cases[] = {{1024, 300, 64}, {1024, 300, 8}, {770, 129, 70}};
-  const int64_t ns[] = {1, 3, 4, 5, 17, 64};
+  // n > 4 with fp16/bf16 activations, in % 128 == 0 and group % 32 == 0: the tensor-core GEMM, with
+  // partial row blocks (out 300, 77) and token tiles of 16 (n <= 16) and 64 (n 17, 64, 130: 3 tiles, the
+  // last partial); group 128 spans a whole pipeline stage; in 1040 (group 16): the tiled fallback, and
+  // a GEMV whose only load batch is partial. fp32 activations: always the tiled GEMM.
+  const MatmulCase cases[] = {{1024, 300, 64}, {1024, 300, 8}, {770, 129, 70},
+                              {1280, 77, 32},  {2048, 64, 128}, {1040, 33, 16}};
+  const int64_t ns[] = {1, 3, 4, 5, 16, 17, 64, 130};
   for (const MatmulCase& c : cases) {
     Tensor q, s;
     ASSERT_OK(Tensor::create(DType::kInt8, {c.out, c.in}, base::CPUAllocator::get(), &q));
@@ -555,18 +561,32 @@ TEST_F(CudaKernels, AttentionPrefillLongContext) {
   for (DType dt : kActDtypes) check_attention(stream(), dt, 8, 2, 128, 64, 3000, 4096, 1700);
 }
 
-// Decode: split-K over 64 device-sized chunks and the combine. Positions around the key-tile edge (32),
-// where the chunk grows from one tile to two (2048 keys), and a long context (3000: 47 chunks of 64).
+// Decode: the keys [0, pos] split over a cluster of 8 blocks (a cache of 4096 rows), each block's warps
+// taking batches of 8 or 16 keys (fp32 / 16-bit, head_dim 128) up to 256 (head_dim 8). Positions where
+// some blocks or warps get no key (0, 1, 31), where chunks end mid-batch (127 .. 129, 2047, 2048), a long
+// context and the last row. Heads per block: 1 (MHA), 2 (group 2; group 3: two blocks, one half
+// empty), 4 with 8 warps (group 4, Llama-3-8B's 32/8; group 12: three blocks).
 TEST_F(CudaKernels, AttentionDecode) {
   KP_SKIP_WITHOUT_GPU();
   struct Case {
     int n_heads, n_kv_heads, hd;
   };
-  const Case cases[] = {{8, 2, 128}, {4, 4, 64}, {8, 4, 8}, {12, 1, 16}};  // group 4, MHA, stories260K, group 12
+  const Case cases[] = {{8, 2, 128}, {4, 4, 64}, {8, 4, 8}, {12, 1, 16}, {6, 2, 32}, {32, 8, 128}};
   for (DType dt : kActDtypes)
     for (const Case& c : cases)
-      for (int pos : {0, 1, 31, 32, 127, 128, 129, 2047, 2048, 3000})
+      for (int pos : {0, 1, 31, 32, 127, 128, 129, 2047, 2048, 3000, 4095})
         check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, 1, pos, 4096, 1800 + pos);
+}
+
+// Short caches get fewer blocks per cluster (64 rows: 2, 128: 4); every row must still be reached.
+TEST_F(CudaKernels, AttentionDecodeShortCache) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kActDtypes)
+    for (int max_seq : {16, 64, 128})
+      for (int pos : {0, 5, max_seq / 2, max_seq - 1}) {
+        check_attention(stream(), dt, 4, 4, 64, 1, pos, max_seq, 1900 + pos);
+        check_attention(stream(), dt, 8, 2, 128, 1, pos, max_seq, 1950 + pos);
+      }
 }
 
 TEST_F(CudaKernels, AttentionRejectsUnsupportedHeadDim) {
@@ -574,7 +594,8 @@ TEST_F(CudaKernels, AttentionRejectsUnsupportedHeadDim) {
   const int hd = 96, max_seq = 8;
   const Data q = make_data({1, 2 * hd}, 1900, DType::kFp16);
   Tensor kc = poisoned(DType::kFp16, {max_seq, hd}), vc = poisoned(DType::kFp16, {max_seq, hd});
-  Tensor scratch = poisoned(DType::kFp32, {kernel::attention_scratch_floats(1, 2, hd, max_seq, base::DeviceType::kCUDA)});
+  Tensor scratch = poisoned(
+      DType::kFp32, {std::max<int64_t>(1, kernel::attention_scratch_floats(1, 2, hd, max_seq, base::DeviceType::kCUDA))});
   Tensor out = poisoned(DType::kFp16, {1, 2 * hd});
   const Tensor pos = int32_gpu({0});
   settle();
@@ -704,8 +725,9 @@ TEST_F(CudaKernels, DecodeStepGraphReplay) {
     Tensor q = poisoned(dt, {1, dim}), k = poisoned(dt, {1, kv_dim}), v = poisoned(dt, {1, kv_dim});
     Tensor pos = poisoned(DType::kInt32, {1});
     Tensor att = poisoned(dt, {1, dim}), y = poisoned(dt, {1, n_out});
-    Tensor scratch =
-        poisoned(DType::kFp32, {kernel::attention_scratch_floats(1, n_heads, hd, max_seq, base::DeviceType::kCUDA)});
+    Tensor scratch = poisoned(
+        DType::kFp32,
+        {std::max<int64_t>(1, kernel::attention_scratch_floats(1, n_heads, hd, max_seq, base::DeviceType::kCUDA))});
     settle();
 
     const cudaStream_t s = static_cast<cudaStream_t>(stream());

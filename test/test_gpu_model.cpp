@@ -124,4 +124,17 @@ TEST_F(GpuModelTest, NcclOneRankCollectives) {
   EXPECT_TRUE(testutil::all_close(y, ref, 0, 0));
 }
 
+// --tp 1 through NCCL: a one-rank communicator makes the model run its all-reduces and all-gather
+// (on the comm stream, with the events) and capture them in the decode graph. Same tokens as the CPU.
+TEST_F(GpuModelTest, OneRankNcclPathInsideTheDecodeGraph) {
+  model::ModelOptions o;
+  o.device = base::DeviceType::kCUDA;
+  o.act_dtype = base::DType::kFp32;
+  o.collectives_at_one_rank = true;
+  std::unique_ptr<model::TpRunner> r;
+  const base::Status s = model::TpRunner::create(*file_, o, 1, &r);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(testutil::greedy(*r, kPrompt, 200), cpu_greedy(*file_, 200));
+}
+
 }  // namespace

@@ -74,6 +74,17 @@ TEST(TensorParallelCpu, GreedyTokensMatchOneRank) {
   EXPECT_EQ(greedy(*runner(*f, 4), kPrompt, 100), ref);
 }
 
+// One rank with a communicator runs the collectives anyway (the path --tp 1 takes through NCCL on a GPU).
+TEST(TensorParallelCpu, OneRankWithCollectivesMatches) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  model::ModelOptions o;
+  o.collectives_at_one_rank = true;
+  std::unique_ptr<model::TpRunner> r;
+  ASSERT_TRUE(model::TpRunner::create(*f, o, 1, &r).ok());
+  EXPECT_EQ(greedy(*r, kPrompt, 60), greedy(*runner(*f, 1), kPrompt, 60));
+}
+
 TEST(TensorParallelCpu, EachRankHoldsItsShare) {
   KP_SKIP_WITHOUT_MODELS();
   auto f = stories();

@@ -31,9 +31,12 @@ struct ModelOptions {
   int32_t max_batch_tokens = 256;               // prompt tokens per prefill call (longer prompts are chunked)
   int rank = 0;
   int world_size = 1;
-  base::Communicator* comm = nullptr;           // tensor parallelism, world_size > 1
+  base::Communicator* comm = nullptr;           // collectives; null with one rank unless forced (TpRunner)
   void* stream = nullptr;                       // cudaStream_t for this rank's compute (GPU)
   bool cuda_graph = true;                       // capture the decode step once, replay it (GPU)
+  // TpRunner: give a single rank a one-rank communicator anyway, so that the collectives (NCCL on a
+  // GPU) run in the model and inside its decode graph; for tests on one GPU.
+  bool collectives_at_one_rank = false;
   std::function<void(uint64_t, uint64_t)> load_progress;
 };
 

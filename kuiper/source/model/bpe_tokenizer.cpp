@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "model/utf8.h"
+
 namespace model {
 
 namespace {
@@ -32,46 +34,6 @@ std::vector<std::string> llama3_special_names() {
     names[i] = it != named.end() ? it->second : "<|reserved_special_token_" + std::to_string(reserved++) + "|>";
   }
   return names;
-}
-
-// Offset of the first byte that is not part of valid UTF-8 (overlong forms, surrogates and code
-// points past U+10FFFF are invalid), or npos.
-size_t invalid_utf8_offset(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char b = s[i];
-    int len;
-    unsigned char lo = 0x80, hi = 0xbf;  // allowed range of the second byte
-    if (b < 0x80) {
-      ++i;
-      continue;
-    } else if (b >= 0xc2 && b <= 0xdf) {
-      len = 2;
-    } else if (b >= 0xe0 && b <= 0xef) {
-      len = 3;
-      if (b == 0xe0) lo = 0xa0;  // overlong
-      if (b == 0xed) hi = 0x9f;  // surrogates
-    } else if (b >= 0xf0 && b <= 0xf4) {
-      len = 4;
-      if (b == 0xf0) lo = 0x90;  // overlong
-      if (b == 0xf4) hi = 0x8f;  // past U+10FFFF
-    } else {
-      return i;
-    }
-    if (i + len > s.size()) return i;
-    const unsigned char b1 = s[i + 1];
-    if (b1 < lo || b1 > hi) return i;
-    for (int k = 2; k < len; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
-    i += len;
-  }
-  return std::string_view::npos;
-}
-
-base::Status check_utf8(std::string_view text) {
-  const size_t bad = invalid_utf8_offset(text);
-  if (bad == std::string_view::npos) return base::Status::Ok();
-  return base::InvalidArgument("prompt is not valid UTF-8 (byte " + std::to_string(bad) + ")");
 }
 
 // Standard base64 (RFC 4648, with '=' padding) into `out`; false on anything malformed.

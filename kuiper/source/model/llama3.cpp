@@ -130,7 +130,7 @@ Status LlamaModel::init_mem() {
        0},
       {&ws_.cos_sin, DType::kFp32, {max_seq_len_, c.head_dim / 2, 2}, 0},
   };
-  if (opts_.world_size > 1) slots.push_back({&ws_.logits_all, act, {1, c.vocab_size}, 0});
+  if (opts_.comm != nullptr) slots.push_back({&ws_.logits_all, act, {1, c.vocab_size}, 0});
   if (act != DType::kFp32) slots.push_back({&ws_.logits_f32, DType::kFp32, {1, c.vocab_size}, 0});
   uint64_t total = 0;
   for (Slot& s : slots) {
@@ -151,7 +151,7 @@ Status LlamaModel::init_mem() {
   ws_.v1 = columns(ws_.qkv1, q_local + kv_local, kv_local);
   ws_.g1 = columns(ws_.gu1, 0, weights_.hidden_local);
   ws_.u1 = columns(ws_.gu1, weights_.hidden_local, weights_.hidden_local);
-  if (opts_.world_size == 1) ws_.logits_all = ws_.logits_local;
+  if (opts_.comm == nullptr) ws_.logits_all = ws_.logits_local;
   if (act == DType::kFp32) ws_.logits_f32 = ws_.logits_all;
   ws_.bytes = total;
 
@@ -223,7 +223,7 @@ Status LlamaModel::classifier(int32_t n) {
   void* s = opts_.stream;
   // Only the last token's logits are needed: its normed row is already in xb.
   KP_RETURN_IF_ERROR(weights_.output.forward(ws_.xb.slice_rows(n - 1, n), ws_.logits_local, s));
-  if (opts_.world_size > 1) KP_RETURN_IF_ERROR(opts_.comm->all_gather(ws_.logits_local, ws_.logits_all, s));
+  if (opts_.comm != nullptr) KP_RETURN_IF_ERROR(opts_.comm->all_gather(ws_.logits_local, ws_.logits_all, s));
   if (ws_.logits_all.dtype() != DType::kFp32) KP_RETURN_IF_ERROR(kernel::convert(ws_.logits_all, ws_.logits_f32, s));
   return kernel::argmax(ws_.logits_f32, ws_.next, s);
 }

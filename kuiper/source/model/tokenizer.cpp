@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "model/bpe_tokenizer.h"
+#include "model/utf8.h"
 
 namespace model {
 
@@ -23,7 +24,10 @@ class SentencePieceTokenizer final : public Tokenizer {
     return base::Status::Ok();
   }
 
+  // Text that is not valid UTF-8 is refused, as the BPE tokenizer does: SentencePiece would map each
+  // bad byte to U+FFFD and encode that, which is not what the user typed.
   base::Status encode(const std::string& text, bool add_bos, std::vector<int32_t>* ids) const override {
+    KP_RETURN_IF_ERROR(check_utf8(text));
     std::vector<int> out;
     const auto st = sp_.Encode(text, &out);
     if (!st.ok()) return base::InvalidArgument("cannot tokenize the prompt: " + st.ToString());

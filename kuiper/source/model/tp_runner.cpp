@@ -31,7 +31,7 @@ base::Status TpRunner::create(const ModelFile& file, const ModelOptions& opts, i
   im.barrier = std::make_unique<base::HostBarrier>(world);
   im.comms.assign(world, nullptr);
   if (opts.device == base::DeviceType::kCPU) {
-    if (world > 1) {
+    if (world > 1 || opts.collectives_at_one_rank) {
       im.cpu_group = std::make_unique<base::CpuCommGroup>(world);
       for (int i = 0; i < world; ++i) im.comms[i] = im.cpu_group->rank(i);
     }
@@ -41,9 +41,10 @@ base::Status TpRunner::create(const ModelFile& file, const ModelOptions& opts, i
     if (world > gpus)
       return base::InvalidArgument("--tp " + std::to_string(world) + " needs " + std::to_string(world) +
                                    " GPUs; " + std::to_string(gpus) + " visible");
-    if (world > 1) KP_RETURN_IF_ERROR(base::NcclHandler::instance().init(world));
+    const bool nccl = world > 1 || opts.collectives_at_one_rank;
+    if (nccl) KP_RETURN_IF_ERROR(base::NcclHandler::instance().init(world));
     for (int i = 0; i < world; ++i) {
-      if (world > 1) im.comms[i] = base::NcclHandler::instance().communicator(i);
+      if (nccl) im.comms[i] = base::NcclHandler::instance().communicator(i);
       im.streams.push_back(std::make_unique<base::CudaStream>());
       KP_RETURN_IF_ERROR(im.streams.back()->create(i));
     }

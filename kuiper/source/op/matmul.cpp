@@ -26,7 +26,9 @@ base::Status MatmulLayer::set_weight(tensor::Tensor weight, tensor::Tensor scale
 constexpr int64_t kOverlapChunk = 128;
 
 base::Status MatmulLayer::forward(const tensor::Tensor& x, tensor::Tensor& y, void* stream) const {
-  if (tp_.mode != TpMode::kRow || tp_.world_size == 1)
+  // Without a communicator (one rank) there is nothing to sum. A one-rank communicator still runs the
+  // collectives: that is how the NCCL path is exercised on a single GPU.
+  if (tp_.mode != TpMode::kRow || tp_.comm == nullptr)
     return kernel::matmul(x, weight_, scales_, group_size_, y, stream);
 
   // y holds partial sums over this rank's slice of the input features: add them up across ranks.

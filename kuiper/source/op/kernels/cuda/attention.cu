@@ -1,24 +1,33 @@
 // KV-cache append and causal grouped-query attention on the GPU.
 //
-// One kernel serves both phases. A block owns one KV head and up to kWarps "rows", a row being one
+// Prefill (n > 1): attention_kernel. A block owns one KV head and up to kWarps "rows", a row being one
 // (query token, query head of that KV head's group) pair, one warp per row. The block walks its key
-// range in tiles of kKeyTile keys: it stages the tile's K and V rows (converted to fp32) in shared
-// memory once for all its rows, lane j of each warp scores key j, and the warp folds the tile into a
-// running (max m, sum l, acc[head_dim]) with the online-softmax update
+// range [0, pos + last query of the block] in tiles of kKeyTile keys: it stages the tile's K and V rows
+// (converted to fp32) in shared memory once for all its rows, lane j of each warp scores key j, earlier
+// queries of the block mask the keys they may not see, and the warp folds the tile into a running
+// (max m, sum l, acc[head_dim]) with the online-softmax update
 //   m' = max(m, max_j s_j);  l' = l e^(m - m') + sum_j e^(s_j - m');  acc' = acc e^(m - m') + sum_j e^(s_j - m') v_j.
 //
-//  - Prefill (n > 1): the key range is [0, pos + last query of the block]; earlier queries of the
-//    block mask the keys they may not see. The block writes out = acc / l.
-//  - Decode (n == 1), split-K "flash decoding": the keys [0, pos] are cut into kDecodeSplits chunks
-//    along grid z. The grid is fixed, so a captured graph replays at every step; the chunk length is
-//    computed on the device from pos (decode_chunk()), so every live block has a similar share of the
-//    work at any context length, and blocks whose chunk starts beyond pos exit at once. Each live block
-//    writes its partial (m, l, acc) to scratch and attention_combine_kernel merges the chunks of a head:
-//    M = max_c m_c;  out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c.
-//    (A fixed chunk of 128 keys with a grid sized for max_seq ran one block per 128 keys serially:
-//    17 us at pos 100 for Llama-3-8B shapes on an H100, whatever the context.)
+// Decode (n == 1): decode_attention_kernel, split-K "flash decoding" in one launch. Decode attention is
+// bound by reading K and V (2 * kv_len * n_kv_heads * head_dim elements per layer), so:
+//  - a block serves one KV head and up to kH of the query heads of its group, so each K/V row is read
+//    once for those heads (grid.y covers larger groups);
+//  - the keys [0, pos] are cut into S equal chunks, one per block of a thread-block cluster of S blocks
+//    (grid.x = S). The chunk length is computed on the device from pos, so one captured graph serves
+//    every step, and every block has a similar share of the work at any context length;
+//  - within a block each warp streams its own keys straight from global memory, kDecodeLoads 16-byte
+//    loads of K and as many of V in flight per lane (a K row is read by head_dim / (16 / sizeof(T))
+//    lanes), and keeps its own online softmax; the warps are merged through shared memory;
+//  - the S blocks of the cluster merge their partials through distributed shared memory:
+//      M = max_c m_c;  out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c,
+//    so there is no second kernel and no global scratch. (Before: a fixed grid of 64 splits writing
+//    partials to scratch and a combine kernel: ~11 us per layer at pos 100 and ~51 us for 32 MHA heads
+//    at pos 3000 on an H100, docs/perf_notes.md.)
+// Scores are kept in base 2: q is pre-scaled by log2(e) / sqrt(head_dim) so exp2f does the exponentials.
 //
 // pos is read on the device and clamped to [0, max_seq - 1]; the host keeps it in range.
+#include <cooperative_groups.h>
+
 #include <climits>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -27,18 +36,16 @@
 namespace kernel::cuda {
 namespace {
 
-constexpr int kKeyTile = 32;       // keys per shared-memory tile: lane j of a warp scores key j
-constexpr int kDecodeSplits = 64;  // split-K blocks per (KV head, row block) in decode
-constexpr int kPrefillWarps = 8;   // rows per prefill block
-constexpr int kCombineThreads = 128;  // >= every supported head_dim
-constexpr int kCopyThreads = 256;
+namespace cg = cooperative_groups;
 
-// Keys per decode split for kv_len visible keys: whole tiles, at least one. The attention and combine
-// kernels both derive their chunks from this, so they agree on which splits are live.
-__device__ __forceinline__ int decode_chunk(int kv_len) {
-  const int per_split = (kv_len + kDecodeSplits - 1) / kDecodeSplits;
-  return (per_split + kKeyTile - 1) / kKeyTile * kKeyTile;
-}
+constexpr int kKeyTile = 32;       // prefill: keys per shared-memory tile (lane j of a warp scores key j)
+constexpr int kPrefillWarps = 8;   // prefill: rows per block
+// decode: 16-byte loads of K (and as many of V) in flight per lane. 8 with 4 warps per block; the
+// 8-warp blocks of kH = 4 take 4, which keeps the block's bytes in flight and its registers in bounds.
+template <int kH> constexpr int kDecodeLoads = kH == 4 ? 4 : 8;
+template <int kH> constexpr int kDecodeWarps = kH == 4 ? 8 : 4;
+constexpr int kMaxClusterSplits = 8;  // decode: blocks per cluster (8 is the portable cluster size)
+constexpr int kCopyThreads = 256;
 
 // ---------------------------------------------------------------------------------------------------
 // kv_append: cache rows [pos, pos + n) = k (and v). Both sides are contiguous runs of n * kv_dim
@@ -50,6 +57,8 @@ static __global__ void kv_append_kernel(const Word* __restrict__ k, const Word* 
                                         Word* __restrict__ k_cache, Word* __restrict__ v_cache,
                                         const int32_t* __restrict__ pos, int64_t words_per_row, int64_t n,
                                         int64_t max_seq) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t p = *pos;
   if (p < 0 || p + n > max_seq) return;
   Word* kc = k_cache + p * words_per_row;
@@ -63,18 +72,16 @@ static __global__ void kv_append_kernel(const Word* __restrict__ k, const Word* 
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Attention. q, out: T [n, n_heads * HD]; k_cache, v_cache: T [max_seq, n_kv_heads * HD] (16-byte
-// aligned); pos: int32 [1] (device); scale = 1 / sqrt(HD).
-// grid = (n_kv_heads, ceil(n * group / kWarps), kSplit ? kDecodeSplits : 1), block = kWarps warps.
-// kSplit (n == 1 only): part_ml: fp32 [n_heads, kDecodeSplits, 2] (m, l);
-// part_acc: fp32 [n_heads, kDecodeSplits, HD].
+// Prefill attention (n > 1). q, out: T [n, n_heads * HD]; k_cache, v_cache: T [max_seq, n_kv_heads * HD]
+// (16-byte aligned); pos: int32 [1] (device); scale = 1 / sqrt(HD).
+// grid = (n_kv_heads, ceil(n * group / kWarps)), block = kWarps warps.
 // __launch_bounds__ asks for two resident blocks per SM (<= 128 registers at 8 warps): with the bare
 // thread bound ptxas capped some instances at 48 registers and spilled.
-template <typename T, int HD, int kWarps, bool kSplit>
+template <typename T, int HD, int kWarps>
 static __global__ void __launch_bounds__(kWarps* kWarpSize, 2)
     attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                      const int32_t* __restrict__ pos_ptr, int n, int n_heads, int n_kv_heads, int max_seq,
-                     float scale, T* __restrict__ out, float* __restrict__ part_ml, float* __restrict__ part_acc) {
+                     float scale, T* __restrict__ out) {
   constexpr int kDimsPerLane = (HD + kWarpSize - 1) / kWarpSize;
   constexpr int kPer = kVec16<T>;              // elements per 16-byte load
   constexpr int kPiecesPerRow = HD / kPer;     // 16-byte pieces of one head's K (or V) row
@@ -83,6 +90,8 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 2)
   __shared__ float vs[kKeyTile][HD];      // read along HD by the lanes: conflict-free unpadded
   __shared__ float qs[kWarps][HD];        // each warp's query, pre-scaled
 
+  pdl_wait();
+  pdl_trigger();
   const int group = n_heads / n_kv_heads;
   const int kv_head = blockIdx.x;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -98,14 +107,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 2)
   // This row sees keys [0, limit); the block needs keys up to its last row's limit.
   const int limit = (int)min((int64_t)pos + qi, (int64_t)max_seq - 1) + 1;
   const int last_q = (min(row0 + kWarps, n_rows) - 1) / group;
-  const int block_limit = (int)min((int64_t)pos + last_q, (int64_t)max_seq - 1) + 1;
-  int k_begin = 0, k_end = block_limit;
-  if constexpr (kSplit) {
-    const int chunk = decode_chunk(block_limit);  // n == 1: block_limit = pos + 1 for every row
-    k_begin = blockIdx.z * chunk;
-    k_end = min(k_begin + chunk, block_limit);
-    if (k_begin >= k_end) return;  // whole block: a chunk beyond pos
-  }
+  const int k_end = (int)min((int64_t)pos + last_q, (int64_t)max_seq - 1) + 1;
 
   if (active) {
     const T* qrow = q + ((int64_t)qi * n_heads + head) * HD;
@@ -120,7 +122,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 2)
 #pragma unroll
   for (int r = 0; r < kDimsPerLane; ++r) acc[r] = 0.f;
 
-  for (int t0 = k_begin; t0 < k_end; t0 += kKeyTile) {
+  for (int t0 = 0; t0 < k_end; t0 += kKeyTile) {
     const int tile_len = min(kKeyTile, k_end - t0);
     __syncthreads();  // every warp is done with the previous tile
 #pragma unroll 4
@@ -171,62 +173,217 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 2)
   }
   if (!active) return;
 
-  if constexpr (kSplit) {
-    const int64_t slot = (int64_t)head * kDecodeSplits + blockIdx.z;
-    if (lane == 0) {
-      part_ml[slot * 2] = m;
-      part_ml[slot * 2 + 1] = l;
-    }
+  // l >= 1: key 0 is visible to every row and the largest score contributes e^0.
+  const float inv = 1.f / l;
+  T* orow = out + ((int64_t)qi * n_heads + head) * HD;
 #pragma unroll
-    for (int r = 0; r < kDimsPerLane; ++r) {
-      const int d = lane + r * kWarpSize;
-      if (d < HD) part_acc[slot * HD + d] = acc[r];
-    }
-  } else {
-    // l >= 1: key 0 is visible to every row and the largest score contributes e^0.
-    const float inv = 1.f / l;
-    T* orow = out + ((int64_t)qi * n_heads + head) * HD;
-#pragma unroll
-    for (int r = 0; r < kDimsPerLane; ++r) {
-      const int d = lane + r * kWarpSize;
-      if (d < HD) orow[d] = from_float<T>(acc[r] * inv);
-    }
+  for (int r = 0; r < kDimsPerLane; ++r) {
+    const int d = lane + r * kWarpSize;
+    if (d < HD) orow[d] = from_float<T>(acc[r] * inv);
   }
 }
 
-// Merges the decode partials of the live splits of each head (exactly those attention_kernel<..., true>
-// wrote: the chunks that start at or before pos). grid = n_heads, block = kCombineThreads.
-// out: T [1, n_heads * head_dim].
-template <typename T>
-static __global__ void __launch_bounds__(kCombineThreads)
-    attention_combine_kernel(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                             const int32_t* __restrict__ pos_ptr, int max_seq, int head_dim, T* __restrict__ out) {
-  __shared__ float weight[kDecodeSplits];  // e^(m_c - M) per split
-  __shared__ float red[kWarpSize];
-  const int head = blockIdx.x;
+// ---------------------------------------------------------------------------------------------------
+// Decode attention (n == 1), see the file comment.
+// q, out: T [1, n_heads * HD]; k_cache, v_cache: T [max_seq, n_kv_heads * HD] (16-byte aligned);
+// pos: int32 [1] (device); qscale = log2(e) / sqrt(HD).
+// grid = (S, ceil(group / kH), n_kv_heads), clusters of (S, 1, 1), block = kWarps warps.
+//
+// Lane layout: a K (or V) row of one head is kLanes = HD / kPer lanes' 16-byte pieces, so a warp load
+// covers kRows = 32 / kLanes consecutive keys of the warp's batch; lane = row_in_load * kLanes + piece.
+// Each lane holds, per head, the kPer dims of its piece of q and of the output accumulator.
+template <typename T, int HD, int kH, int kWarps>
+static __global__ void __launch_bounds__(kWarps* kWarpSize)
+    decode_attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                            const int32_t* __restrict__ pos_ptr, int n_heads, int n_kv_heads, int max_seq,
+                            float qscale, T* __restrict__ out) {
+  constexpr int kPer = kVec16<T>;
+  constexpr int kLanes = HD / kPer;
+  static_assert(HD % kPer == 0 && kLanes <= kWarpSize, "a head's row must be 1 to 32 16-byte pieces");
+  constexpr int kRows = kWarpSize / kLanes;
+  constexpr int kLoads = kDecodeLoads<kH>;
+  constexpr int kBatch = kLoads * kRows;  // keys per warp per step
+  __shared__ float warp_ml[kWarps][kH][2];     // each warp's (m, l) per head
+  __shared__ float warp_acc[kWarps][kH][HD];   // each warp's unnormalised output per head
+  __shared__ float part_ml[kH][2];             // this block's partial, read by the whole cluster
+  __shared__ float part_acc[kH][HD];
+
+  pdl_wait();
+  pdl_trigger();
+  cg::cluster_group cluster = cg::this_cluster();
+  const int split = blockIdx.x, n_splits = gridDim.x;  // the cluster spans grid.x
+  const int group = n_heads / n_kv_heads;
+  const int kv_head = blockIdx.z;
+  const int head0 = kv_head * group + blockIdx.y * kH;
+  const int n_h = min(kH, group - (int)blockIdx.y * kH);  // heads of this block; the rest are padding
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int row_in_load = lane / kLanes, d0 = (lane % kLanes) * kPer;
+
   int pos = *pos_ptr;
   pos = pos < 0 ? 0 : (pos > max_seq - 1 ? max_seq - 1 : pos);
   const int kv_len = pos + 1;
-  const int chunk = decode_chunk(kv_len);
-  const int live = (kv_len + chunk - 1) / chunk;  // <= kDecodeSplits
-  const float* ml = part_ml + (int64_t)head * kDecodeSplits * 2;
-  float m = -INFINITY;
-  for (int c = threadIdx.x; c < live; c += blockDim.x) m = fmaxf(m, ml[2 * c]);
-  m = block_max(m, red);
-  float l = 0.f;
-  for (int c = threadIdx.x; c < live; c += blockDim.x) {
-    const float w = expf(ml[2 * c] - m);
-    weight[c] = w;
-    l += ml[2 * c + 1] * w;
+  const int chunk = (kv_len + n_splits - 1) / n_splits;
+  const int k_begin = min(split * chunk, kv_len), k_end = min(k_begin + chunk, kv_len);
+
+  float qf[kH][kPer];
+#pragma unroll
+  for (int h = 0; h < kH; ++h) {
+    if (h < n_h) {
+      load_floats<T, kPer>(q + (int64_t)(head0 + h) * HD + d0, qf[h]);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) qf[h][i] *= qscale;
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) qf[h][i] = 0.f;
+    }
   }
-  l = block_sum(l, red);  // its barriers also publish weight[]
-  const float inv = 1.f / l;
-  const float* acc = part_acc + (int64_t)head * kDecodeSplits * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float s = 0.f;
-    for (int c = 0; c < live; ++c) s = fmaf(weight[c], acc[(int64_t)c * head_dim + d], s);
-    out[(int64_t)head * head_dim + d] = from_float<T>(s * inv);
+
+  const int64_t kv_stride = (int64_t)n_kv_heads * HD;
+  const T* kbase = k_cache + (int64_t)kv_head * HD + d0;
+  const T* vbase = v_cache + (int64_t)kv_head * HD + d0;
+  float m[kH], l[kH], acc[kH][kPer];
+#pragma unroll
+  for (int h = 0; h < kH; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) acc[h][i] = 0.f;
   }
+
+  for (int base = k_begin + warp * kBatch; base < k_end; base += kWarps * kBatch) {
+    // Every load of the batch is issued before the first is used. Keys past the chunk are not read
+    // (the cache beyond pos may hold anything) and get score -inf, weight 0 and V = 0.
+    uint4 kw[kLoads], vw[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int key = base + u * kRows + row_in_load;
+      if (key < k_end) {
+        kw[u] = *reinterpret_cast<const uint4*>(kbase + key * kv_stride);
+        vw[u] = *reinterpret_cast<const uint4*>(vbase + key * kv_stride);
+      } else {
+        kw[u] = vw[u] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+    float s[kH][kLoads];  // scores, then (in place) their weights e^(s - m)
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      float kf[kPer];
+      unpack_floats<T, kPer>(&kw[u], kf);
+#pragma unroll
+      for (int h = 0; h < kH; ++h) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) d = fmaf(qf[h][i], kf[i], d);
+        s[h][u] = d;
+      }
+    }
+    // Sum each row's pieces over its kLanes lanes (all of them get the score), then mask.
+#pragma unroll
+    for (int o = 1; o < kLanes; o <<= 1)
+#pragma unroll
+      for (int h = 0; h < kH; ++h)
+#pragma unroll
+        for (int u = 0; u < kLoads; ++u) s[h][u] += __shfl_xor_sync(0xffffffffu, s[h][u], o);
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u)
+      if (base + u * kRows + row_in_load >= k_end)
+#pragma unroll
+        for (int h = 0; h < kH; ++h) s[h][u] = -INFINITY;
+
+#pragma unroll
+    for (int h = 0; h < kH; ++h) {
+      float mx = s[h][0];
+#pragma unroll
+      for (int u = 1; u < kLoads; ++u) mx = fmaxf(mx, s[h][u]);
+#pragma unroll
+      for (int o = kLanes; o < kWarpSize; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      // Key `base` is in the chunk, so m_new is finite; corr is 0 on the first batch (m = -inf).
+      const float m_new = fmaxf(m[h], mx);
+      const float corr = exp2f(m[h] - m_new);
+      float sum = 0.f;
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        s[h][u] = exp2f(s[h][u] - m_new);
+        sum += s[h][u];
+      }
+      l[h] = l[h] * corr + sum;  // this lane's row slot only; summed over the slots below
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) acc[h][i] *= corr;
+      m[h] = m_new;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      float vf[kPer];
+      unpack_floats<T, kPer>(&vw[u], vf);
+#pragma unroll
+      for (int h = 0; h < kH; ++h)
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) acc[h][i] = fmaf(s[h][u], vf[i], acc[h][i]);
+    }
+  }
+
+  // Warp totals: sum l and acc over the kRows row slots (m is already warp-uniform).
+#pragma unroll
+  for (int o = kLanes; o < kWarpSize; o <<= 1)
+#pragma unroll
+    for (int h = 0; h < kH; ++h) {
+      l[h] += __shfl_xor_sync(0xffffffffu, l[h], o);
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) acc[h][i] += __shfl_xor_sync(0xffffffffu, acc[h][i], o);
+    }
+  if (row_in_load == 0) {
+#pragma unroll
+    for (int h = 0; h < kH; ++h) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) warp_acc[warp][h][d0 + i] = acc[h][i];
+      if (lane == 0) {
+        warp_ml[warp][h][0] = m[h];
+        warp_ml[warp][h][1] = l[h];
+      }
+    }
+  }
+  __syncthreads();
+
+  // Block partial. A warp (or a whole block, at short context) that saw no key has m = -inf, l = 0,
+  // acc = 0: its weight is 0, and a block with no key at all reports m = -inf.
+  for (int e = threadIdx.x; e < kH * HD; e += kWarps * kWarpSize) {
+    const int h = e / HD, d = e % HD;
+    float mb = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mb = fmaxf(mb, warp_ml[w][h][0]);
+    float lb = 0.f, ab = 0.f;
+    if (mb != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float wt = exp2f(warp_ml[w][h][0] - mb);
+        lb = fmaf(wt, warp_ml[w][h][1], lb);
+        ab = fmaf(wt, warp_acc[w][h][d], ab);
+      }
+    }
+    part_acc[h][d] = ab;
+    if (d == 0) {
+      part_ml[h][0] = mb;
+      part_ml[h][1] = lb;
+    }
+  }
+  cluster.sync();  // every block's partial is written and visible to the cluster
+
+  // Cluster merge: the blocks share the output elements of the block's heads. Split 0 holds key 0,
+  // so M is finite and L >= 1.
+  for (int e = split * kWarps * kWarpSize + threadIdx.x; e < n_h * HD; e += n_splits * kWarps * kWarpSize) {
+    const int h = e / HD, d = e % HD;
+    float mc = -INFINITY;
+    for (int r = 0; r < n_splits; ++r) mc = fmaxf(mc, cluster.map_shared_rank(&part_ml[h][0], r)[0]);
+    float lc = 0.f, ac = 0.f;
+    for (int r = 0; r < n_splits; ++r) {
+      const float* ml = cluster.map_shared_rank(&part_ml[h][0], r);
+      const float wt = exp2f(ml[0] - mc);
+      lc = fmaf(wt, ml[1], lc);
+      ac = fmaf(wt, cluster.map_shared_rank(&part_acc[h][d], r)[0], ac);
+    }
+    out[(int64_t)(head0 + h) * HD + d] = from_float<T>(ac / lc);
+  }
+  cluster.sync();  // no block may exit (freeing its shared memory) while another still reads it
 }
 
 struct AttentionArgs {
@@ -234,18 +391,31 @@ struct AttentionArgs {
   const void* k_cache;
   const void* v_cache;
   const int32_t* pos;
-  int n, n_heads, n_kv_heads, max_seq;
-  float scale;
-  float* part_ml;   // scratch: fp32 [n_heads, kDecodeSplits, 2]
-  float* part_acc;  // scratch: fp32 [n_heads, kDecodeSplits, head_dim]
+  int n, n_heads, n_kv_heads, max_seq, head_dim;
   void* out;
 };
 
-template <typename T, int HD, int kWarps, bool kSplit>
-void launch_attention_kernel(const AttentionArgs& a, dim3 grid, cudaStream_t stream) {
-  attention_kernel<T, HD, kWarps, kSplit><<<grid, kWarps * kWarpSize, 0, stream>>>(
-      static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache), a.pos, a.n,
-      a.n_heads, a.n_kv_heads, a.max_seq, a.scale, static_cast<T*>(a.out), a.part_ml, a.part_acc);
+// Blocks per cluster for a cache of max_seq rows: 8, fewer only when the cache is too short to give
+// every split a full warp batch of keys.
+int decode_splits(int max_seq) {
+  int s = kMaxClusterSplits;
+  while (s > 1 && (int64_t)s * 32 > max_seq) s /= 2;
+  return s;
+}
+
+template <typename T, int HD, int kH>
+Status launch_decode(const AttentionArgs& a, int group, cudaStream_t stream) {
+  // kH = 4 serves GQA groups of 4+ with few KV heads (Llama-3-8B: 8 KV heads, 64 blocks of 8 splits),
+  // so those blocks get 8 warps to keep enough loads in flight; MHA (kH = 1) has 4x the blocks.
+  constexpr int kWarps = kDecodeWarps<kH>;
+  const int splits = decode_splits(a.max_seq);
+  const dim3 grid((unsigned)splits, (unsigned)ceil_div(group, kH), (unsigned)a.n_kv_heads);
+  KP_CHECK_ARG(grid.y <= 65535 && grid.z <= 65535, "attention: too many heads for one call");
+  const float qscale = 1.4426950408889634f / sqrtf((float)HD);  // log2(e) / sqrt(head_dim)
+  return launch_kernel(decode_attention_kernel<T, HD, kH, kWarps>, grid, kWarps * kWarpSize, 0, stream,
+                       (unsigned)splits, static_cast<const T*>(a.q), static_cast<const T*>(a.k_cache),
+                       static_cast<const T*>(a.v_cache), a.pos, a.n_heads, a.n_kv_heads, a.max_seq, qscale,
+                       static_cast<T*>(a.out));
 }
 
 template <typename T, int HD> Status launch_attention(const AttentionArgs& a, cudaStream_t stream) {
@@ -253,24 +423,15 @@ template <typename T, int HD> Status launch_attention(const AttentionArgs& a, cu
   if (a.n > 1) {
     const int64_t row_blocks = ceil_div((int64_t)a.n * group, kPrefillWarps);
     KP_CHECK_ARG(row_blocks <= 65535, "attention: too many query rows for one call");
-    launch_attention_kernel<T, HD, kPrefillWarps, false>(a, dim3(a.n_kv_heads, (unsigned)row_blocks, 1), stream);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+    return launch_kernel(attention_kernel<T, HD, kPrefillWarps>, dim3(a.n_kv_heads, (unsigned)row_blocks, 1),
+                         kPrefillWarps * kWarpSize, 0, stream, 1, static_cast<const T*>(a.q),
+                         static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache), a.pos, a.n, a.n_heads,
+                         a.n_kv_heads, a.max_seq, 1.f / sqrtf((float)HD), static_cast<T*>(a.out));
   }
-  // Decode: one warp per query head of the group, at least 4 warps: warps without a head still share
-  // the tile loads, which a single warp (MHA) is too few to keep in flight.
-  const int warps = group <= 4 ? 4 : 8;
-  const dim3 grid(a.n_kv_heads, (unsigned)ceil_div(group, warps), kDecodeSplits);
-  switch (warps) {
-    case 4: launch_attention_kernel<T, HD, 4, true>(a, grid, stream); break;
-    case 8: launch_attention_kernel<T, HD, 8, true>(a, grid, stream); break;
-    default: return base::Internal("attention: no decode kernel for " + std::to_string(warps) + " warps");
-  }
-  CUDA_CHECK_LAUNCH();
-  attention_combine_kernel<T><<<a.n_heads, kCombineThreads, 0, stream>>>(a.part_ml, a.part_acc, a.pos, a.max_seq,
-                                                                         HD, static_cast<T*>(a.out));
-  CUDA_CHECK_LAUNCH();
-  return Status::Ok();
+  // Heads per block: all of a group up to 4 (K/V read once per group), in blocks of 4 beyond.
+  if (group >= 4) return launch_decode<T, HD, 4>(a, group, stream);
+  if (group >= 2) return launch_decode<T, HD, 2>(a, group, stream);
+  return launch_decode<T, HD, 1>(a, group, stream);
 }
 
 }  // namespace
@@ -288,11 +449,10 @@ Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_ca
   auto launch = [&](auto word_tag) -> Status {
     using Word = typename decltype(word_tag)::type;
     const int64_t words_per_row = kv_dim * (int64_t)elem / (int64_t)sizeof(Word);
-    kv_append_kernel<Word><<<grid_for(n * words_per_row, kCopyThreads), kCopyThreads, 0, stream>>>(
-        static_cast<const Word*>(k.data()), static_cast<const Word*>(v.data()), static_cast<Word*>(k_cache.data()),
-        static_cast<Word*>(v_cache.data()), pos.ptr<int32_t>(), words_per_row, n, max_seq);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+    return launch_kernel(kv_append_kernel<Word>, grid_for(n * words_per_row, kCopyThreads), kCopyThreads, 0, stream,
+                         1, static_cast<const Word*>(k.data()), static_cast<const Word*>(v.data()),
+                         static_cast<Word*>(k_cache.data()), static_cast<Word*>(v_cache.data()), pos.ptr<int32_t>(),
+                         words_per_row, n, max_seq);
   };
   if (vec) return launch(TypeTag<uint4>{});
   switch (elem) {
@@ -302,14 +462,13 @@ Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_ca
   }
 }
 
-int64_t attention_scratch_floats(int64_t /*n_tokens*/, int n_heads, int head_dim, int64_t /*max_seq_len*/) {
-  // Decode partials; prefill needs none. Independent of n_tokens so one buffer sized at start-up serves
-  // both phases.
-  return (int64_t)n_heads * kDecodeSplits * (head_dim + 2);
+int64_t attention_scratch_floats(int64_t /*n_tokens*/, int /*n_heads*/, int /*head_dim*/, int64_t /*max_seq_len*/) {
+  // Neither phase needs scratch: decode merges its splits inside a thread-block cluster.
+  return 0;
 }
 
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos, int n_heads,
-                 int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, cudaStream_t stream) {
+                 int n_kv_heads, int head_dim, Tensor& /*scratch*/, Tensor& out, cudaStream_t stream) {
   KP_CHECK_ARG(k_cache.dtype() == q.dtype(), "attention: cache dtype " + std::string(base::dtype_name(k_cache.dtype())) +
                                                  " differs from q " + base::dtype_name(q.dtype()));
   KP_CHECK_ARG(pos.device_type() == base::DeviceType::kCUDA, "attention: pos must be on the GPU");
@@ -317,20 +476,11 @@ Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, 
                "attention: K/V cache must be 16-byte aligned");
   const int64_t n = q.dim(0), max_seq = k_cache.dim(0);
   KP_CHECK_ARG(n <= INT_MAX && max_seq <= INT_MAX, "attention: sizes beyond int range");
+  // The decode kernel reads each head's slice of q with 16-byte loads.
+  KP_CHECK_ARG(n > 1 || is_aligned(q.data(), 16), "attention: q must be 16-byte aligned");
   if (n == 0) return Status::Ok();
-  float* part = scratch.ptr<float>();
-  AttentionArgs a{q.data(),
-                  k_cache.data(),
-                  v_cache.data(),
-                  pos.ptr<int32_t>(),
-                  (int)n,
-                  n_heads,
-                  n_kv_heads,
-                  (int)max_seq,
-                  1.f / sqrtf((float)head_dim),
-                  part,
-                  part + (int64_t)n_heads * kDecodeSplits * 2,
-                  out.data()};
+  const AttentionArgs a{q.data(), k_cache.data(), v_cache.data(), pos.ptr<int32_t>(), (int)n, n_heads, n_kv_heads,
+                        (int)max_seq, head_dim, out.data()};
   return dispatch_float(q.dtype(), "attention", [&](auto tag) -> Status {
     using T = typename decltype(tag)::type;
     switch (head_dim) {

@@ -3,7 +3,19 @@
 //  - to_float / from_float: fp32 / fp16 / bf16 / int8 element <-> float, so kernels are written once in
 //    fp32 arithmetic and templated on the storage type;
 //  - load_floats / store_floats: N consecutive elements as float through 16-byte (or 8-byte) accesses;
-//  - warp and block reductions (sum, max).
+//  - warp and block reductions (sum, max);
+//  - launch_kernel(): every launch of the decode path, with programmatic dependent launch (below).
+//
+// Programmatic dependent launch (PDL, sm_90). A decode step is ~330 small dependent kernels; without
+// PDL each one starts only after its predecessor has fully drained and the launch has gone through the
+// front end, a gap of one to two microseconds per kernel (~0.4 ms per token, see docs/perf_notes.md).
+// With PDL the next kernel's blocks are launched as soon as every block of the running kernel has
+// called pdl_trigger(), and they wait in pdl_wait() until that kernel has completed and its writes are
+// visible. The contract for a kernel launched by launch_kernel(): before pdl_wait() it may read only
+// data no kernel of the step writes (weights), and it must call pdl_wait() on every path, also in
+// blocks that have nothing to do (a block that skipped it could let the grid complete before its
+// predecessor, and a third kernel would then wait on the wrong grid). Set KUIPER_PDL=0 to launch
+// without PDL (for measurements); pdl_wait() is then a no-op.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,8 +23,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "base/cuda_utils.h"
 #include "op/kernels.h"
@@ -48,6 +62,71 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline unsigned grid_for(int64_t n, int threads) {
   const int64_t blocks = ceil_div(n, threads);
   return (unsigned)(blocks < 1 ? 1 : (blocks > 8192 ? 8192 : blocks));
+}
+
+// True when launches should carry the PDL attribute: the current device is sm_90 or newer and the
+// environment does not set KUIPER_PDL=0. Read once per process (every GPU of a run is the same model).
+inline bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("KUIPER_PDL");
+    if (env != nullptr && std::string(env) == "0") return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return enabled;
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) through cudaLaunchKernelEx, with PDL when
+// pdl_enabled() and, when cluster_x > 1, as clusters of cluster_x blocks along x (gridDim.x must be a
+// multiple). The kernel must follow the PDL contract above.
+template <typename... Params, typename... Args>
+Status launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                     unsigned cluster_x, Args&&... args) {
+  cudaLaunchAttribute attrs[2];
+  unsigned n_attrs = 0;
+  if (pdl_enabled()) {
+    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
+    ++n_attrs;
+  }
+  if (cluster_x > 1) {
+    attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[n_attrs].val.clusterDim.x = cluster_x;
+    attrs[n_attrs].val.clusterDim.y = 1;
+    attrs[n_attrs].val.clusterDim.z = 1;
+    ++n_attrs;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attrs;
+  cfg.numAttrs = n_attrs;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Device side: PDL (see the file comment).
+
+// Waits until the kernels this one depends on have completed and their writes are visible.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel in the stream be launched (its pdl_wait() still waits for this one to finish).
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------

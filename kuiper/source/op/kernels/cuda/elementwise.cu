@@ -24,6 +24,8 @@ bool all_aligned16(std::initializer_list<const void*> ps) {
 template <typename T, int N>
 static __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                                      int64_t numel) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t n_vec = numel / N;
@@ -45,6 +47,8 @@ static __global__ void swiglu_kernel(const T* __restrict__ gate, const T* __rest
 // thread), so no __restrict__.
 template <typename T, int N>
 static __global__ void add_kernel(const T* a, const T* b, T* out, int64_t numel) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t n_vec = numel / N;
@@ -63,6 +67,8 @@ static __global__ void add_kernel(const T* a, const T* b, T* out, int64_t numel)
 // out = (To) in. in: Ti [numel]; out: To [numel].
 template <typename Ti, typename To, int N>
 static __global__ void convert_kernel(const Ti* __restrict__ in, To* __restrict__ out, int64_t numel) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t n_vec = numel / N;
@@ -98,6 +104,8 @@ template <typename T>
 static __global__ void argmax_kernel(const T* __restrict__ x, int cols, int32_t* __restrict__ out) {
   __shared__ float red_v[kWarpSize];
   __shared__ int red_i[kWarpSize];
+  pdl_wait();
+  pdl_trigger();
   const T* row = x + (int64_t)blockIdx.x * cols;
   float bv = -INFINITY;
   int bi = INT_MAX;
@@ -142,11 +150,9 @@ Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t st
     const T* u = static_cast<const T*>(up.data());
     T* o = static_cast<T*>(out.data());
     if (vec)
-      swiglu_kernel<T, kVec><<<grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream>>>(g, u, o, numel);
-    else
-      swiglu_kernel<T, 1><<<grid_for(numel, kThreads), kThreads, 0, stream>>>(g, u, o, numel);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+      return launch_kernel(swiglu_kernel<T, kVec>, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream, 1, g, u,
+                           o, numel);
+    return launch_kernel(swiglu_kernel<T, 1>, grid_for(numel, kThreads), kThreads, 0, stream, 1, g, u, o, numel);
   });
 }
 
@@ -159,11 +165,9 @@ Status add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t stream) {
     const T* pb = static_cast<const T*>(b.data());
     T* po = static_cast<T*>(out.data());
     if (vec)
-      add_kernel<T, kVec><<<grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream>>>(pa, pb, po, numel);
-    else
-      add_kernel<T, 1><<<grid_for(numel, kThreads), kThreads, 0, stream>>>(pa, pb, po, numel);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+      return launch_kernel(add_kernel<T, kVec>, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream, 1, pa, pb,
+                           po, numel);
+    return launch_kernel(add_kernel<T, 1>, grid_for(numel, kThreads), kThreads, 0, stream, 1, pa, pb, po, numel);
   });
 }
 
@@ -177,11 +181,10 @@ Status convert(const Tensor& in, Tensor& out, cudaStream_t stream) {
       const Ti* pi = static_cast<const Ti*>(in.data());
       To* po = static_cast<To*>(out.data());
       if (vec)
-        convert_kernel<Ti, To, kVec><<<grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream>>>(pi, po, numel);
-      else
-        convert_kernel<Ti, To, 1><<<grid_for(numel, kThreads), kThreads, 0, stream>>>(pi, po, numel);
-      CUDA_CHECK_LAUNCH();
-      return Status::Ok();
+        return launch_kernel(convert_kernel<Ti, To, kVec>, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream,
+                             1, pi, po, numel);
+      return launch_kernel(convert_kernel<Ti, To, 1>, grid_for(numel, kThreads), kThreads, 0, stream, 1, pi, po,
+                           numel);
     });
   });
 }
@@ -203,10 +206,8 @@ Status argmax(const Tensor& x, Tensor& out, cudaStream_t stream) {
   if (rows == 0) return Status::Ok();
   return dispatch_float(x.dtype(), "argmax", [&](auto tag) -> Status {
     using T = typename decltype(tag)::type;
-    argmax_kernel<T><<<(unsigned)rows, 1024, 0, stream>>>(static_cast<const T*>(x.data()), (int)cols,
-                                                           out.ptr<int32_t>());
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+    return launch_kernel(argmax_kernel<T>, (unsigned)rows, 1024, 0, stream, 1, static_cast<const T*>(x.data()),
+                         (int)cols, out.ptr<int32_t>());
   });
 }
 

@@ -13,6 +13,8 @@ constexpr int kThreads = 256;
 template <typename Tt, typename To>
 static __global__ void embedding_kernel(const int32_t* __restrict__ tokens, const Tt* __restrict__ table,
                                         To* __restrict__ out, int64_t n, int64_t dim, int64_t vocab) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t total = n * dim;
   for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
        e += (int64_t)gridDim.x * blockDim.x) {
@@ -32,11 +34,9 @@ Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, cudaStr
     using Tt = typename decltype(table_tag)::type;
     return dispatch_float(out.dtype(), "embedding", [&](auto out_tag) -> Status {
       using To = typename decltype(out_tag)::type;
-      embedding_kernel<Tt, To><<<grid_for(n * dim, kThreads), kThreads, 0, stream>>>(
-          tokens.ptr<int32_t>(), static_cast<const Tt*>(table.data()), static_cast<To*>(out.data()), n, dim,
-          vocab);
-      CUDA_CHECK_LAUNCH();
-      return Status::Ok();
+      return launch_kernel(embedding_kernel<Tt, To>, grid_for(n * dim, kThreads), kThreads, 0, stream, 1,
+                           tokens.ptr<int32_t>(), static_cast<const Tt*>(table.data()),
+                           static_cast<To*>(out.data()), n, dim, vocab);
     });
   });
 }

@@ -1,16 +1,23 @@
-// y = x W^T on the GPU (W stored [out, in] like nn.Linear), three paths:
+// y = x W^T on the GPU (W stored [out, in] like nn.Linear), four paths:
 //
 //  - n_tokens <= kGemvMaxTokens (decode): a hand-written GEMV. One warp per output row streams the
-//    weight row through 16-byte loads (4 fp32, 8 fp16/bf16 or 16 int8 weights each), kGemvUnroll loads
-//    in flight per lane, and reuses every loaded weight for all the tokens. Decode is bound by weight
-//    bytes: each weight is read once per step, so the kernel must keep HBM busy, which needs many bytes
-//    in flight per SM (512 B per warp per unrolled load, 2 KiB with kGemvUnroll = 4, dozens of warps per
-//    SM). int8 weights (W8A16) are dequantised in registers: the 16-weight dot product is accumulated
-//    unscaled and multiplied once by its group scale. Misaligned pointers or sizes fall back to a scalar
-//    GEMV with the same warp-per-row layout.
+//    weight row through 16-byte loads (4 fp32, 8 fp16/bf16 or 16 int8 weights each), and reuses every
+//    loaded weight for all the tokens. Decode is bound by weight bytes: each weight is read once per
+//    step, so the kernel must keep HBM busy, which needs many bytes in flight per SM: each lane keeps
+//    two batches of kGemvUnroll loads in flight (4 KiB per warp), and the first batch is issued before
+//    pdl_wait(), while the previous kernel is still finishing (weights are never written by a step).
+//    int8 weights (W8A16) are dequantised in registers without the conversion unit (16 conversions per
+//    clock per SM on Hopper, which capped int8 decode near 2.3 TB/s): a byte b is turned into the fp32
+//    2^23 + (b ^ 0x80) by one byte permute, and one subtraction leaves the exact integer. The 16-weight
+//    dot product is accumulated unscaled and multiplied once by its group scale. Misaligned pointers or
+//    sizes fall back to a scalar GEMV with the same warp-per-row layout.
 //  - n_tokens > kGemvMaxTokens with float weights of the activation dtype: cuBLAS GemmEx, fp32 compute.
-//  - n_tokens > kGemvMaxTokens otherwise (fp32 weights with fp16/bf16 activations, int8 weights):
-//    a shared-memory tiled GEMM that dequantises W while loading its tiles. Correct, not fast.
+//  - n_tokens > kGemvMaxTokens, int8 weights, fp16/bf16 activations (W8A16 prefill): a tensor-core GEMM
+//    (mma.sync m16n8k16, fp32 accumulation) that dequantises W on the way from shared memory to the
+//    registers. int8 values are exact in fp16 and bf16 and the products are exact in fp32, so the group
+//    scale is applied to each 32-wide k slice's fp32 partial sum, as in the GEMV (gemm_int8_mma_kernel).
+//  - otherwise (fp32 weights with fp16/bf16 activations, int8 weights with fp32 activations or odd
+//    sizes): a shared-memory tiled GEMM that dequantises W while loading its tiles. Correct, not fast.
 #include <cublas_v2.h>
 
 #include <climits>
@@ -25,7 +32,7 @@ namespace {
 
 constexpr int kGemvMaxTokens = 4;  // largest n_tokens served by the GEMV
 constexpr int kGemvWarps = 4;      // output rows (warps) per GEMV block
-constexpr int kGemvUnroll = 4;     // 16-byte weight loads in flight per lane
+constexpr int kGemvUnroll = 4;     // 16-byte weight loads per lane per batch (two batches in flight)
 
 // ---------------------------------------------------------------------------------------------------
 // cuBLAS: error reporting and one handle per (device, host thread).
@@ -106,22 +113,49 @@ __device__ __forceinline__ uint4 load_weights16(const void* p) {
   return r;
 }
 
+// 16 int8 weights (one 16-byte load) to fp32, exactly, on the integer and FMA pipes: byte b becomes the
+// float with bits 0x4B0000uu, u = b ^ 0x80 = b + 128, which is 2^23 + u; subtracting 2^23 + 128 leaves b.
+__device__ __forceinline__ void int8x16_to_float(const uint4& w, float (&f)[16]) {
+  const uint32_t words[4] = {w.x ^ 0x80808080u, w.y ^ 0x80808080u, w.z ^ 0x80808080u, w.w ^ 0x80808080u};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[4 * i + 0] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7650)) - 8388736.f;
+    f[4 * i + 1] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7651)) - 8388736.f;
+    f[4 * i + 2] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7652)) - 8388736.f;
+    f[4 * i + 3] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7653)) - 8388736.f;
+  }
+}
+
 // Vector GEMV for NT tokens. x: T [NT, in]; w: WT [out, in]; scales: fp32 [out, in / group_size] (int8
 // only, else unused); y: T [NT, out]. Block = kGemvWarps warps, warp w of block b computes row
 // b * kGemvWarps + w. Requires in % kVec16<WT> == 0, x and w 16-byte aligned, and for int8
 // group_size % 16 == 0 (a 16-weight chunk then never straddles two groups).
+// Lane l reads the row's 16-byte chunks l, l + 32, ...; batch j of a lane is its chunks
+// j * kGemvUnroll * 32 + l + u * 32, u < kGemvUnroll. Batch j + 1 is loaded before batch j is used.
 template <typename T, typename WT, int NT>
 static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     gemv_vec_kernel(const T* __restrict__ x, const WT* __restrict__ w, const float* __restrict__ scales,
                     int group_size, T* __restrict__ y, int in, int out) {
   constexpr int kW = kVec16<WT>;  // weights per 16-byte load
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
+  constexpr int kStep = kGemvUnroll * kWarpSize;  // chunks per batch of the warp
   const int lane = threadIdx.x % kWarpSize;
   const int o = blockIdx.x * kGemvWarps + threadIdx.x / kWarpSize;
-  if (o >= out) return;  // whole warp leaves together; there are no block barriers
-  const WT* wrow = w + (int64_t)o * in;
-  const float* srow = kInt8 ? scales + (int64_t)o * (in / group_size) : nullptr;
+  const bool row_ok = o < out;
+  const WT* wrow = w + (int64_t)(row_ok ? o : 0) * in;
   const int n_chunks = in / kW;
+
+  // The first batch is loaded while the kernel before this one is still running.
+  uint4 cur[kGemvUnroll];
+#pragma unroll
+  for (int u = 0; u < kGemvUnroll; ++u) {
+    const int c = lane + u * kWarpSize;
+    cur[u] = row_ok && c < n_chunks ? load_weights16(wrow + (int64_t)c * kW) : make_uint4(0u, 0u, 0u, 0u);
+  }
+  pdl_wait();
+  pdl_trigger();
+  if (!row_ok) return;  // whole warp leaves together; there are no block barriers
+  const float* srow = kInt8 ? scales + (int64_t)o * (in / group_size) : nullptr;
 
   float acc[NT];
 #pragma unroll
@@ -130,7 +164,10 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
   // acc[t] += (w chunk c) . (x[t] chunk c), scaled by the chunk's group scale for int8.
   auto fma_chunk = [&](const uint4& wv, int c) {
     float wf[kW];
-    unpack_floats<WT, kW>(&wv, wf);
+    if constexpr (kInt8)
+      int8x16_to_float(wv, wf);
+    else
+      unpack_floats<WT, kW>(&wv, wf);
     const float scale = kInt8 ? srow[c * kW / group_size] : 1.f;
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -143,17 +180,19 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     }
   };
 
-  int c = lane;
-  // Main loop: kGemvUnroll loads per lane, all issued before the first is used, no bounds checks.
-  for (; c + (kGemvUnroll - 1) * kWarpSize < n_chunks; c += kGemvUnroll * kWarpSize) {
-    uint4 wv[kGemvUnroll];
+  for (int c0 = lane; c0 < n_chunks; c0 += kStep) {
+    uint4 next[kGemvUnroll];
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_weights16(wrow + (int64_t)(c + u * kWarpSize) * kW);
+    for (int u = 0; u < kGemvUnroll; ++u) {
+      const int c = c0 + kStep + u * kWarpSize;
+      next[u] = c < n_chunks ? load_weights16(wrow + (int64_t)c * kW) : make_uint4(0u, 0u, 0u, 0u);
+    }
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) fma_chunk(wv[u], c + u * kWarpSize);
+    for (int u = 0; u < kGemvUnroll; ++u)
+      if (c0 + u * kWarpSize < n_chunks) fma_chunk(cur[u], c0 + u * kWarpSize);
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) cur[u] = next[u];
   }
-  // Tail: fewer than kGemvUnroll chunks left for this lane.
-  for (; c < n_chunks; c += kWarpSize) fma_chunk(load_weights16(wrow + (int64_t)c * kW), c);
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = warp_sum(acc[t]);
   if (lane == 0) {
@@ -169,6 +208,8 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     gemv_scalar_kernel(const T* __restrict__ x, const WT* __restrict__ w, const float* __restrict__ scales,
                        int group_size, T* __restrict__ y, int n, int in, int out) {
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
+  pdl_wait();
+  pdl_trigger();
   const int lane = threadIdx.x % kWarpSize;
   const int o = blockIdx.x * kGemvWarps + threadIdx.x / kWarpSize;
   if (o >= out) return;
@@ -204,6 +245,8 @@ static __global__ void __launch_bounds__(kTileThreads)
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
   __shared__ float xs[kTileK][kTileM + 1];
   __shared__ float ws[kTileK][kTileN + 1];
+  pdl_wait();
+  pdl_trigger();
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int m0 = blockIdx.y * kTileM, o0 = blockIdx.x * kTileN;
   const int64_t n_groups = kInt8 ? in / group_size : 0;
@@ -248,6 +291,217 @@ static __global__ void __launch_bounds__(kTileThreads)
 }
 
 // ---------------------------------------------------------------------------------------------------
+// W8A16 tensor-core GEMM (n_tokens > kGemvMaxTokens, int8 weights, fp16/bf16 activations).
+//
+// A block computes y for kMmaRows output features x kTok tokens. It streams W (int8), x and the group
+// scales through a kStages-deep cp.async pipeline of kMmaK-wide k slices; warp w of the block owns the
+// 32-wide sub-slice [32 w, 32 w + 32) of every stage (two m16n8k16 k steps), and the warps' partial
+// sums are added through shared memory at the end. In the MMA, A = W tile (rows = output features),
+// B = x^T (columns = tokens), C = y^T tile in fp32.
+//
+// k order inside a warp's 32-wide slice: the MMA only needs A and B to agree on which k each fragment
+// element is, so lane (g = lane / 4, t = lane % 4) takes the 8 consecutive k at 8 t: bytes 4s..4s+3 feed
+// k step s (fragment k 2t, 2t+1, 2t+8, 2t+9). One 8-byte load of W per row and one 16-byte load of x
+// per token then fill the fragments of both steps.
+// Shared-memory row strides: W rows are kMmaK + 32 bytes (40 words = 8 mod 32: the 8-byte loads of
+// rows g = 0..3 and t = 0..3 in one half-warp hit distinct banks), x rows are 2 kMmaK + 64 bytes (80
+// words = 16 mod 32: the 16-byte loads of a quarter-warp hit distinct banks).
+constexpr int kMmaRows = 32;                   // output features per block: two m16 tiles
+constexpr int kMmaK = 128;                     // k per pipeline stage
+constexpr int kMmaWarps = 4;
+constexpr int kMmaSlice = kMmaK / kMmaWarps;   // 32: k per warp per stage; one group scale per slice
+constexpr int kMmaWStride = kMmaK + 32;        // bytes
+constexpr int kMmaXStride = 2 * kMmaK + 64;    // bytes
+
+template <int kTok, int kStages> struct MmaLayout {
+  static constexpr int kWBytes = kMmaRows * kMmaWStride;
+  static constexpr int kXBytes = kTok * kMmaXStride;
+  static constexpr int kSBytes = kMmaRows * kMmaWarps * 4;  // fp32 scale per (row, warp slice)
+  static constexpr int kStageBytes = kWBytes + kXBytes + kSBytes;
+  static constexpr int kRedStride = kTok + 1;  // floats per row of the final reduction buffer
+  static constexpr int kRedBytes = kMmaWarps * kMmaRows * kRedStride * 4;
+  static constexpr int kSmemBytes = kStages * kStageBytes > kRedBytes ? kStages * kStageBytes : kRedBytes;
+  static_assert(kStageBytes % 16 == 0, "stages must keep 16-byte alignment");
+};
+
+// cp.async of 16 (or 4) bytes; when !valid nothing is read and the destination is zero-filled.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = (uint32_t)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four int8 (bytes 0..3 of w) to two pairs of T, exactly: lo = (b0, b1), hi = (b2, b3), element 0 in the
+// low half. fp16: 0x64uu is 1024 + u (u = b + 128), minus 1152 leaves b. bf16 (8 significant bits hold
+// any int8): the exact fp32 value (see int8x16_to_float) truncated to its upper half.
+template <typename T> __device__ __forceinline__ void int8x4_to_pairs(uint32_t w, uint32_t& lo, uint32_t& hi);
+template <> __device__ __forceinline__ void int8x4_to_pairs<__half>(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t u = w ^ 0x80808080u;
+  const uint32_t l = __byte_perm(u, 0x64646464u, 0x5140), h = __byte_perm(u, 0x64646464u, 0x7362);
+  asm("sub.f16x2 %0, %1, %2;\n" : "=r"(lo) : "r"(l), "r"(0x64806480u));
+  asm("sub.f16x2 %0, %1, %2;\n" : "=r"(hi) : "r"(h), "r"(0x64806480u));
+}
+template <>
+__device__ __forceinline__ void int8x4_to_pairs<__nv_bfloat16>(uint32_t w, uint32_t& lo, uint32_t& hi) {
+  const uint32_t u = w ^ 0x80808080u;
+  const float f0 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650)) - 8388736.f;
+  const float f1 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7651)) - 8388736.f;
+  const float f2 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7652)) - 8388736.f;
+  const float f3 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7653)) - 8388736.f;
+  lo = __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
+  hi = __byte_perm(__float_as_uint(f2), __float_as_uint(f3), 0x7632);
+}
+
+// d += A B for one m16n8k16 tile, fp32 accumulation. a: the 4 A registers, b0/b1: the 2 B registers.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// x: T [n, in]; w: int8 [out, in]; scales: fp32 [out, in / group_size]; y: T [n, out].
+// grid = (ceil(out / kMmaRows), ceil(n / kTok)), block = kMmaWarps warps, dynamic shared memory
+// MmaLayout::kSmemBytes. Requires in % kMmaK == 0, group_size % kMmaSlice == 0, x and w 16-byte aligned.
+template <typename T, int kTok, int kStages>
+static __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
+    gemm_int8_mma_kernel(const T* __restrict__ x, const int8_t* __restrict__ w, const float* __restrict__ scales,
+                         int group_size, T* __restrict__ y, int n, int in, int out) {
+  using L = MmaLayout<kTok, kStages>;
+  constexpr int kThreads = kMmaWarps * kWarpSize;
+  constexpr int kNTiles = kTok / 8;
+  extern __shared__ uint4 smem_words[];  // uint4: 16-byte aligned for cp.async
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem_words);
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int o0 = blockIdx.x * kMmaRows, tok0 = blockIdx.y * kTok;
+  const int n_groups = in / group_size, k_tiles = in / kMmaK;
+  pdl_wait();
+  pdl_trigger();
+
+  auto load_stage = [&](int kt) {
+    unsigned char* st = smem + (kt % kStages) * L::kStageBytes;
+    const int k0 = kt * kMmaK;
+    for (int e = tid; e < kMmaRows * (kMmaK / 16); e += kThreads) {
+      const int r = e / (kMmaK / 16), j = e % (kMmaK / 16);
+      const bool ok = o0 + r < out;
+      cp_async16(st + r * kMmaWStride + j * 16, ok ? w + (int64_t)(o0 + r) * in + k0 + j * 16 : w, ok);
+    }
+    unsigned char* xs = st + L::kWBytes;
+    for (int e = tid; e < kTok * (kMmaK / 8); e += kThreads) {
+      const int r = e / (kMmaK / 8), j = e % (kMmaK / 8);
+      const bool ok = tok0 + r < n;
+      cp_async16(xs + r * kMmaXStride + j * 16, ok ? x + (int64_t)(tok0 + r) * in + k0 + j * 8 : x, ok);
+    }
+    float* ss = reinterpret_cast<float*>(xs + L::kXBytes);
+    for (int e = tid; e < kMmaRows * kMmaWarps; e += kThreads) {
+      const int r = e / kMmaWarps, j = e % kMmaWarps;
+      const bool ok = o0 + r < out;
+      cp_async4(ss + e, ok ? scales + (int64_t)(o0 + r) * n_groups + (k0 + j * kMmaSlice) / group_size : scales,
+                ok);
+    }
+  };
+
+  float acc[2][kNTiles][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < kNTiles; ++ni)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.f;
+
+  auto compute_stage = [&](int kt) {
+    const unsigned char* st = smem + (kt % kStages) * L::kStageBytes;
+    const unsigned char* xs = st + L::kWBytes;
+    const float* ss = reinterpret_cast<const float*>(xs + L::kXBytes);
+    uint32_t a[2][2][4];  // [m tile][k step][register]
+    float sc[2][2];       // [m tile][row g, row g + 8]: this warp slice's group scales
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+      const int r = mi * 16 + g;
+      const uint2 w0 = *reinterpret_cast<const uint2*>(st + r * kMmaWStride + warp * kMmaSlice + t * 8);
+      const uint2 w8 = *reinterpret_cast<const uint2*>(st + (r + 8) * kMmaWStride + warp * kMmaSlice + t * 8);
+      int8x4_to_pairs<T>(w0.x, a[mi][0][0], a[mi][0][2]);
+      int8x4_to_pairs<T>(w8.x, a[mi][0][1], a[mi][0][3]);
+      int8x4_to_pairs<T>(w0.y, a[mi][1][0], a[mi][1][2]);
+      int8x4_to_pairs<T>(w8.y, a[mi][1][1], a[mi][1][3]);
+      sc[mi][0] = ss[r * kMmaWarps + warp];
+      sc[mi][1] = ss[(r + 8) * kMmaWarps + warp];
+    }
+#pragma unroll
+    for (int ni = 0; ni < kNTiles; ++ni) {
+      if (tok0 + ni * 8 >= n) continue;  // warp-uniform: no token of this n8 tile
+      const uint4 xv = *reinterpret_cast<const uint4*>(xs + (ni * 8 + g) * kMmaXStride + warp * 2 * kMmaSlice + t * 16);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        float p[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_16816<T>(p, a[mi][0], xv.x, xv.y);
+        mma_16816<T>(p, a[mi][1], xv.z, xv.w);
+        acc[mi][ni][0] = fmaf(p[0], sc[mi][0], acc[mi][ni][0]);
+        acc[mi][ni][1] = fmaf(p[1], sc[mi][0], acc[mi][ni][1]);
+        acc[mi][ni][2] = fmaf(p[2], sc[mi][1], acc[mi][ni][2]);
+        acc[mi][ni][3] = fmaf(p[3], sc[mi][1], acc[mi][ni][3]);
+      }
+    }
+  };
+
+  // Pipeline: stage kt is loaded kStages - 1 iterations before it is used; the barrier at the top of
+  // iteration kt also tells every thread that stage kt - 1 (the one overwritten next) has been used.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) load_stage(s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (kt + kStages - 1 < k_tiles) load_stage(kt + kStages - 1);
+    cp_async_commit();
+    compute_stage(kt);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the pipeline buffers, which now hold the reduction
+
+  // C fragment: c0, c1 at (row g, tokens 2t, 2t + 1), c2, c3 at row g + 8.
+  float* red = reinterpret_cast<float*>(smem);  // [kMmaWarps][kMmaRows][kRedStride]
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < kNTiles; ++ni)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int r = mi * 16 + g + (c >= 2 ? 8 : 0), tk = ni * 8 + 2 * t + (c & 1);
+        red[(warp * kMmaRows + r) * L::kRedStride + tk] = acc[mi][ni][c];
+      }
+  __syncthreads();
+  for (int e = tid; e < kMmaRows * kTok; e += kThreads) {
+    const int tk = e / kMmaRows, r = e % kMmaRows;
+    if (tok0 + tk >= n || o0 + r >= out) continue;
+    float v = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < kMmaWarps; ++wi) v += red[(wi * kMmaRows + r) * L::kRedStride + tk];
+    y[(int64_t)(tok0 + tk) * out + o0 + r] = from_float<T>(v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Launchers.
 
 template <typename T, typename WT> struct MatmulArgs {
@@ -264,29 +518,53 @@ template <typename T, typename WT> Status launch_gemv(const MatmulArgs<T, WT>& a
   const bool vec = a.in % kW == 0 && is_aligned(a.x, 16) && is_aligned(a.w, 16) &&
                    (!std::is_same_v<WT, int8_t> || a.group_size % kW == 0);
   const dim3 grid((unsigned)ceil_div(a.out, kGemvWarps)), block(kGemvWarps * kWarpSize);
-  if (!vec) {
-    gemv_scalar_kernel<T, WT><<<grid, block, 0, stream>>>(a.x, a.w, a.scales, a.group_size, a.y, a.n, a.in, a.out);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
-  }
+  if (!vec)
+    return launch_kernel(gemv_scalar_kernel<T, WT>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y,
+                         a.n, a.in, a.out);
   switch (a.n) {
-    case 1: gemv_vec_kernel<T, WT, 1><<<grid, block, 0, stream>>>(a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out); break;
-    case 2: gemv_vec_kernel<T, WT, 2><<<grid, block, 0, stream>>>(a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out); break;
-    case 3: gemv_vec_kernel<T, WT, 3><<<grid, block, 0, stream>>>(a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out); break;
-    case 4: gemv_vec_kernel<T, WT, 4><<<grid, block, 0, stream>>>(a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out); break;
+    case 1: return launch_kernel(gemv_vec_kernel<T, WT, 1>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 2: return launch_kernel(gemv_vec_kernel<T, WT, 2>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 3: return launch_kernel(gemv_vec_kernel<T, WT, 3>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 4: return launch_kernel(gemv_vec_kernel<T, WT, 4>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
     default: return base::Internal("matmul: GEMV called with " + std::to_string(a.n) + " tokens");
   }
-  CUDA_CHECK_LAUNCH();
-  return Status::Ok();
 }
 
 template <typename T, typename WT> Status launch_gemm_tiled(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
   const int64_t m_blocks = ceil_div(a.n, kTileM);
   KP_CHECK_ARG(m_blocks <= 65535, "matmul: " + std::to_string(a.n) + " tokens exceed the tiled GEMM grid");
   const dim3 grid((unsigned)ceil_div(a.out, kTileN), (unsigned)m_blocks);
-  gemm_tiled_kernel<T, WT><<<grid, kTileThreads, 0, stream>>>(a.x, a.w, a.scales, a.group_size, a.y, a.n, a.in, a.out);
-  CUDA_CHECK_LAUNCH();
-  return Status::Ok();
+  return launch_kernel(gemm_tiled_kernel<T, WT>, grid, kTileThreads, 0, stream, 1, a.x, a.w, a.scales, a.group_size,
+                       a.y, a.n, a.in, a.out);
+}
+
+// True when the W8A16 tensor-core GEMM takes these arguments (see gemm_int8_mma_kernel).
+template <typename T> bool int8_mma_ok(const MatmulArgs<T, int8_t>& a) {
+  return (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) && a.in % kMmaK == 0 &&
+         a.group_size % kMmaSlice == 0 && is_aligned(a.x, 16) && is_aligned(a.w, 16);
+}
+
+template <typename T, int kTok, int kStages>
+Status launch_gemm_int8_mma_tiles(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
+  constexpr int kSmem = MmaLayout<kTok, kStages>::kSmemBytes;
+  const int64_t t_blocks = ceil_div(a.n, kTok);
+  KP_CHECK_ARG(t_blocks <= 65535, "matmul: " + std::to_string(a.n) + " tokens exceed the int8 GEMM grid");
+  auto* kernel = gemm_int8_mma_kernel<T, kTok, kStages>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  const dim3 grid((unsigned)ceil_div(a.out, kMmaRows), (unsigned)t_blocks);
+  return launch_kernel(kernel, grid, kMmaWarps * kWarpSize, kSmem, stream, 1, a.x, a.w, a.scales, a.group_size, a.y,
+                       a.n, a.in, a.out);
+}
+
+// Token tile: 16 for short prompts (one tile, a 6-deep pipeline of W to keep HBM busy: this case is
+// bound by reading the weights once), 64 beyond (W is then re-read once per 64 tokens).
+template <typename T> Status launch_gemm_int8_mma(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    return base::Internal("matmul: no int8 tensor-core GEMM for fp32 activations");
+  } else {
+    if (a.n <= 16) return launch_gemm_int8_mma_tiles<T, 16, 6>(a, stream);
+    return launch_gemm_int8_mma_tiles<T, 64, 3>(a, stream);
+  }
 }
 
 // Row-major y[n, out] = x[n, in] W[out, in]^T is, read column-major, y^T[out, n] = W x^T where the
@@ -322,10 +600,13 @@ Status matmul_typed(const Tensor& x, const Tensor& weight, const Tensor& scales,
                       (int)x.dim(1),
                       (int)weight.dim(0)};
   if (a.n <= kGemvMaxTokens) return launch_gemv(a, stream);
-  if constexpr (std::is_same_v<T, WT>)
+  if constexpr (std::is_same_v<T, WT>) {
     return launch_cublas(a, x.device_id(), stream);
-  else
+  } else {
+    if constexpr (kInt8)
+      if (int8_mma_ok(a)) return launch_gemm_int8_mma(a, stream);
     return launch_gemm_tiled(a, stream);
+  }
 }
 
 }  // namespace

@@ -16,6 +16,8 @@ template <typename T, int N>
 static __global__ void rmsnorm_kernel(const T* __restrict__ x, const float* __restrict__ weight, float eps,
                                       T* __restrict__ out, int dim) {
   __shared__ float red[kWarpSize];
+  pdl_wait();
+  pdl_trigger();
   const T* xr = x + (int64_t)blockIdx.x * dim;
   T* outr = out + (int64_t)blockIdx.x * dim;
   const int n_vec = dim / N;
@@ -45,6 +47,8 @@ template <typename T, int N>
 static __global__ void add_rmsnorm_kernel(T* residual, const T* delta, const float* __restrict__ weight,
                                           float eps, T* out, int dim) {
   __shared__ float red[kWarpSize];
+  pdl_wait();
+  pdl_trigger();
   const int64_t row = (int64_t)blockIdx.x * dim;
   const int n_vec = dim / N;
   float ss = 0.f;
@@ -95,11 +99,9 @@ Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, cu
     const float* pw = weight.ptr<float>();
     const bool vec = dim % kN == 0 && is_aligned(px, 16) && is_aligned(po, 16) && is_aligned(pw, 16);
     if (vec)
-      rmsnorm_kernel<T, kN><<<(unsigned)n, threads_for(dim / kN), 0, stream>>>(px, pw, eps, po, (int)dim);
-    else
-      rmsnorm_kernel<T, 1><<<(unsigned)n, threads_for(dim), 0, stream>>>(px, pw, eps, po, (int)dim);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+      return launch_kernel(rmsnorm_kernel<T, kN>, (unsigned)n, threads_for(dim / kN), 0, stream, 1, px, pw, eps, po,
+                           (int)dim);
+    return launch_kernel(rmsnorm_kernel<T, 1>, (unsigned)n, threads_for(dim), 0, stream, 1, px, pw, eps, po, (int)dim);
   });
 }
 
@@ -118,11 +120,10 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, 
     const bool vec = dim % kN == 0 && is_aligned(pr, 16) && is_aligned(pd, 16) && is_aligned(po, 16) &&
                      is_aligned(pw, 16);
     if (vec)
-      add_rmsnorm_kernel<T, kN><<<(unsigned)n, threads_for(dim / kN), 0, stream>>>(pr, pd, pw, eps, po, (int)dim);
-    else
-      add_rmsnorm_kernel<T, 1><<<(unsigned)n, threads_for(dim), 0, stream>>>(pr, pd, pw, eps, po, (int)dim);
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+      return launch_kernel(add_rmsnorm_kernel<T, kN>, (unsigned)n, threads_for(dim / kN), 0, stream, 1, pr, pd, pw,
+                           eps, po, (int)dim);
+    return launch_kernel(add_rmsnorm_kernel<T, 1>, (unsigned)n, threads_for(dim), 0, stream, 1, pr, pd, pw, eps, po,
+                         (int)dim);
   });
 }
 

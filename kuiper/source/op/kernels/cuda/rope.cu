@@ -20,6 +20,8 @@ template <typename T>
 static __global__ void rope_kernel(T* __restrict__ q, T* __restrict__ k, const int32_t* __restrict__ pos,
                                    const float* __restrict__ cos_sin, int64_t n, int q_pairs, int k_pairs,
                                    int half_hd, int max_seq) {
+  pdl_wait();
+  pdl_trigger();
   const int64_t p0 = *pos;
   const int64_t row_pairs = (int64_t)q_pairs + k_pairs;
   const int64_t total = n * row_pairs;
@@ -58,11 +60,9 @@ Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int 
   if (n == 0) return Status::Ok();
   return dispatch_float(q.dtype(), "rope", [&](auto tag) -> Status {
     using T = typename decltype(tag)::type;
-    rope_kernel<T><<<grid_for(n * (q_pairs + k_pairs), kThreads), kThreads, 0, stream>>>(
-        static_cast<T*>(q.data()), static_cast<T*>(k.data()), pos.ptr<int32_t>(), cos_sin.ptr<float>(), n,
-        (int)q_pairs, (int)k_pairs, head_dim / 2, (int)cos_sin.dim(0));
-    CUDA_CHECK_LAUNCH();
-    return Status::Ok();
+    return launch_kernel(rope_kernel<T>, grid_for(n * (q_pairs + k_pairs), kThreads), kThreads, 0, stream, 1,
+                         static_cast<T*>(q.data()), static_cast<T*>(k.data()), pos.ptr<int32_t>(),
+                         cos_sin.ptr<float>(), n, (int)q_pairs, (int)k_pairs, head_dim / 2, (int)cos_sin.dim(0));
   });
 }
 
