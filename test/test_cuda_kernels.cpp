@@ -565,13 +565,15 @@ TEST_F(CudaKernels, AttentionPrefillLongContext) {
 // taking batches of 8 or 16 keys (fp32 / 16-bit, head_dim 128) up to 256 (head_dim 8). Positions where
 // some blocks or warps get no key (0, 1, 31), where chunks end mid-batch (127 .. 129, 2047, 2048), a long
 // context and the last row. Heads per block: 1 (MHA), 2 (group 2; group 3: two blocks, one half
-// empty), 4 with 8 warps (group 4, Llama-3-8B's 32/8; group 12: three blocks).
+// empty; groups 4 and 12 with few KV heads, Llama-3-8B's 32/8 among them), 4 with 8 warps (group 4
+// with 16 KV heads).
 TEST_F(CudaKernels, AttentionDecode) {
   KP_SKIP_WITHOUT_GPU();
   struct Case {
     int n_heads, n_kv_heads, hd;
   };
-  const Case cases[] = {{8, 2, 128}, {4, 4, 64}, {8, 4, 8}, {12, 1, 16}, {6, 2, 32}, {32, 8, 128}};
+  const Case cases[] = {{8, 2, 128}, {4, 4, 64}, {8, 4, 8},     {12, 1, 16},
+                        {6, 2, 32},  {32, 8, 128}, {64, 16, 64}, {64, 16, 128}};
   for (DType dt : kActDtypes)
     for (const Case& c : cases)
       for (int pos : {0, 1, 31, 32, 127, 128, 129, 2047, 2048, 3000, 4095})

@@ -18,17 +18,21 @@
 //  - within a block each warp streams its own keys straight from global memory, kDecodeLoads 16-byte
 //    loads of K and as many of V in flight per lane (a K row is read by head_dim / (16 / sizeof(T))
 //    lanes), and keeps its own online softmax; the warps are merged through shared memory;
-//  - the S blocks of the cluster merge their partials through distributed shared memory:
+//  - the S blocks of the cluster store their partials into the first block's shared memory
+//    (distributed shared memory), and after one cluster barrier that block merges them:
 //      M = max_c m_c;  out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c,
-//    so there is no second kernel and no global scratch. (Before: a fixed grid of 64 splits writing
-//    partials to scratch and a combine kernel: ~11 us per layer at pos 100 and ~51 us for 32 MHA heads
-//    at pos 3000 on an H100, docs/perf_notes.md.)
+//    so there is no second kernel and no global scratch. Before a block stores into split 0 it waits on
+//    a cluster barrier it arrived at on entry (split 0 must have started).
+// On an H100, 32 MHA heads of 128: 4.2 us at pos 100, 29.8 us at pos 4000 (2.2 TB/s); the kernel it
+// replaced (64 fixed splits through global scratch plus a combine kernel) took 7.9 and 62.8 us.
+// docs/perf_notes.md has the measurements and what is left.
 // Scores are kept in base 2: q is pre-scaled by log2(e) / sqrt(head_dim) so exp2f does the exponentials.
 //
 // pos is read on the device and clamped to [0, max_seq - 1]; the host keeps it in range.
 #include <cooperative_groups.h>
 
 #include <climits>
+#include <utility>
 
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
@@ -40,8 +44,9 @@ namespace cg = cooperative_groups;
 
 constexpr int kKeyTile = 32;       // prefill: keys per shared-memory tile (lane j of a warp scores key j)
 constexpr int kPrefillWarps = 8;   // prefill: rows per block
-// decode: 16-byte loads of K (and as many of V) in flight per lane. 8 with 4 warps per block; the
-// 8-warp blocks of kH = 4 take 4, which keeps the block's bytes in flight and its registers in bounds.
+// decode: 16-byte loads of K (and as many of V) in flight per lane, and warps per block, by heads per
+// block: 32 KiB in flight per block either way, and kH = 4 stays near 200 registers. (8 warps of 8
+// loads measured no faster at long context and 25% slower for MHA at pos 100, docs/perf_notes.md.)
 template <int kH> constexpr int kDecodeLoads = kH == 4 ? 4 : 8;
 template <int kH> constexpr int kDecodeWarps = kH == 4 ? 8 : 4;
 constexpr int kMaxClusterSplits = 8;  // decode: blocks per cluster (8 is the portable cluster size)
@@ -205,12 +210,16 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
   constexpr int kBatch = kLoads * kRows;  // keys per warp per step
   __shared__ float warp_ml[kWarps][kH][2];     // each warp's (m, l) per head
   __shared__ float warp_acc[kWarps][kH][HD];   // each warp's unnormalised output per head
-  __shared__ float part_ml[kH][2];             // this block's partial, read by the whole cluster
-  __shared__ float part_acc[kH][HD];
+  // Split 0 only: every block's partial, written there by each block through distributed shared memory.
+  __shared__ float part_ml[kMaxClusterSplits][kH][2];
+  __shared__ float part_acc[kMaxClusterSplits][kH][HD];
 
   pdl_wait();
   pdl_trigger();
   cg::cluster_group cluster = cg::this_cluster();
+  // A block may write another block's shared memory only once that block has started: arrive now,
+  // wait before the stores to split 0 below (the wait is then long satisfied).
+  auto started = cluster.barrier_arrive();
   const int split = blockIdx.x, n_splits = gridDim.x;  // the cluster spans grid.x
   const int group = n_heads / n_kv_heads;
   const int kv_head = blockIdx.z;
@@ -344,8 +353,12 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
   }
   __syncthreads();
 
-  // Block partial. A warp (or a whole block, at short context) that saw no key has m = -inf, l = 0,
-  // acc = 0: its weight is 0, and a block with no key at all reports m = -inf.
+  // Block partial, stored into split 0's shared memory. A warp (or a whole block, at short context)
+  // that saw no key has m = -inf, l = 0, acc = 0: its weight is 0, and a block with no key at all
+  // reports m = -inf.
+  cluster.barrier_wait(std::move(started));
+  float(*dst_ml)[kH][2] = cluster.map_shared_rank(part_ml, 0);
+  float(*dst_acc)[kH][HD] = cluster.map_shared_rank(part_acc, 0);
   for (int e = threadIdx.x; e < kH * HD; e += kWarps * kWarpSize) {
     const int h = e / HD, d = e % HD;
     float mb = -INFINITY;
@@ -360,30 +373,30 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
         ab = fmaf(wt, warp_acc[w][h][d], ab);
       }
     }
-    part_acc[h][d] = ab;
+    dst_acc[split][h][d] = ab;
     if (d == 0) {
-      part_ml[h][0] = mb;
-      part_ml[h][1] = lb;
+      dst_ml[split][h][0] = mb;
+      dst_ml[split][h][1] = lb;
     }
   }
-  cluster.sync();  // every block's partial is written and visible to the cluster
+  // Every partial has landed in split 0 (the barrier orders the distributed-shared-memory stores).
+  // The other blocks may then exit: nothing reads their shared memory.
+  cluster.sync();
+  if (split != 0) return;
 
-  // Cluster merge: the blocks share the output elements of the block's heads. Split 0 holds key 0,
-  // so M is finite and L >= 1.
-  for (int e = split * kWarps * kWarpSize + threadIdx.x; e < n_h * HD; e += n_splits * kWarps * kWarpSize) {
+  // Merge. Split 0 holds key 0, so M is finite and L >= 1.
+  for (int e = threadIdx.x; e < n_h * HD; e += kWarps * kWarpSize) {
     const int h = e / HD, d = e % HD;
     float mc = -INFINITY;
-    for (int r = 0; r < n_splits; ++r) mc = fmaxf(mc, cluster.map_shared_rank(&part_ml[h][0], r)[0]);
+    for (int r = 0; r < n_splits; ++r) mc = fmaxf(mc, part_ml[r][h][0]);
     float lc = 0.f, ac = 0.f;
     for (int r = 0; r < n_splits; ++r) {
-      const float* ml = cluster.map_shared_rank(&part_ml[h][0], r);
-      const float wt = exp2f(ml[0] - mc);
-      lc = fmaf(wt, ml[1], lc);
-      ac = fmaf(wt, cluster.map_shared_rank(&part_acc[h][d], r)[0], ac);
+      const float wt = exp2f(part_ml[r][h][0] - mc);
+      lc = fmaf(wt, part_ml[r][h][1], lc);
+      ac = fmaf(wt, part_acc[r][h][d], ac);
     }
     out[(int64_t)(head0 + h) * HD + d] = from_float<T>(ac / lc);
   }
-  cluster.sync();  // no block may exit (freeing its shared memory) while another still reads it
 }
 
 struct AttentionArgs {
@@ -405,8 +418,6 @@ int decode_splits(int max_seq) {
 
 template <typename T, int HD, int kH>
 Status launch_decode(const AttentionArgs& a, int group, cudaStream_t stream) {
-  // kH = 4 serves GQA groups of 4+ with few KV heads (Llama-3-8B: 8 KV heads, 64 blocks of 8 splits),
-  // so those blocks get 8 warps to keep enough loads in flight; MHA (kH = 1) has 4x the blocks.
   constexpr int kWarps = kDecodeWarps<kH>;
   const int splits = decode_splits(a.max_seq);
   const dim3 grid((unsigned)splits, (unsigned)ceil_div(group, kH), (unsigned)a.n_kv_heads);
@@ -428,8 +439,10 @@ template <typename T, int HD> Status launch_attention(const AttentionArgs& a, cu
                          static_cast<const T*>(a.k_cache), static_cast<const T*>(a.v_cache), a.pos, a.n, a.n_heads,
                          a.n_kv_heads, a.max_seq, 1.f / sqrtf((float)HD), static_cast<T*>(a.out));
   }
-  // Heads per block: all of a group up to 4 (K/V read once per group), in blocks of 4 beyond.
-  if (group >= 4) return launch_decode<T, HD, 4>(a, group, stream);
+  // Heads per block: up to 4 of a group share each K/V read, but with few KV heads that leaves too few
+  // blocks: Llama-3-8B's 8 KV heads with 4 heads per block gave 64 blocks, issue-bound at 1.3 TB/s at
+  // pos 8000; 2 per block doubles the blocks (the second read of a K/V row mostly hits L2).
+  if (group >= 4 && a.n_kv_heads >= 16) return launch_decode<T, HD, 4>(a, group, stream);
   if (group >= 2) return launch_decode<T, HD, 2>(a, group, stream);
   return launch_decode<T, HD, 1>(a, group, stream);
 }

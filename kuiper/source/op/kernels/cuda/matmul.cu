@@ -3,14 +3,14 @@
 //  - n_tokens <= kGemvMaxTokens (decode): a hand-written GEMV. One warp per output row streams the
 //    weight row through 16-byte loads (4 fp32, 8 fp16/bf16 or 16 int8 weights each), and reuses every
 //    loaded weight for all the tokens. Decode is bound by weight bytes: each weight is read once per
-//    step, so the kernel must keep HBM busy, which needs many bytes in flight per SM: each lane keeps
-//    two batches of kGemvUnroll loads in flight (4 KiB per warp), and the first batch is issued before
-//    pdl_wait(), while the previous kernel is still finishing (weights are never written by a step).
-//    int8 weights (W8A16) are dequantised in registers without the conversion unit (16 conversions per
-//    clock per SM on Hopper, which capped int8 decode near 2.3 TB/s): a byte b is turned into the fp32
-//    2^23 + (b ^ 0x80) by one byte permute, and one subtraction leaves the exact integer. The 16-weight
-//    dot product is accumulated unscaled and multiplied once by its group scale. Misaligned pointers or
-//    sizes fall back to a scalar GEMV with the same warp-per-row layout.
+//    step, so the kernel must keep HBM busy, which needs many bytes in flight per SM (512 B per warp
+//    per unrolled load, 2 KiB with kGemvUnroll = 4, dozens of warps per SM). For fp16/bf16/fp32
+//    weights the first kGemvUnroll loads are issued before pdl_wait(), while the previous kernel is
+//    still finishing (no kernel of a step writes weights). On the fused Llama stacks this runs at 2.7-3.0 TB/s on an H100 (copy:
+//    3.0 TB/s); a double-buffered variant measured slower (docs/perf_notes.md). int8 weights (W8A16)
+//    are dequantised in registers: the 16-weight dot product is accumulated unscaled and multiplied
+//    once by its group scale. Misaligned pointers or sizes fall back to a scalar GEMV with the same
+//    warp-per-row layout.
 //  - n_tokens > kGemvMaxTokens with float weights of the activation dtype: cuBLAS GemmEx, fp32 compute.
 //  - n_tokens > kGemvMaxTokens, int8 weights, fp16/bf16 activations (W8A16 prefill): a tensor-core GEMM
 //    (mma.sync m16n8k16, fp32 accumulation) that dequantises W on the way from shared memory to the
@@ -32,7 +32,7 @@ namespace {
 
 constexpr int kGemvMaxTokens = 4;  // largest n_tokens served by the GEMV
 constexpr int kGemvWarps = 4;      // output rows (warps) per GEMV block
-constexpr int kGemvUnroll = 4;     // 16-byte weight loads per lane per batch (two batches in flight)
+constexpr int kGemvUnroll = 4;     // 16-byte weight loads in flight per lane
 
 // ---------------------------------------------------------------------------------------------------
 // cuBLAS: error reporting and one handle per (device, host thread).
@@ -104,56 +104,44 @@ template <> constexpr cudaDataType_t cuda_dtype<__nv_bfloat16>() { return CUDA_R
 // Kernels.
 
 // 16-byte weight load through the read-only path without allocating in L1: each weight is used once
-// per call, so keeping it would only evict the activations the other warps re-read.
+// per call, so keeping it would only evict the activations the other warps re-read. volatile keeps the
+// loads in program order, so the prefetch stays ahead of pdl_wait().
 __device__ __forceinline__ uint4 load_weights16(const void* p) {
   uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
   return r;
-}
-
-// 16 int8 weights (one 16-byte load) to fp32, exactly, on the integer and FMA pipes: byte b becomes the
-// float with bits 0x4B0000uu, u = b ^ 0x80 = b + 128, which is 2^23 + u; subtracting 2^23 + 128 leaves b.
-__device__ __forceinline__ void int8x16_to_float(const uint4& w, float (&f)[16]) {
-  const uint32_t words[4] = {w.x ^ 0x80808080u, w.y ^ 0x80808080u, w.z ^ 0x80808080u, w.w ^ 0x80808080u};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[4 * i + 0] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7650)) - 8388736.f;
-    f[4 * i + 1] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7651)) - 8388736.f;
-    f[4 * i + 2] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7652)) - 8388736.f;
-    f[4 * i + 3] = __uint_as_float(__byte_perm(words[i], 0x4B000000u, 0x7653)) - 8388736.f;
-  }
 }
 
 // Vector GEMV for NT tokens. x: T [NT, in]; w: WT [out, in]; scales: fp32 [out, in / group_size] (int8
 // only, else unused); y: T [NT, out]. Block = kGemvWarps warps, warp w of block b computes row
 // b * kGemvWarps + w. Requires in % kVec16<WT> == 0, x and w 16-byte aligned, and for int8
 // group_size % 16 == 0 (a 16-weight chunk then never straddles two groups).
-// Lane l reads the row's 16-byte chunks l, l + 32, ...; batch j of a lane is its chunks
-// j * kGemvUnroll * 32 + l + u * 32, u < kGemvUnroll. Batch j + 1 is loaded before batch j is used.
+// Lane l reads the row's 16-byte chunks l, l + 32, ..., kGemvUnroll of them per step, all issued before
+// the first is used. For float weights the first step's loads are issued before pdl_wait().
 template <typename T, typename WT, int NT>
 static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     gemv_vec_kernel(const T* __restrict__ x, const WT* __restrict__ w, const float* __restrict__ scales,
                     int group_size, T* __restrict__ y, int in, int out) {
   constexpr int kW = kVec16<WT>;  // weights per 16-byte load
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
-  constexpr int kStep = kGemvUnroll * kWarpSize;  // chunks per batch of the warp
+  constexpr int kStep = kGemvUnroll * kWarpSize;  // chunks per step of the warp
   const int lane = threadIdx.x % kWarpSize;
   const int o = blockIdx.x * kGemvWarps + threadIdx.x / kWarpSize;
   const bool row_ok = o < out;
   const WT* wrow = w + (int64_t)(row_ok ? o : 0) * in;
   const int n_chunks = in / kW;
 
-  // The first batch is loaded while the kernel before this one is still running.
-  uint4 cur[kGemvUnroll];
+  // Not for int8: the prefetch took its NT = 1 kernel from 40 to 46 registers and int8 decode from
+  // 299 to 291 tokens/s (Llama-2-7B shape, H100); fp16/bf16 GEMVs gained 0.3-1.5 us each.
+  uint4 wv[kGemvUnroll];
+  const bool first_full = !kInt8 && row_ok && lane + (kGemvUnroll - 1) * kWarpSize < n_chunks;
+  if (first_full) {
 #pragma unroll
-  for (int u = 0; u < kGemvUnroll; ++u) {
-    const int c = lane + u * kWarpSize;
-    cur[u] = row_ok && c < n_chunks ? load_weights16(wrow + (int64_t)c * kW) : make_uint4(0u, 0u, 0u, 0u);
+    for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_weights16(wrow + (int64_t)(lane + u * kWarpSize) * kW);
   }
   pdl_wait();
-  pdl_trigger();
   if (!row_ok) return;  // whole warp leaves together; there are no block barriers
   const float* srow = kInt8 ? scales + (int64_t)o * (in / group_size) : nullptr;
 
@@ -164,10 +152,7 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
   // acc[t] += (w chunk c) . (x[t] chunk c), scaled by the chunk's group scale for int8.
   auto fma_chunk = [&](const uint4& wv, int c) {
     float wf[kW];
-    if constexpr (kInt8)
-      int8x16_to_float(wv, wf);
-    else
-      unpack_floats<WT, kW>(&wv, wf);
+    unpack_floats<WT, kW>(&wv, wf);
     const float scale = kInt8 ? srow[c * kW / group_size] : 1.f;
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -180,19 +165,24 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     }
   };
 
-  for (int c0 = lane; c0 < n_chunks; c0 += kStep) {
-    uint4 next[kGemvUnroll];
+  int c = lane;
+  if (first_full) {
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
-      const int c = c0 + kStep + u * kWarpSize;
-      next[u] = c < n_chunks ? load_weights16(wrow + (int64_t)c * kW) : make_uint4(0u, 0u, 0u, 0u);
-    }
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u)
-      if (c0 + u * kWarpSize < n_chunks) fma_chunk(cur[u], c0 + u * kWarpSize);
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) cur[u] = next[u];
+    for (int u = 0; u < kGemvUnroll; ++u) fma_chunk(wv[u], c + u * kWarpSize);
+    c += kStep;
   }
+  // Main loop: kGemvUnroll loads per lane, all issued before the first is used, no bounds checks.
+  for (; c + (kGemvUnroll - 1) * kWarpSize < n_chunks; c += kStep) {
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_weights16(wrow + (int64_t)(c + u * kWarpSize) * kW);
+#pragma unroll
+    for (int u = 0; u < kGemvUnroll; ++u) fma_chunk(wv[u], c + u * kWarpSize);
+  }
+  // Tail: fewer than kGemvUnroll chunks left for this lane.
+  for (; c < n_chunks; c += kWarpSize) fma_chunk(load_weights16(wrow + (int64_t)c * kW), c);
+  // The next kernel is let in only now: triggered at the start, a GEMV that fits in one wave (out 4096)
+  // ran 1-2.7 us slower back to back, the next grid's early blocks crowding this one.
+  pdl_trigger();
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = warp_sum(acc[t]);
   if (lane == 0) {
@@ -339,8 +329,9 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Four int8 (bytes 0..3 of w) to two pairs of T, exactly: lo = (b0, b1), hi = (b2, b3), element 0 in the
-// low half. fp16: 0x64uu is 1024 + u (u = b + 128), minus 1152 leaves b. bf16 (8 significant bits hold
-// any int8): the exact fp32 value (see int8x16_to_float) truncated to its upper half.
+// low half, without the conversion unit (16 conversions per clock per SM). u = b ^ 0x80 = b + 128.
+// fp16: the half 0x64uu is 1024 + u, minus 1152 leaves b. bf16 (8 significant bits hold any int8): the
+// fp32 0x4B0000uu is 2^23 + u, minus 2^23 + 128 leaves b exactly, whose upper half is its bf16.
 template <typename T> __device__ __forceinline__ void int8x4_to_pairs(uint32_t w, uint32_t& lo, uint32_t& hi);
 template <> __device__ __forceinline__ void int8x4_to_pairs<__half>(uint32_t w, uint32_t& lo, uint32_t& hi) {
   const uint32_t u = w ^ 0x80808080u;

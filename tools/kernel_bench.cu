@@ -1,0 +1,177 @@
+// kernel_bench: per-kernel times of the decode-path kernels (GEMV, decode attention) and of the W8A16
+// prefill GEMM, through the kernel:: API of libkuiper_core.so, so the same binary times any build of the
+// library (LD_LIBRARY_PATH picks it). Not part of the CMake build; compile against a shared build:
+//
+//   nvcc -std=c++17 -O2 -arch=sm_90 -DKUIPER_WITH_CUDA -Ikuiper/include tools/kernel_bench.cu \
+//        -Lbuild-gpu/kuiper -lkuiper_core -lglog -o kernel_bench
+//
+// Each case captures kCalls back-to-back calls of one op in a CUDA graph (as the decode step is), over
+// enough rotating copies of its operands that they do not stay in the 50 MB L2, replays it, and
+// reports the median over kReps replays of time per call and the bytes the call must read (weights,
+// or K/V rows [0, pos]) over that time. Inputs are random (fill_random), never zeros.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "base/buffer.h"
+#include "base/cuda_utils.h"
+#include "op/kernels.h"
+
+namespace {
+
+using base::DType;
+using tensor::Tensor;
+
+constexpr int kCalls = 20;  // calls per graph
+constexpr int kReps = 15;   // graph replays timed; the median is reported
+constexpr size_t kRotateBytes = size_t(200) << 20;  // operands rotated over at least this many bytes
+
+#define CHECK_OK(expr)                                                                     \
+  do {                                                                                     \
+    const base::Status st_ = (expr);                                                       \
+    if (!st_.ok()) {                                                                       \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, st_.message().c_str());               \
+      std::exit(1);                                                                        \
+    }                                                                                      \
+  } while (0)
+#define CHECK_CUDA(expr)                                                                   \
+  do {                                                                                     \
+    const cudaError_t e_ = (expr);                                                         \
+    if (e_ != cudaSuccess) {                                                               \
+      std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_));              \
+      std::exit(1);                                                                        \
+    }                                                                                      \
+  } while (0)
+
+Tensor make(DType dt, std::vector<int64_t> shape, uint64_t seed, float scale, cudaStream_t s) {
+  Tensor t;
+  CHECK_OK(Tensor::create(dt, std::move(shape), base::CUDAAllocator::get(0), &t));
+  CHECK_OK(kernel::fill_random(t, seed, scale, s));
+  return t;
+}
+
+int copies_for(size_t bytes) { return (int)std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes); }
+
+// Median microseconds per call of record(i), i = 0 .. kCalls - 1, captured as one graph.
+template <typename F> double time_graph(cudaStream_t s, F&& record) {
+  for (int i = 0; i < kCalls; ++i) CHECK_OK(record(i));  // warm-up, outside the graph
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kCalls; ++i) CHECK_OK(record(i));
+  CHECK_CUDA(cudaStreamEndCapture(s, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  CHECK_CUDA(cudaGraphLaunch(exec, s));
+  std::vector<double> us;
+  for (int r = 0; r < kReps; ++r) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    CHECK_CUDA(cudaGraphLaunch(exec, s));
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    us.push_back(ms * 1000.0 / kCalls);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+void report(const std::string& name, double us, double bytes) {
+  std::printf("%-44s %9.2f us  %7.0f GB/s\n", name.c_str(), us, bytes / (us * 1e-6) / 1e9);
+  std::fflush(stdout);
+}
+
+// y[n, out] = x[n, in] W^T; W of wdt (int8: group 64), activations of adt.
+void bench_matmul(cudaStream_t s, const char* tag, DType adt, DType wdt, int64_t n, int64_t out, int64_t in) {
+  const bool int8 = wdt == DType::kInt8;
+  const size_t wbytes = (size_t)out * in * base::dtype_size(wdt) + (int8 ? (size_t)out * (in / 64) * 4 : 0);
+  const int nb = copies_for(wbytes);
+  std::vector<Tensor> ws, ss;
+  for (int i = 0; i < nb; ++i) {
+    ws.push_back(make(wdt, {out, in}, 10 + i, 0.02f, s));
+    ss.push_back(int8 ? make(DType::kFp32, {out, in / 64}, 50 + i, 0.001f, s) : Tensor());
+  }
+  Tensor x = make(adt, {n, in}, 3, 1.f, s);
+  Tensor y = make(adt, {n, out}, 4, 1.f, s);
+  const double us = time_graph(s, [&](int i) { return kernel::matmul(x, ws[i % nb], ss[i % nb], 64, y, s); });
+  char name[128];
+  std::snprintf(name, sizeof name, "%s n=%lld %lldx%lld %s", tag, (long long)n, (long long)out, (long long)in,
+                base::dtype_name(wdt));
+  report(name, us, (double)wbytes);
+}
+
+// Decode attention of one token at position pos over layers' caches of max_seq rows.
+void bench_attention(cudaStream_t s, DType dt, int n_heads, int n_kv, int hd, int max_seq, int pos) {
+  const int64_t kv_dim = (int64_t)n_kv * hd;
+  const size_t cache_bytes = 2 * (size_t)max_seq * kv_dim * base::dtype_size(dt);
+  const int nb = copies_for(cache_bytes);
+  std::vector<Tensor> kc, vc;
+  for (int i = 0; i < nb; ++i) {
+    kc.push_back(make(dt, {max_seq, kv_dim}, 100 + i, 1.f, s));
+    vc.push_back(make(dt, {max_seq, kv_dim}, 200 + i, 1.f, s));
+  }
+  Tensor q = make(dt, {1, (int64_t)n_heads * hd}, 5, 3.f, s);
+  Tensor out = make(dt, {1, (int64_t)n_heads * hd}, 6, 1.f, s);
+  const int64_t sn = std::max<int64_t>(
+      1, kernel::attention_scratch_floats(1, n_heads, hd, max_seq, base::DeviceType::kCUDA));
+  Tensor scratch = make(DType::kFp32, {sn}, 7, 1.f, s);
+  Tensor hpos;
+  CHECK_OK(Tensor::create(DType::kInt32, {1}, base::CPUAllocator::get(), &hpos));
+  *hpos.ptr<int32_t>() = pos;
+  Tensor dpos;
+  CHECK_OK(Tensor::create(DType::kInt32, {1}, base::CUDAAllocator::get(0), &dpos));
+  CHECK_OK(hpos.copy_to(dpos));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const double us = time_graph(s, [&](int i) {
+    return kernel::attention(q, kc[i % nb], vc[i % nb], dpos, n_heads, n_kv, hd, scratch, out, s);
+  });
+  char name[128];
+  std::snprintf(name, sizeof name, "attention %s %d/%d hd%d pos %d", base::dtype_name(dt), n_heads, n_kv, hd, pos);
+  report(name, us, 2.0 * (pos + 1) * kv_dim * base::dtype_size(dt));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string what = argc > 1 ? argv[1] : "all";
+  base::CudaStream stream;
+  CHECK_OK(stream.create(0));
+  const cudaStream_t s = stream.get();
+  const bool all = what == "all";
+  if (all || what == "gemv") {
+    for (DType w : {DType::kFp16, DType::kInt8}) {
+      bench_matmul(s, "gemv", DType::kFp16, w, 1, 12288, 4096);  // llama2-7b wqkv
+      bench_matmul(s, "gemv", DType::kFp16, w, 1, 4096, 4096);   // wo
+      bench_matmul(s, "gemv", DType::kFp16, w, 1, 22016, 4096);  // w13
+      bench_matmul(s, "gemv", DType::kFp16, w, 1, 4096, 11008);  // w2
+    }
+    bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 6144, 4096);   // llama3-8b wqkv
+    bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 28672, 4096);  // w13
+    bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 4096, 14336);  // w2
+  }
+  if (all || what == "attention") {
+    for (int pos : {100, 1000, 3000, 4000}) bench_attention(s, DType::kFp16, 32, 32, 128, 4096, pos);
+    for (int pos : {100, 3000, 8000}) bench_attention(s, DType::kBf16, 32, 8, 128, 8192, pos);
+  }
+  if (all || what == "prefill") {
+    for (int64_t n : {16, 512}) {
+      bench_matmul(s, "gemm", DType::kFp16, DType::kInt8, n, 4096, 4096);
+      bench_matmul(s, "gemm", DType::kFp16, DType::kInt8, n, 11008, 4096);
+      bench_matmul(s, "gemm", DType::kFp16, DType::kInt8, n, 4096, 11008);
+    }
+  }
+  return 0;
+}
