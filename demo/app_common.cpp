@@ -155,8 +155,9 @@ int open_engine(Engine* e) {
   if (auto err = open_tokenizer(e->file.get(), &e->tokenizer); !err.empty())
     return fail(e->file->tokenizer_type() == model::TokenizerType::kNone && FLAGS_tokenizer.empty() ? 2 : 1, err);
   if (e->tokenizer->vocab_size() != e->file->config().vocab_size)
-    return fail(1, "tokenizer has " + std::to_string(e->tokenizer->vocab_size()) + " tokens but the model expects " +
-                       std::to_string(e->file->config().vocab_size));
+    return fail(1, "tokenizer " + (FLAGS_tokenizer.empty() ? "embedded in " + FLAGS_model : FLAGS_tokenizer) + " has " +
+                       std::to_string(e->tokenizer->vocab_size()) + " tokens but the model " + FLAGS_model +
+                       " expects " + std::to_string(e->file->config().vocab_size));
   const bool show_progress = isatty(2) && e->file->file_size() > (256u << 20);
   if (show_progress) {
     opts.load_progress = [](uint64_t done, uint64_t all) {

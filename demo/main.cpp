@@ -4,6 +4,9 @@
 //
 // The prompt is echoed, then tokens are printed as they are produced; a stats line goes to stderr.
 // Every failure is one line on stderr and a non-zero exit (2 for bad usage, 1 for anything else).
+// Ctrl-C stops generation after the current token: the text so far and the stats line (stop:
+// interrupted) are printed, and the exit status is 130 (128 + SIGINT), so a script can tell the
+// output is partial. A second Ctrl-C leaves at once.
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 
@@ -56,6 +59,7 @@ int run() {
   }
   app::Engine engine;
   if (int rc = app::open_engine(&engine); rc != 0) return rc;
+  if (app::interrupted()) return app::fail(130, "interrupted while loading the model");
   if (FLAGS_chat) return app::run_chat(engine, sc, FLAGS_system, FLAGS_prompt, FLAGS_n);
 
   std::vector<int32_t> prompt;
@@ -80,8 +84,9 @@ int run() {
   std::fputs("\n", stdout);
   std::fflush(stdout);
   if (!s.ok()) return app::fail(1, s.message());
+  if (app::interrupted()) stats.stop_reason = "interrupted";
   app::print_stats(stats);
-  return 0;
+  return app::interrupted() ? 130 : 0;
 }
 
 }  // namespace

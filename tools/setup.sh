@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3
       libgoogle-glog-dev libgflags-dev libgtest-dev libgmock-dev
       libarmadillo-dev libopenblas-dev libsentencepiece-dev
-      libpcre2-dev nlohmann-json3-dev)
+      libpcre2-dev nlohmann-json3-dev
+      clang libclang-rt-dev libomp-dev)  # the fuzzers (tools/fuzz.sh): clang, libFuzzer, clang's OpenMP
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -49,8 +49,9 @@ void check_encode(const model::Tokenizer& tok, const std::string& text) {
 
 void use_tokenizer(const model::Tokenizer& tok) {
   if (tok.vocab_size() <= 0) bug("loaded a tokenizer with no tokens");
-  for (const char* text : {"", "Once upon a time", "  two  spaces\n\nnew lines\t", "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82",
-                           "\xff\xfe not UTF-8", "<|eot_id|><|begin_of_text|> <s>", "1234567 it's"})
+  for (const char* text :
+       {"", "Once upon a time", "  two  spaces\n\nnew lines\t", "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82",
+        "\xff\xfe not UTF-8", "<|eot_id|><|begin_of_text|> <s>", "1234567 it's"})
     check_encode(tok, text);
   const int32_t n = tok.vocab_size();
   for (int32_t id = 0; id < std::min(n, 1024); ++id) (void)tok.decode_token(id - 1, id);
@@ -71,8 +72,10 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   for (const char* rel : {"/llama2/tokenizer.model", "/llama3/tokenizer.model", "/stories260K/tok512.model"}) {
     std::unique_ptr<model::Tokenizer> t;
     const base::Status s = model::load_tokenizer_file(models + rel, &t);
-    if (s.ok()) real_tokenizers().push_back(std::move(t));
-    else std::fprintf(stderr, "fuzz_tokenizer: %s not loaded (%s); text inputs skip it\n", rel, s.message().c_str());
+    if (s.ok())
+      real_tokenizers().push_back(std::move(t));
+    else
+      std::fprintf(stderr, "fuzz_tokenizer: %s not loaded (%s); text inputs skip it\n", rel, s.message().c_str());
   }
   return 0;
 }
@@ -83,7 +86,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::unique_ptr<model::Tokenizer> tok;
   switch (data[0] % 4) {
     case 0:
-      if (model::load_tokenizer_blob(model::TokenizerType::kSentencePiece, rest, "fuzz", &tok).ok()) use_tokenizer(*tok);
+      if (model::load_tokenizer_blob(model::TokenizerType::kSentencePiece, rest, "fuzz", &tok).ok())
+        use_tokenizer(*tok);
       break;
     case 1:
       if (model::load_tokenizer_blob(model::TokenizerType::kTiktoken, rest, "fuzz", &tok).ok()) use_tokenizer(*tok);

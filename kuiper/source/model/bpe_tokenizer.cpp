@@ -196,8 +196,10 @@ base::Status BpeTokenizer::from_hf_json(const std::string& blob, const std::stri
     }
     if (!llama3_regex) return base::Unsupported(origin + ": pre-tokenizer is not Llama 3's regex (only Llama 3 BPE is supported)");
 
+    // Ids must be JSON integers: get<int64_t> of a float such as 1e52 is an out-of-range conversion (UB).
     std::map<int64_t, std::string> added;  // id -> name
     for (const auto& a : j.at("added_tokens")) {
+      if (!a.at("id").is_number_integer()) return bad("added_tokens: an id is not an integer");
       const int64_t id = a.at("id").get<int64_t>();
       const std::string name = a.at("content").get<std::string>();
       if (name.empty() || !added.emplace(id, name).second) return bad("added_tokens: bad entry for id " + std::to_string(id));
@@ -205,13 +207,14 @@ base::Status BpeTokenizer::from_hf_json(const std::string& blob, const std::stri
     const auto& vocab = m.at("vocab");
     if (!vocab.is_object()) return bad("model.vocab is not an object");
     const auto n = static_cast<int32_t>(std::count_if(vocab.begin(), vocab.end(), [&](const nlohmann::json& id) {
-      return added.count(id.get<int64_t>()) == 0;
+      return !id.is_number_integer() || added.count(id.get<int64_t>()) == 0;
     }));
     const std::vector<int> table = gpt2_unicode_to_byte();
     std::vector<std::string> tokens(n);
     std::vector<bool> seen(n, false);
     std::string bytes;
     for (const auto& [key, id_json] : vocab.items()) {
+      if (!id_json.is_number_integer()) return bad("model.vocab: the id of '" + key + "' is not an integer");
       const int64_t id = id_json.get<int64_t>();
       if (added.count(id)) continue;
       if (id < 0 || id >= n || seen[id])

@@ -66,7 +66,8 @@ Status parse_config(const json& c, ModelConfig* cfg) {
   KP_RETURN_IF_ERROR(get_float(c, "rope_theta", &cfg->rope_theta));
   auto rs = c.find("rope_scaling");
   if (rs != c.end() && !rs->is_null()) {
-    if (!rs->is_object() || rs->value("type", "") != "llama3")
+    const auto type = rs->find("type");  // not value("type", ""): that throws when "type" is not a string
+    if (!rs->is_object() || type == rs->end() || *type != "llama3")
       return base::BadModelFile("unsupported rope_scaling (only type llama3)");
     cfg->rope_scaling.enabled = true;
     KP_RETURN_IF_ERROR(get_float(*rs, "factor", &cfg->rope_scaling.factor));
@@ -82,7 +83,9 @@ Status parse_config(const json& c, ModelConfig* cfg) {
   if (eos == c.end() || !eos->is_array() || eos->empty()) return base::BadModelFile("config.eos_ids missing");
   cfg->eos_ids.clear();
   for (const auto& e : *eos) {
-    if (!e.is_number_integer()) return base::BadModelFile("config.eos_ids must hold integers");
+    // Range-checked as int64 first: get<int32_t> would wrap 2^32 + 2 to 2.
+    if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= cfg->vocab_size)
+      return base::BadModelFile("config.eos_ids must hold token ids below vocab_size");
     cfg->eos_ids.push_back(e.get<int32_t>());
   }
   auto wd = c.find("weight_dtype");
@@ -119,7 +122,13 @@ Status ModelFile::open(const std::string& path, std::unique_ptr<ModelFile>* out)
   mf->base_ = static_cast<const uint8_t*>(p);
 
   if (std::memcmp(mf->base_, kMagic, 4) == 0) {
-    KP_RETURN_IF_ERROR(mf->parse_llmi());
+    // The header is checked key by key; a json exception that still escapes (a value of an unexpected
+    // type read somewhere) is a malformed header, not a crash.
+    try {
+      KP_RETURN_IF_ERROR(mf->parse_llmi());
+    } catch (const json::exception& e) {
+      return mf->fail(std::string("malformed header: ") + e.what());
+    }
   } else {
     KP_RETURN_IF_ERROR(mf->parse_llama2c());
   }
@@ -234,6 +243,9 @@ Status ModelFile::parse_llmi() {
     e.name = t["name"].get<std::string>();
     if (!base::parse_dtype(t["dtype"].get<std::string>(), &e.dtype) || e.dtype == DType::kInt32)
       return fail("tensor " + e.name + " has unknown dtype '" + t["dtype"].get<std::string>() + "'");
+    // int8 weights are read with config.group_size, which only an int8 file defines (0 elsewhere).
+    if (e.dtype == DType::kInt8 && config_.weight_dtype != DType::kInt8)
+      return fail("tensor " + e.name + " is int8 but config.weight_dtype is " + base::dtype_name(config_.weight_dtype));
     for (const auto& d : t["shape"]) {
       if (!d.is_number_integer()) return fail("tensor " + e.name + " has a non-integer dimension");
       e.shape.push_back(d.get<int64_t>());

@@ -19,6 +19,8 @@ class SentencePieceTokenizer final : public Tokenizer {
     const auto st = sp_.LoadFromSerializedProto(blob);
     if (!st.ok()) return base::BadModelFile(origin + ": not a SentencePiece tokenizer model");
     if (sp_.GetPieceSize() <= 0) return base::BadModelFile(origin + ": empty SentencePiece vocabulary");
+    // encode(add_bos) puts bos_id() first: without a BOS piece that would be -1.
+    if (sp_.bos_id() < 0) return base::BadModelFile(origin + ": SentencePiece model has no BOS piece (<s>)");
     pieces_.resize(sp_.GetPieceSize());
     for (int i = 0; i < sp_.GetPieceSize(); ++i) pieces_[i] = piece_bytes(i);
     return base::Status::Ok();
