@@ -72,7 +72,7 @@ int run_chat(Engine& e, const sampler::SamplerConfig& sc, const std::string& sys
     if (interrupted()) break;  // Ctrl-C: stop this reply and the conversation
   }
   if (total.prompt_tokens > 0) print_stats(total);
-  return 0;
+  return interrupted() ? 130 : 0;  // as for plain generation: a script can tell the output is partial
 }
 
 }  // namespace app
