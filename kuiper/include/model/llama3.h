@@ -90,6 +90,9 @@ class LlamaModel {
   const LlamaWeights& weights() const { return weights_; }
   const Workspace& workspace() const { return ws_; }
   base::DeviceAllocator* allocator() const { return alloc_; }
+  void* stream() const { return opts_.stream; }  // this rank's compute stream (null on the CPU)
+  // Waits for the work queued on the stream (no-op on the CPU).
+  base::Status synchronize() const;
 
  private:
   LlamaModel();

@@ -30,6 +30,8 @@ class TpRunner {
 
   int world_size() const { return (int)models_.size(); }
   LlamaModel& model(int rank) { return *models_[rank]; }
+  // The communicator of `rank` (null with one rank and no forced collectives).
+  base::Communicator* comm(int rank) const;
   const ModelConfig& config() const { return models_[0]->config(); }
   int32_t max_seq_len() const { return models_[0]->max_seq_len(); }
 

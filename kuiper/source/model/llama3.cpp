@@ -288,6 +288,13 @@ Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
   return Status::Ok();
 }
 
+Status LlamaModel::synchronize() const {
+#ifdef KUIPER_WITH_CUDA
+  if (opts_.device == DeviceType::kCUDA) CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(opts_.stream)));
+#endif
+  return Status::Ok();
+}
+
 Status LlamaModel::prefill(const std::vector<int32_t>& tokens, int32_t pos, float* logits) {
   if (tokens.empty()) return base::InvalidArgument("prefill of an empty prompt");
   const int32_t total = (int32_t)tokens.size();

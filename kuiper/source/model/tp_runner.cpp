@@ -22,6 +22,8 @@ struct TpRunner::Impl {
 
 TpRunner::~TpRunner() = default;
 
+base::Communicator* TpRunner::comm(int rank) const { return impl_->comms.at(rank); }
+
 base::Status TpRunner::create(const ModelFile& file, const ModelOptions& opts, int world,
                               std::unique_ptr<TpRunner>* out) {
   if (world < 1) return base::InvalidArgument("--tp must be at least 1");
