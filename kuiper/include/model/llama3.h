@@ -55,7 +55,6 @@ struct Workspace {
   tensor::Tensor q1, k1, v1;
   tensor::Tensor gu1;      // act [1, 2 hidden_local]
   tensor::Tensor g1, u1;
-  tensor::Tensor last;     // act [1, dim]        final-normed last token
   tensor::Tensor logits_local;  // act [1, vocab_local]
   tensor::Tensor logits_all;    // act [1, vocab]  gathered over ranks (a view of logits_local when world 1)
   tensor::Tensor logits_f32;    // fp32 [1, vocab] (a view of logits_all when activations are fp32)

@@ -88,7 +88,11 @@ Status convert(const Tensor& in, Tensor& out, Stream stream);
 // For synthetic models (llama_bench) whose weights are made on the GPU without a file.
 Status fill_random(Tensor& t, uint64_t seed, float scale, Stream stream);
 
-// Hash of (seed, i) as a uniform float in [-1, 1): splitmix64 finaliser, top 24 bits.
+// Hash of (seed, i) as a uniform float in [-1, 1): splitmix64 finaliser, top 24 bits. One definition for
+// the CPU kernel and the CUDA kernel (compiled for both by nvcc), so both make the same values.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
 inline float hash_uniform(uint64_t seed, uint64_t i) {
   uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

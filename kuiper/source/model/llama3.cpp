@@ -120,7 +120,7 @@ Status LlamaModel::init_mem() {
       {&ws_.q, act, {T, q_local}, 0},         {&ws_.k, act, {T, kv_local}, 0},
       {&ws_.v, act, {T, kv_local}, 0},        {&ws_.att, act, {T, q_local}, 0},
       {&ws_.proj, act, {T, c.dim}, 0},        {&ws_.h1, act, {T, weights_.hidden_local}, 0},
-      {&ws_.h3, act, {T, weights_.hidden_local}, 0}, {&ws_.last, act, {1, c.dim}, 0},
+      {&ws_.h3, act, {T, weights_.hidden_local}, 0},
       {&ws_.qkv1, act, {1, q_local + 2 * kv_local}, 0}, {&ws_.gu1, act, {1, 2 * (int64_t)weights_.hidden_local}, 0},
       {&ws_.logits_local, act, {1, vocab_local}, 0}, {&ws_.tokens, DType::kInt32, {T}, 0},
       {&ws_.pos, DType::kInt32, {1}, 0}, {&ws_.next, DType::kInt32, {1}, 0},

@@ -1,4 +1,4 @@
-// fill_random: counter-based uniform values, identical to the CPU kernel (kernel::hash_uniform).
+// fill_random: counter-based uniform values from kernel::hash_uniform, as the CPU kernel makes them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -7,14 +7,6 @@
 
 namespace kernel::cuda {
 namespace {
-
-__device__ __forceinline__ float device_hash_uniform(uint64_t seed, uint64_t i) {
-  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  return (float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
-}
 
 template <typename T>
 __device__ __forceinline__ T from_uniform(float u, float scale);
@@ -29,7 +21,7 @@ template <> __device__ __forceinline__ int8_t from_uniform<int8_t>(float u, floa
 template <typename T>
 static __global__ void fill_random_kernel(T* __restrict__ out, int64_t n, uint64_t seed, float scale) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    out[i] = from_uniform<T>(device_hash_uniform(seed, (uint64_t)i), scale);
+    out[i] = from_uniform<T>(hash_uniform(seed, (uint64_t)i), scale);
 }
 
 }  // namespace
