@@ -90,7 +90,7 @@ uint64_t clock_seed() {
   return (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
 }
 
-void print_stats(const model::GenerateStats& s) {
+void print_stats(const runtime::GenerateStats& s) {
   std::fprintf(stderr,
                "[stats] prompt tokens %d, generated %d, time to first token %.1f ms, prefill %.1f tok/s, "
                "decode %.1f tok/s, stop: %s\n",
@@ -166,7 +166,7 @@ int open_engine(Engine* e) {
       if (done == all) std::fprintf(stderr, "\n");
     };
   }
-  if (auto s = model::TpRunner::create(*e->file, opts, FLAGS_tp, &e->runner); !s.ok()) return fail(1, s.message());
+  if (auto s = runtime::TpRunner::create(*e->file, opts, FLAGS_tp, &e->runner); !s.ok()) return fail(1, s.message());
   return 0;
 }
 

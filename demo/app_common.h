@@ -6,18 +6,18 @@
 #include <memory>
 #include <string>
 
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
-#include "model/tp_runner.h"
+#include "runtime/tp_runner.h"
 
 namespace app {
 
 struct Engine {
   std::unique_ptr<model::ModelFile> file;
   std::unique_ptr<model::Tokenizer> tokenizer;
-  std::unique_ptr<model::TpRunner> runner;  // the model's --tp ranks (one by default)
+  std::unique_ptr<runtime::TpRunner> runner;  // the model's --tp ranks (one by default)
 };
 
 // Parses flags (prints our own --help and exits 0), quiets glog, installs the Ctrl-C handler.
@@ -33,7 +33,7 @@ int tp_flag();
 std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok);
 // Prints "llama_infer: error: MESSAGE" on stderr and returns `code`.
 int fail(int code, const std::string& message);
-void print_stats(const model::GenerateStats& s);
+void print_stats(const runtime::GenerateStats& s);
 uint64_t clock_seed();
 // True once Ctrl-C was pressed (the second press exits at once).
 bool interrupted();

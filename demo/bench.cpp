@@ -18,7 +18,7 @@
 
 #include "app_common.h"
 #include "model/model_file.h"
-#include "model/tp_runner.h"
+#include "runtime/tp_runner.h"
 #include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
@@ -145,9 +145,9 @@ int run() {
 
   const double bw = copy_bandwidth_gbs(cuda);
   const size_t used0 = device_used_bytes(cuda);
-  std::unique_ptr<model::TpRunner> runner;
+  std::unique_ptr<runtime::TpRunner> runner;
   const auto t_load = Clock::now();
-  if (auto s = model::TpRunner::create(*file, opts, app::tp_flag(), &runner); !s.ok()) return app::fail(1, s.message());
+  if (auto s = runtime::TpRunner::create(*file, opts, app::tp_flag(), &runner); !s.ok()) return app::fail(1, s.message());
   const double load_ms = ms(t_load, Clock::now());
   const size_t used1 = device_used_bytes(cuda);
 
@@ -188,7 +188,7 @@ int run() {
     std::vector<double> per_rank(runner->world_size());
     const int iters = 20;
     auto s = runner->run([&](int rank) -> base::Status {
-      base::Communicator* comm = runner->comm(rank);
+      comm::Communicator* comm = runner->comm(rank);
       const tensor::Tensor& like = runner->model(rank).workspace().x;
       base::DeviceAllocator* alloc = runner->model(rank).allocator();
       tensor::Tensor x, part, all;

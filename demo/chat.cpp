@@ -20,7 +20,7 @@ int run_chat(Engine& e, const sampler::SamplerConfig& sc, const std::string& sys
   int32_t pos = 0;            // cache positions filled so far
   int32_t carry = -1;         // token that ended the last reply, not yet in the cache
   bool first = true;
-  model::GenerateStats total;
+  runtime::GenerateStats total;
 
   std::string line;
   while (true) {
@@ -45,12 +45,12 @@ int run_chat(Engine& e, const sampler::SamplerConfig& sc, const std::string& sys
                            "(a larger --max_seq_len gives more room)\n", pos, max_pos);
       break;
     }
-    model::GenerateOptions go;
+    runtime::GenerateOptions go;
     go.max_new_tokens = std::min(max_reply_tokens, max_pos - pos - (int32_t)ids.size());
     go.extra_stop_ids = {tmpl->end_of_turn()};
     model::Utf8Stream out;
     int32_t prev = ids.back();
-    model::GenerateStats st;
+    runtime::GenerateStats st;
     auto on_token = [&](int32_t tok) {
       std::fputs(out.push(e.tokenizer->decode_token(prev, tok)).c_str(), stdout);
       std::fflush(stdout);

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "app_common.h"
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
@@ -70,9 +70,9 @@ int run() {
   std::fputs(FLAGS_prompt.c_str(), stdout);
   std::fflush(stdout);
   int32_t prev = prompt.back();
-  model::GenerateOptions go;
+  runtime::GenerateOptions go;
   go.max_new_tokens = FLAGS_n;
-  model::GenerateStats stats;
+  runtime::GenerateStats stats;
   auto on_token = [&](int32_t tok) {
     std::fputs(out.push(engine.tokenizer->decode_token(prev, tok)).c_str(), stdout);
     std::fflush(stdout);

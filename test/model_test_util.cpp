@@ -2,14 +2,14 @@
 
 #include <gtest/gtest.h>
 
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "sampler/sampler.h"
 
 namespace testutil {
 
 namespace {
-model::GenerateOptions no_stop(int n) {
-  model::GenerateOptions go;
+runtime::GenerateOptions no_stop(int n) {
+  runtime::GenerateOptions go;
   go.max_new_tokens = n;
   go.stop_at_eos = false;
   return go;
@@ -21,8 +21,8 @@ std::vector<int32_t> greedy(model::LlamaModel& m, const std::vector<int32_t>& pr
   EXPECT_TRUE(sampler::Sampler::create({}, m.config().vocab_size, &smp).ok());
   std::vector<float> logits(m.config().vocab_size);
   std::vector<int32_t> out;
-  model::GenerateStats st;
-  const base::Status s = model::generate(m, smp, prompt, 0, no_stop(n), logits.data(), [&](int32_t t) {
+  runtime::GenerateStats st;
+  const base::Status s = runtime::generate(m, smp, prompt, 0, no_stop(n), logits.data(), [&](int32_t t) {
     out.push_back(t);
     return true;
   }, &st);
@@ -30,9 +30,9 @@ std::vector<int32_t> greedy(model::LlamaModel& m, const std::vector<int32_t>& pr
   return out;
 }
 
-std::vector<int32_t> greedy(model::TpRunner& r, const std::vector<int32_t>& prompt, int n) {
+std::vector<int32_t> greedy(runtime::TpRunner& r, const std::vector<int32_t>& prompt, int n) {
   std::vector<int32_t> out;
-  model::GenerateStats st;
+  runtime::GenerateStats st;
   const base::Status s = r.generate({}, prompt, 0, no_stop(n), [&](int32_t t) {
     out.push_back(t);
     return true;

@@ -6,11 +6,11 @@
 #include <gtest/gtest.h>
 
 #include "base/cuda_utils.h"
-#include "base/nccl_handler.h"
-#include "model/generator.h"
+#include "comm/nccl_handler.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
-#include "model/tp_runner.h"
+#include "runtime/tp_runner.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -110,8 +110,8 @@ TEST_F(GpuModelTest, NoDeviceAllocationWhileGenerating) {
 // One rank: NCCL all-reduce is the identity and all-gather a copy, through the same interface and the
 // same comm-stream protocol that --tp N uses.
 TEST_F(GpuModelTest, NcclOneRankCollectives) {
-  ASSERT_TRUE(base::NcclHandler::instance().init(1).ok());
-  base::Communicator* comm = base::NcclHandler::instance().communicator(0);
+  ASSERT_TRUE(comm::NcclHandler::instance().init(1).ok());
+  comm::Communicator* comm = comm::NcclHandler::instance().communicator(0);
   base::CudaStream s;
   ASSERT_TRUE(s.create(0).ok());
   tensor::Tensor host = testutil::random_cpu({3, 257}, 9);
@@ -119,7 +119,7 @@ TEST_F(GpuModelTest, NcclOneRankCollectives) {
   ASSERT_TRUE(tensor::Tensor::create(base::DType::kFp32, {3, 257}, base::CUDAAllocator::get(0), &y).ok());
   ASSERT_TRUE(comm->all_reduce_sum(x, s.get()).ok());
   ASSERT_TRUE(comm->all_gather(x, y, s.get()).ok());
-  ASSERT_TRUE(base::NcclHandler::instance().wait(0, s.get()).ok());
+  ASSERT_TRUE(comm->wait(s.get()).ok());
   std::vector<double> ref(host.ptr<float>(), host.ptr<float>() + host.numel());
   EXPECT_TRUE(testutil::all_close(y, ref, 0, 0));
 }
@@ -131,8 +131,8 @@ TEST_F(GpuModelTest, OneRankNcclPathInsideTheDecodeGraph) {
   o.device = base::DeviceType::kCUDA;
   o.act_dtype = base::DType::kFp32;
   o.collectives_at_one_rank = true;
-  std::unique_ptr<model::TpRunner> r;
-  const base::Status s = model::TpRunner::create(*file_, o, 1, &r);
+  std::unique_ptr<runtime::TpRunner> r;
+  const base::Status s = runtime::TpRunner::create(*file_, o, 1, &r);
   ASSERT_TRUE(s.ok()) << s.message();
   EXPECT_EQ(testutil::greedy(*r, kPrompt, 200), cpu_greedy(*file_, 200));
 }

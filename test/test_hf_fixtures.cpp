@@ -61,7 +61,7 @@
 #include <sys/stat.h>
 #include <vector>
 
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "sampler/sampler.h"
@@ -199,11 +199,11 @@ void measure(const std::string& path, const model::ModelOptions& opts, const Exp
 
   sampler::Sampler greedy;  // temperature 0
   ASSERT_TRUE(sampler::Sampler::create({}, V, &greedy).ok());
-  model::GenerateOptions go;
+  runtime::GenerateOptions go;
   go.max_new_tokens = (int32_t)e.greedy_ids.size();
   go.stop_at_eos = false;
-  model::GenerateStats st;
-  s = model::generate(*m, greedy, e.input_ids, 0, go, logits.data(), [&](int32_t t) {
+  runtime::GenerateStats st;
+  s = runtime::generate(*m, greedy, e.input_ids, 0, go, logits.data(), [&](int32_t t) {
     out->greedy.push_back(t);
     return true;
   }, &st);

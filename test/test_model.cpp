@@ -8,7 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
@@ -111,12 +111,12 @@ TEST(Stories260K, NoAllocationWhileGenerating) {
   std::vector<float> logits(m->config().vocab_size);
   auto* alloc = m->allocator();
   const int64_t before = alloc->allocations(), bytes = alloc->bytes_in_use();
-  model::GenerateOptions go;
+  runtime::GenerateOptions go;
   go.max_new_tokens = 200;
   go.stop_at_eos = false;
-  model::GenerateStats st;
+  runtime::GenerateStats st;
   int n = 0;
-  ASSERT_TRUE(model::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t) { return ++n > 0; }, &st).ok());
+  ASSERT_TRUE(runtime::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t) { return ++n > 0; }, &st).ok());
   EXPECT_EQ(n, 200);
   EXPECT_EQ(alloc->allocations(), before);
   EXPECT_EQ(alloc->bytes_in_use(), bytes);
@@ -174,11 +174,11 @@ TEST(Stories260K, SamplingIsRepeatableWithASeed) {
     EXPECT_TRUE(sampler::Sampler::create({1.0f, 0, 0.9f, seed}, 512, &smp).ok());
     std::vector<float> logits(512);
     std::vector<int32_t> out;
-    model::GenerateOptions go;
+    runtime::GenerateOptions go;
     go.max_new_tokens = 40;
     go.stop_at_eos = false;
-    model::GenerateStats st;
-    EXPECT_TRUE(model::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t t) {
+    runtime::GenerateStats st;
+    EXPECT_TRUE(runtime::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t t) {
       out.push_back(t);
       return true;
     }, &st).ok());

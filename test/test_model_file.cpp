@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model_test_util.h"

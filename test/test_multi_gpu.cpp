@@ -2,9 +2,9 @@
 // than 2 GPUs are visible): greedy tokens of --tp 2 and --tp 4 identical to --tp 1.
 #include <gtest/gtest.h>
 
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/model_file.h"
-#include "model/tp_runner.h"
+#include "runtime/tp_runner.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -16,8 +16,8 @@ std::vector<int32_t> tp_greedy(const model::ModelFile& f, base::DType act, int t
   model::ModelOptions o;
   o.device = base::DeviceType::kCUDA;
   o.act_dtype = act;
-  std::unique_ptr<model::TpRunner> r;
-  const base::Status s = model::TpRunner::create(f, o, tp, &r);
+  std::unique_ptr<runtime::TpRunner> r;
+  const base::Status s = runtime::TpRunner::create(f, o, tp, &r);
   EXPECT_TRUE(s.ok()) << s.message();
   if (!s.ok()) return {};
   return testutil::greedy(*r, kPrompt, n);

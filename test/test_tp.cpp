@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <thread>
 
-#include "base/cpu_communicator.h"
-#include "model/tp_runner.h"
+#include "comm/cpu_communicator.h"
+#include "runtime/tp_runner.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -21,15 +21,15 @@ std::unique_ptr<model::ModelFile> stories() {
   return f;
 }
 
-std::unique_ptr<model::TpRunner> runner(const model::ModelFile& f, int tp) {
-  std::unique_ptr<model::TpRunner> r;
-  const base::Status s = model::TpRunner::create(f, {}, tp, &r);
+std::unique_ptr<runtime::TpRunner> runner(const model::ModelFile& f, int tp) {
+  std::unique_ptr<runtime::TpRunner> r;
+  const base::Status s = runtime::TpRunner::create(f, {}, tp, &r);
   EXPECT_TRUE(s.ok()) << s.message();
   return r;
 }
 
 // Logits of the last prompt token on every rank.
-std::vector<std::vector<float>> prefill_logits(model::TpRunner& r, const std::vector<int32_t>& prompt) {
+std::vector<std::vector<float>> prefill_logits(runtime::TpRunner& r, const std::vector<int32_t>& prompt) {
   std::vector<std::vector<float>> out(r.world_size(), std::vector<float>(r.config().vocab_size));
   EXPECT_TRUE(r.run([&](int rank) { return r.model(rank).prefill(prompt, 0, out[rank].data()); }).ok());
   return out;
@@ -80,8 +80,8 @@ TEST(TensorParallelCpu, OneRankWithCollectivesMatches) {
   auto f = stories();
   model::ModelOptions o;
   o.collectives_at_one_rank = true;
-  std::unique_ptr<model::TpRunner> r;
-  ASSERT_TRUE(model::TpRunner::create(*f, o, 1, &r).ok());
+  std::unique_ptr<runtime::TpRunner> r;
+  ASSERT_TRUE(runtime::TpRunner::create(*f, o, 1, &r).ok());
   EXPECT_EQ(greedy(*r, kPrompt, 60), greedy(*runner(*f, 1), kPrompt, 60));
 }
 
@@ -99,8 +99,8 @@ TEST(TensorParallelCpu, EachRankHoldsItsShare) {
 TEST(TensorParallelCpu, SizesThatDoNotDivideAreRejected) {
   KP_SKIP_WITHOUT_MODELS();
   auto f = stories();
-  std::unique_ptr<model::TpRunner> r;
-  const base::Status s = model::TpRunner::create(*f, {}, 3, &r);
+  std::unique_ptr<runtime::TpRunner> r;
+  const base::Status s = runtime::TpRunner::create(*f, {}, 3, &r);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("does not divide"), std::string::npos) << s.message();
 }
@@ -127,7 +127,7 @@ TEST(TensorParallelCpu, MoreRanksThanKvHeadsReplicatesThem) {
 
 TEST(CpuCommunicator, AllReduceAndAllGather) {
   const int world = 3;
-  base::CpuCommGroup group(world);
+  comm::CpuCommGroup group(world);
   std::vector<tensor::Tensor> x(world), g(world);
   for (int r = 0; r < world; ++r) {
     x[r] = testutil::random_cpu({7}, 100 + r);

@@ -30,11 +30,11 @@
 #include <vector>
 
 #include "base/dtype.h"
-#include "model/generator.h"
+#include "runtime/generator.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
-#include "model/tp_runner.h"
+#include "runtime/tp_runner.h"
 #include "sampler/sampler.h"
 
 namespace {
@@ -148,8 +148,8 @@ void use_model(const model::ModelFile& f, const model::Tokenizer* tok) {
   if (model_bytes(f) > kMaxModelBytes) return;
   model::ModelOptions opts;
   opts.max_seq_len = std::min(f.config().max_seq_len, 2);
-  std::unique_ptr<model::TpRunner> runner;
-  if (!model::TpRunner::create(f, opts, 1, &runner).ok()) return;
+  std::unique_ptr<runtime::TpRunner> runner;
+  if (!runtime::TpRunner::create(f, opts, 1, &runner).ok()) return;
   std::vector<int32_t> prompt = {f.config().bos_id};
   if (tok != nullptr && tok->vocab_size() == f.config().vocab_size) {
     std::vector<int32_t> ids;
@@ -157,9 +157,9 @@ void use_model(const model::ModelFile& f, const model::Tokenizer* tok) {
   }
   sampler::SamplerConfig sc;
   sc.temperature = 0.f;
-  model::GenerateOptions go;
+  runtime::GenerateOptions go;
   go.max_new_tokens = 2;
-  model::GenerateStats stats;
+  runtime::GenerateStats stats;
   const int32_t vocab = f.config().vocab_size;
   (void)runner->generate(
       sc, prompt, 0, go,

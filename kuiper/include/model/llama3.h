@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "base/buffer.h"
-#include "base/communicator.h"
+#include "comm/communicator.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/model_file.h"
@@ -31,7 +31,7 @@ struct ModelOptions {
   int32_t max_batch_tokens = 256;               // prompt tokens per prefill call (longer prompts are chunked)
   int rank = 0;
   int world_size = 1;
-  base::Communicator* comm = nullptr;           // collectives; null with one rank unless forced (TpRunner)
+  comm::Communicator* comm = nullptr;           // collectives; null with one rank unless forced (TpRunner)
   void* stream = nullptr;                       // cudaStream_t for this rank's compute (GPU)
   bool cuda_graph = true;                       // capture the decode step once, replay it (GPU)
   // TpRunner: give a single rank a one-rank communicator anyway, so that the collectives (NCCL on a
@@ -90,7 +90,8 @@ class LlamaModel {
   const Workspace& workspace() const { return ws_; }
   base::DeviceAllocator* allocator() const { return alloc_; }
   void* stream() const { return opts_.stream; }  // this rank's compute stream (null on the CPU)
-  // Waits for the work queued on the stream (no-op on the CPU).
+  // Waits for the work queued on the stream (no-op on the CPU); through the communicator when there
+  // is one, so that the wait is bounded and fails when another rank failed.
   base::Status synchronize() const;
 
  private:

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "base/buffer.h"
-#include "base/communicator.h"
+#include "comm/communicator.h"
 #include "model/model_file.h"
 #include "op/matmul.h"
 #include "tensor/tensor.h"
@@ -23,7 +23,7 @@ struct ShardSpec {
   int device_id = 0;
   int rank = 0;
   int world_size = 1;
-  base::Communicator* comm = nullptr;  // for row-parallel layers when world_size > 1
+  comm::Communicator* comm = nullptr;  // for row-parallel layers when world_size > 1
 };
 
 struct LayerWeights {

@@ -10,7 +10,7 @@
 
 #include <string>
 
-#include "base/communicator.h"
+#include "comm/communicator.h"
 #include "base/status.h"
 #include "tensor/tensor.h"
 
@@ -22,7 +22,7 @@ struct TpConfig {
   TpMode mode = TpMode::kReplicated;
   int rank = 0;
   int world_size = 1;
-  base::Communicator* comm = nullptr;  // required for kRow when world_size > 1; not owned
+  comm::Communicator* comm = nullptr;  // required for kRow when world_size > 1; not owned
 };
 
 class MatmulLayer {

@@ -48,14 +48,14 @@ Status upload(const void* src, size_t bytes, const Tensor& dst, void* stream) {
 #endif
 }
 
-Status download(const Tensor& src, void* dst, size_t bytes, void* stream) {
+// Queues a copy of a device tensor to host memory (done at once on the CPU); synchronize() waits for it.
+Status copy_to_host(const Tensor& src, void* dst, size_t bytes, void* stream) {
   if (src.device_type() == DeviceType::kCPU) {
     std::memcpy(dst, src.data(), bytes);
     return Status::Ok();
   }
 #ifdef KUIPER_WITH_CUDA
   CUDA_CHECK(cudaMemcpyAsync(dst, src.data(), bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)));
-  CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
   return Status::Ok();
 #else
   (void)stream;
@@ -168,7 +168,7 @@ Status LlamaModel::init_mem() {
 #ifdef KUIPER_WITH_CUDA
     KP_RETURN_IF_ERROR(staging_->pinned.create(n_ints * sizeof(int32_t)));
     base_ptr = static_cast<int32_t*>(staging_->pinned.data());
-    CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(opts_.stream)));
+    KP_RETURN_IF_ERROR(synchronize());
 #endif
   }
   staging_->tokens = base_ptr;
@@ -278,17 +278,22 @@ Status LlamaModel::run_step(const int32_t* tokens, int32_t n, int32_t pos, bool 
 Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits) {
   KP_RETURN_IF_ERROR(run_step(tokens, n, pos, logits != nullptr));
   if (logits == nullptr) return Status::Ok();
-  return download(ws_.logits_f32, logits, (size_t)config_.vocab_size * sizeof(float), opts_.stream);
+  KP_RETURN_IF_ERROR(copy_to_host(ws_.logits_f32, logits, (size_t)config_.vocab_size * sizeof(float), opts_.stream));
+  return synchronize();
 }
 
 Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
   KP_RETURN_IF_ERROR(run_step(&token, 1, pos, true));
-  KP_RETURN_IF_ERROR(download(ws_.next, staging_->next, sizeof(int32_t), opts_.stream));
+  KP_RETURN_IF_ERROR(copy_to_host(ws_.next, staging_->next, sizeof(int32_t), opts_.stream));
+  KP_RETURN_IF_ERROR(synchronize());
   *next = *staging_->next;
   return Status::Ok();
 }
 
+// With a communicator the wait is the communicator's: bounded, and it sees the other ranks' failures
+// (a plain cudaStreamSynchronize would wait forever for a collective whose peer is gone).
 Status LlamaModel::synchronize() const {
+  if (opts_.comm != nullptr) return opts_.comm->wait(opts_.stream);
 #ifdef KUIPER_WITH_CUDA
   if (opts_.device == DeviceType::kCUDA) CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(opts_.stream)));
 #endif

@@ -4,30 +4,17 @@
 // all_reduce_sum is a reduce-scatter + all-gather done in place: after a barrier, rank r sums chunk r
 // of every rank's buffer (in rank order 0..N-1, so every rank gets bitwise the same sum) and writes it
 // back into chunk r of every buffer; a second barrier ends the call. No scratch memory is needed.
+// The barrier is a HostBarrier: a rank that fails aborts it, a rank that hangs makes it time out, and
+// either way every rank's collective returns an error instead of waiting forever.
 #pragma once
 
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <vector>
 
-#include "base/communicator.h"
+#include "comm/communicator.h"
+#include "comm/host_barrier.h"
 
-namespace base {
-
-// A reusable barrier for a fixed number of threads.
-class HostBarrier {
- public:
-  explicit HostBarrier(int n) : n_(n) {}
-  void wait();
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  const int n_;
-  int waiting_ = 0;
-  uint64_t generation_ = 0;
-};
+namespace comm {
 
 class CpuCommGroup;
 
@@ -37,9 +24,13 @@ class CpuCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int world_size() const override;
   // On the CPU the sum is done at once, in start().
-  Status all_reduce_start(tensor::Tensor& t, void* stream) override;
-  Status all_reduce_finish(void*) override { return Status::Ok(); }
-  Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) override;
+  base::Status all_reduce_start(tensor::Tensor& t, void* stream) override;
+  base::Status all_reduce_finish(void*) override { return base::Status::Ok(); }
+  base::Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) override;
+  // Collectives are synchronous on the CPU: nothing is ever pending, only an abort can be reported.
+  base::Status wait(void* stream) override;
+  void abort(const std::string& why) override;
+  bool aborted() const override;
 
  private:
   CpuCommGroup* group_;
@@ -49,11 +40,12 @@ class CpuCommunicator final : public Communicator {
 // Owns the communicators of `world` ranks and what they share.
 class CpuCommGroup {
  public:
-  explicit CpuCommGroup(int world);
+  explicit CpuCommGroup(int world, int timeout_ms = kDefaultTimeoutMs);
   CpuCommGroup(const CpuCommGroup&) = delete;
   CpuCommGroup& operator=(const CpuCommGroup&) = delete;
   Communicator* rank(int r) { return comms_[r].get(); }
   int world_size() const { return (int)comms_.size(); }
+  void set_timeout_ms(int ms) { barrier_.set_timeout_ms(ms); }
 
  private:
   friend class CpuCommunicator;
@@ -62,4 +54,4 @@ class CpuCommGroup {
   std::vector<std::unique_ptr<CpuCommunicator>> comms_;
 };
 
-}  // namespace base
+}  // namespace comm

@@ -1,9 +1,9 @@
-#include "model/generator.h"
+#include "runtime/generator.h"
 
 #include <algorithm>
 #include <chrono>
 
-namespace model {
+namespace runtime {
 
 namespace {
 double ms_since(std::chrono::steady_clock::time_point t0) {
@@ -11,7 +11,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::vector<int32_t>& prompt,
+base::Status generate(model::LlamaModel& model, sampler::Sampler& sampler, const std::vector<int32_t>& prompt,
                       int32_t pos, const GenerateOptions& opts, float* logits, const TokenCallback& on_token,
                       GenerateStats* stats) {
   *stats = GenerateStats{};
@@ -61,4 +61,4 @@ base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::v
   return base::Status::Ok();
 }
 
-}  // namespace model
+}  // namespace runtime

@@ -11,7 +11,7 @@
 #include "model/llama3.h"
 #include "sampler/sampler.h"
 
-namespace model {
+namespace runtime {
 
 struct GenerateOptions {
   int32_t max_new_tokens = 256;
@@ -41,8 +41,8 @@ using TokenCallback = std::function<bool(int32_t token)>;
 
 // Generates from `prompt` (token ids, BOS included when wanted) starting at position `pos` of the
 // model's cache (0 for a fresh conversation). `logits` is caller-owned scratch of vocab_size floats.
-base::Status generate(LlamaModel& model, sampler::Sampler& sampler, const std::vector<int32_t>& prompt,
+base::Status generate(model::LlamaModel& model, sampler::Sampler& sampler, const std::vector<int32_t>& prompt,
                       int32_t pos, const GenerateOptions& opts, float* logits, const TokenCallback& on_token,
                       GenerateStats* stats);
 
-}  // namespace model
+}  // namespace runtime

@@ -1,0 +1,59 @@
+// Communicator: the collectives tensor parallelism needs, behind one interface so the model never
+// names NCCL. Implementations: NcclHandler's ranks (GPUs, comm/nccl_handler.h) and CpuCommunicator
+// (ranks as threads of one process, comm/cpu_communicator.h).
+//
+// Besides the collectives, a communicator owns the two things that keep a tensor-parallel run from
+// hanging: every host-side wait of a rank goes through wait() (bounded, and it sees the group's
+// errors), and abort() makes every pending and later collective of every rank of the group fail.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+#include "base/status.h"
+#include "tensor/tensor.h"
+
+namespace comm {
+
+// How long a rank may wait for its peers before the run is declared hung (milliseconds).
+constexpr int kDefaultTimeoutMs = 60000;
+
+// "60 s", "0.5 s": a timeout as the messages print it.
+inline std::string seconds_text(int ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g s", ms / 1000.0);
+  return buf;
+}
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // In place: t = sum over ranks of t. Every rank calls it with the same shape and dtype.
+  // `stream` is the caller's compute stream (cudaStream_t on GPUs); the call is asynchronous on GPUs:
+  // work queued on `stream` afterwards sees the sum, and the host does not wait.
+  virtual base::Status all_reduce_sum(tensor::Tensor& t, void* stream) {
+    KP_RETURN_IF_ERROR(all_reduce_start(t, stream));
+    return all_reduce_finish(stream);
+  }
+  // The two halves of all_reduce_sum, for overlap: start() queues the sum of t once the work queued on
+  // `stream` so far is done, without making `stream` wait for it; several starts may be in flight;
+  // finish() makes `stream` wait for all of them.
+  virtual base::Status all_reduce_start(tensor::Tensor& t, void* stream) = 0;
+  virtual base::Status all_reduce_finish(void* stream) = 0;
+  // out = concatenation of every rank's `in` along the first axis, rank 0 first.
+  virtual base::Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) = 0;
+
+  // The host waits for the work queued on `stream` (a no-op on the CPU, where collectives are
+  // synchronous). Fails, instead of waiting on, when the group was aborted, when the transport reports
+  // an error, or after timeout_ms(); the failure aborts the group so that no other rank hangs either.
+  virtual base::Status wait(void* stream) = 0;
+  // Makes every pending and later collective and wait() of every rank of the group fail with `why`.
+  // Safe to call from any thread, any number of times (the first reason is kept).
+  virtual void abort(const std::string& why) = 0;
+  // True once abort() was called on any rank of the group.
+  virtual bool aborted() const = 0;
+};
+
+}  // namespace comm

@@ -1,0 +1,203 @@
+#include "comm/nccl_handler.h"
+
+#include <chrono>
+#include <thread>
+
+namespace comm {
+
+namespace {
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::kFp32: return ncclFloat32;
+    case DType::kFp16: return ncclFloat16;
+    case DType::kBf16: return ncclBfloat16;
+    case DType::kInt8: return ncclInt8;
+    case DType::kInt32: return ncclInt32;
+  }
+  return ncclFloat32;
+}
+}  // namespace
+
+// Per rank: its communicator, comm stream and the two events of the overlap protocol.
+struct NcclHandler::Rank final : Communicator {
+  NcclHandler* handler = nullptr;
+  int index = 0;
+  ncclComm_t comm = nullptr;
+  base::CudaStream comm_stream;
+  base::CudaEvent done;     // recorded on the compute stream when the partial result is complete
+  base::CudaEvent reduced;  // recorded on the comm stream when the collective has finished
+
+  int rank() const override { return index; }
+  int world_size() const override { return handler->world_size(); }
+  Status all_reduce_start(tensor::Tensor& t, void* stream) override {
+    return handler->all_reduce_start(index, t.data(), t.data(), t.numel(), t.dtype(), static_cast<cudaStream_t>(stream));
+  }
+  Status all_reduce_finish(void* stream) override {
+    return handler->all_reduce_finish(index, static_cast<cudaStream_t>(stream));
+  }
+  Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) override {
+    if (out.numel() != in.numel() * world_size() || out.dtype() != in.dtype())
+      return base::InvalidArgument("all_gather: out must hold world_size copies of in");
+    return handler->all_gather(index, in.data(), out.data(), in.numel(), in.dtype(), static_cast<cudaStream_t>(stream));
+  }
+  Status wait(void* stream) override { return handler->wait(index, static_cast<cudaStream_t>(stream)); }
+  void abort(const std::string& why) override { handler->abort(why); }
+  bool aborted() const override { return handler->aborted(); }
+};
+
+NcclHandler& NcclHandler::instance() {
+  static NcclHandler h;
+  return h;
+}
+
+NcclHandler::~NcclHandler() { shutdown(); }
+
+void NcclHandler::destroy_locked() {
+  // Aborted communicators were already torn down by ncclCommAbort.
+  if (!aborted())
+    for (auto& r : ranks_)
+      if (r->comm) ncclCommDestroy(r->comm);
+  ranks_.clear();
+  aborted_.store(false, std::memory_order_release);
+  why_.clear();
+}
+
+void NcclHandler::shutdown() {
+  std::lock_guard<std::mutex> lock(mu_);
+  destroy_locked();
+}
+
+Status NcclHandler::init(int world) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if ((int)ranks_.size() == world && !aborted()) return Status::Ok();
+  // Another world size, or communicators an earlier failure aborted: start afresh (nothing may still
+  // be using the old ones).
+  destroy_locked();
+  int prev_device = 0;
+  cudaGetDevice(&prev_device);
+  std::vector<ncclComm_t> comms(world);
+  std::vector<int> devs(world);
+  for (int i = 0; i < world; ++i) devs[i] = i;
+  NCCL_CHECK(ncclCommInitAll(comms.data(), world, devs.data()));
+  for (int i = 0; i < world; ++i) {
+    auto r = std::make_unique<Rank>();
+    r->handler = this;
+    r->index = i;
+    r->comm = comms[i];
+    KP_RETURN_IF_ERROR(r->comm_stream.create(i));
+    KP_RETURN_IF_ERROR(r->done.create(i));
+    KP_RETURN_IF_ERROR(r->reduced.create(i));
+    ranks_.push_back(std::move(r));
+  }
+  // One all-reduce of one float on every rank, driven from this thread as one NCCL group: NCCL makes
+  // its peer connections now, not inside the first decode step, and a broken setup fails here.
+  std::vector<float*> probe(world, nullptr);
+  Status s;
+  for (int i = 0; i < world && s.ok(); ++i) {
+    cudaSetDevice(i);
+    if (cudaMalloc(&probe[i], sizeof(float)) != cudaSuccess || cudaMemset(probe[i], 0, sizeof(float)) != cudaSuccess)
+      s = base::cuda_error(cudaGetLastError(), "cudaMalloc(probe)", __FILE__, __LINE__);
+  }
+  if (s.ok()) {
+    ncclGroupStart();
+    for (int i = 0; i < world; ++i)
+      ncclAllReduce(probe[i], probe[i], 1, ncclFloat32, ncclSum, comms[i], ranks_[i]->comm_stream.get());
+    const ncclResult_t nr = ncclGroupEnd();
+    if (nr != ncclSuccess) s = Status(base::StatusCode::kCommError, std::string("NCCL error '") + ncclGetErrorString(nr) +
+                                                                       "' in the first all-reduce of " + std::to_string(world) + " GPUs");
+  }
+  for (int i = 0; i < world; ++i) {
+    if (s.ok()) s = wait(i, ranks_[i]->comm_stream.get());
+    cudaSetDevice(i);
+    cudaFree(probe[i]);
+  }
+  cudaSetDevice(prev_device);
+  return s;
+}
+
+Communicator* NcclHandler::communicator(int rank) { return ranks_.at(rank).get(); }
+
+Status NcclHandler::abort_status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return Status(base::StatusCode::kCommError, why_);
+}
+
+// compute: [record done]      comm: [wait done] ncclAllReduce      (the host returns at once)
+Status NcclHandler::all_reduce_start(int rank, const void* send, void* recv, size_t count, DType dtype,
+                                     cudaStream_t stream) {
+  if (aborted()) return abort_status();
+  Rank& r = *ranks_.at(rank);
+  CUDA_CHECK(cudaEventRecord(r.done.get(), stream));
+  CUDA_CHECK(cudaStreamWaitEvent(r.comm_stream.get(), r.done.get(), 0));
+  NCCL_CHECK(ncclAllReduce(send, recv, count, nccl_type(dtype), ncclSum, r.comm, r.comm_stream.get()));
+  return Status::Ok();
+}
+
+// comm: [record reduced]      compute: [wait reduced]   (covers every all-reduce started before)
+Status NcclHandler::all_reduce_finish(int rank, cudaStream_t stream) {
+  if (aborted()) return abort_status();
+  Rank& r = *ranks_.at(rank);
+  CUDA_CHECK(cudaEventRecord(r.reduced.get(), r.comm_stream.get()));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, r.reduced.get(), 0));
+  return Status::Ok();
+}
+
+Status NcclHandler::all_gather(int rank, const void* send, void* recv, size_t count, DType dtype,
+                               cudaStream_t stream) {
+  if (aborted()) return abort_status();
+  Rank& r = *ranks_.at(rank);
+  CUDA_CHECK(cudaEventRecord(r.done.get(), stream));
+  CUDA_CHECK(cudaStreamWaitEvent(r.comm_stream.get(), r.done.get(), 0));
+  NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), r.comm, r.comm_stream.get()));
+  CUDA_CHECK(cudaEventRecord(r.reduced.get(), r.comm_stream.get()));
+  CUDA_CHECK(cudaStreamWaitEvent(stream, r.reduced.get(), 0));
+  return Status::Ok();
+}
+
+// No lock is held around ncclCommAbort: a rank can be blocked inside NCCL (waiting for a peer that
+// died), and the abort is what releases it. The flag goes up first, so no rank starts a new call.
+void NcclHandler::abort(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted()) return;
+    why_ = why + " (every NCCL communicator was aborted)";
+    aborted_.store(true, std::memory_order_release);
+  }
+  for (auto& r : ranks_)
+    if (r->comm) ncclCommAbort(r->comm);
+}
+
+Status NcclHandler::wait(int rank, cudaStream_t stream) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::milliseconds(timeout_ms_);
+  Rank& r = *ranks_.at(rank);
+  for (;;) {
+    if (aborted()) return abort_status();
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q == cudaSuccess) return Status::Ok();
+    if (q != cudaErrorNotReady) {
+      const Status err = base::cuda_error(q, "cudaStreamQuery (waiting for the stream)", __FILE__, __LINE__);
+      abort("rank " + std::to_string(rank) + ": " + err.message());
+      return err;
+    }
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(r.comm, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      abort("rank " + std::to_string(rank) + ": NCCL reported '" + ncclGetErrorString(async) + "'");
+      return abort_status();
+    }
+    const auto now = Clock::now();
+    if (now > deadline) {
+      abort("rank " + std::to_string(rank) + ": the GPU work of a step did not finish within " +
+            seconds_text(timeout_ms_) + " (a rank failed or hung)");
+      return abort_status();
+    }
+    // Spin for the first milliseconds (a decode step is ~1-20 ms and the token is wanted at once),
+    // then poll gently.
+    if (now - t0 < std::chrono::milliseconds(20)) std::this_thread::yield();
+    else std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+}  // namespace comm

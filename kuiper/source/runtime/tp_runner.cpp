@@ -1,0 +1,191 @@
+#include "runtime/tp_runner.h"
+
+#include <atomic>
+#include <mutex>
+
+#include "comm/cpu_communicator.h"
+#include "comm/host_barrier.h"
+
+#ifdef KUIPER_WITH_CUDA
+#include "base/cuda_utils.h"
+#include "comm/nccl_handler.h"
+#endif
+
+namespace runtime {
+
+using base::Status;
+
+struct TpRunner::Impl {
+  int world = 1;
+  base::DeviceType device = base::DeviceType::kCPU;
+  int device_id = 0;  // the GPU of a one-rank run
+  std::unique_ptr<comm::CpuCommGroup> cpu_group;
+  std::vector<comm::Communicator*> comms;  // one per rank (null with one rank)
+#ifdef KUIPER_WITH_CUDA
+  std::vector<std::unique_ptr<base::CudaStream>> streams;
+#endif
+  std::unique_ptr<comm::HostBarrier> barrier;  // generate(): rank 0's stop decision reaches every rank
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  Status first_error;  // guarded by mu
+  std::unique_ptr<RankThreads> threads;  // world > 1; declared last, so joined before the rest goes
+
+  // Called on the failing rank's thread: the first failure is the run's answer, and every other rank
+  // is stopped now (its collectives and waits fail) instead of waiting for a peer that will not come.
+  void fail(int rank, const Status& s) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_error.ok())
+        // Communication errors already say which rank saw what; others get the rank prepended.
+        first_error = s.code() == base::StatusCode::kCommError
+                          ? s
+                          : Status(s.code(), "rank " + std::to_string(rank) + ": " + s.message());
+    }
+    const std::string why = first_error_message();
+    if (comms[rank] != nullptr) comms[rank]->abort(why);
+    barrier->abort(why);
+  }
+  std::string first_error_message() {
+    std::lock_guard<std::mutex> lock(mu);
+    return first_error.message();
+  }
+};
+
+TpRunner::~TpRunner() {
+  if (impl_) impl_->threads.reset();  // join the rank threads before their models go
+}
+
+comm::Communicator* TpRunner::comm(int rank) const { return impl_->comms.at(rank); }
+
+void TpRunner::set_timeout_ms(int ms) {
+  impl_->barrier->set_timeout_ms(ms);
+  if (impl_->cpu_group) impl_->cpu_group->set_timeout_ms(ms);
+#ifdef KUIPER_WITH_CUDA
+  if (impl_->device == base::DeviceType::kCUDA && impl_->comms[0] != nullptr) comm::NcclHandler::instance().set_timeout_ms(ms);
+#endif
+}
+
+namespace {
+// Makes the communicators of `world` ranks: a CPU group, or NCCL over GPUs 0..world-1.
+Status make_comms(const model::ModelOptions& opts, int world, std::unique_ptr<comm::CpuCommGroup>* cpu,
+                  std::vector<comm::Communicator*>* comms) {
+  comms->assign(world, nullptr);
+  const bool collectives = world > 1 || opts.collectives_at_one_rank;
+  if (!collectives) return Status::Ok();
+  if (opts.device == base::DeviceType::kCPU) {
+    *cpu = std::make_unique<comm::CpuCommGroup>(world);
+    for (int i = 0; i < world; ++i) (*comms)[i] = (*cpu)->rank(i);
+    return Status::Ok();
+  }
+#ifdef KUIPER_WITH_CUDA
+  KP_RETURN_IF_ERROR(comm::NcclHandler::instance().init(world));
+  for (int i = 0; i < world; ++i) (*comms)[i] = comm::NcclHandler::instance().communicator(i);
+  return Status::Ok();
+#else
+  return base::Unsupported("this build has no CUDA support");
+#endif
+}
+}  // namespace
+
+Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions& opts, int world,
+                        std::unique_ptr<TpRunner>* out) {
+  if (world < 1) return base::InvalidArgument("--tp must be at least 1");
+  std::unique_ptr<TpRunner> r(new TpRunner());
+  r->impl_ = std::make_unique<Impl>();
+  Impl& im = *r->impl_;
+  im.world = world;
+  im.device = opts.device;
+  im.device_id = opts.device_id;
+  im.barrier = std::make_unique<comm::HostBarrier>(world);
+#ifdef KUIPER_WITH_CUDA
+  if (opts.device == base::DeviceType::kCUDA) {
+    const int gpus = base::cuda_device_count();
+    if (gpus == 0) return base::Unsupported("--device cuda: no CUDA GPU is visible");
+    if (world > gpus)
+      return base::InvalidArgument("--tp " + std::to_string(world) + " needs " + std::to_string(world) +
+                                   " GPUs; " + std::to_string(gpus) + " visible");
+    im.streams.resize(world);
+  }
+#else
+  if (opts.device == base::DeviceType::kCUDA) return base::Unsupported("this build has no CUDA support");
+#endif
+  KP_RETURN_IF_ERROR(make_comms(opts, world, &im.cpu_group, &im.comms));
+
+  // Rank threads: each binds its GPU once, for good.
+  if (world > 1) {
+    auto bind = [&](int rank) -> Status {
+#ifdef KUIPER_WITH_CUDA
+      if (opts.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(rank));
+#endif
+      (void)rank;
+      return Status::Ok();
+    };
+    KP_RETURN_IF_ERROR(RankThreads::start(world, bind, [&im](int rank, const Status& s) { im.fail(rank, s); },
+                                          &im.threads));
+  }
+  r->models_.resize(world);
+  KP_RETURN_IF_ERROR(r->run([&](int rank) -> Status {
+    model::ModelOptions o = opts;
+    o.rank = rank;
+    o.world_size = world;
+    o.comm = im.comms[rank];
+    if (rank != 0) o.load_progress = nullptr;
+#ifdef KUIPER_WITH_CUDA
+    if (opts.device == base::DeviceType::kCUDA) {
+      o.device_id = world > 1 ? rank : opts.device_id;
+      im.streams[rank] = std::make_unique<base::CudaStream>();
+      KP_RETURN_IF_ERROR(im.streams[rank]->create(o.device_id));
+      o.stream = im.streams[rank]->get();
+    }
+#endif
+    return model::LlamaModel::create(file, o, &r->models_[rank]);
+  }));
+  *out = std::move(r);
+  return Status::Ok();
+}
+
+Status TpRunner::run(RankFn fn) {
+  Impl& im = *impl_;
+  if (im.world == 1) {
+#ifdef KUIPER_WITH_CUDA
+    if (im.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.device_id));
+#endif
+    return fn(0);
+  }
+  {
+    std::lock_guard<std::mutex> lock(im.mu);
+    if (!im.first_error.ok()) return im.first_error;  // spent by an earlier failure
+  }
+  im.threads->run(fn);
+  std::lock_guard<std::mutex> lock(im.mu);
+  return im.first_error;  // set by Impl::fail from the first rank that failed
+}
+
+Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vector<int32_t>& prompt, int32_t pos,
+                          const GenerateOptions& opts, const TokenCallback& on_token, GenerateStats* stats) {
+  const int world = world_size();
+  Impl& im = *impl_;
+  im.stop = false;
+  std::vector<GenerateStats> st(world);
+  return run([&](int rank) -> Status {
+    sampler::Sampler smp;
+    KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp));
+    std::vector<float> logits(config().vocab_size);
+    Status barrier_status;
+    auto cb = [&](int32_t tok) {
+      if (world == 1) return on_token(tok);
+      if (rank == 0 && !on_token(tok)) im.stop = true;
+      // Rank 0's answer for this token is visible to all after the first wait; everyone has read it
+      // before a later token may change it after the second.
+      barrier_status = im.barrier->wait(rank);
+      const bool stop = im.stop.load();
+      if (barrier_status.ok()) barrier_status = im.barrier->wait(rank);
+      return barrier_status.ok() && !stop;
+    };
+    Status s = runtime::generate(*models_[rank], smp, prompt, pos, opts, logits.data(), cb, &st[rank]);
+    if (rank == 0) *stats = st[0];
+    return s.ok() ? barrier_status : s;
+  });
+}
+
+}  // namespace runtime
