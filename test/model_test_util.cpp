@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include "runtime/generator.h"
 #include "sampler/sampler.h"
 
@@ -37,6 +40,52 @@ std::vector<int32_t> greedy(runtime::TpRunner& r, const std::vector<int32_t>& pr
     out.push_back(t);
     return true;
   }, &st);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return out;
+}
+
+FaultRun run_with_fault(runtime::TpRunner& r, const std::vector<int32_t>& prompt, int steps, int bad_rank,
+                        int at_step, int hang_ms) {
+  FaultRun out;
+  out.per_rank.resize(r.world_size());
+  out.seconds.assign(r.world_size(), -1);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto body = [&](int rank) -> base::Status {
+    model::LlamaModel& m = r.model(rank);
+    std::vector<float> logits(m.config().vocab_size);
+    KP_RETURN_IF_ERROR(m.prefill(prompt, 0, logits.data()));
+    int32_t tok = prompt.back();
+    for (int i = 0; i < steps; ++i) {
+      if (rank == bad_rank && i == at_step) {
+        if (hang_ms == 0) return base::Internal("injected failure");
+        std::this_thread::sleep_for(std::chrono::milliseconds(hang_ms));
+        return base::Status::Ok();
+      }
+      KP_RETURN_IF_ERROR(m.decode_greedy(tok, (int32_t)prompt.size() + i, &tok));
+    }
+    return base::Status::Ok();
+  };
+  out.status = r.run([&](int rank) {
+    out.per_rank[rank] = body(rank);
+    out.seconds[rank] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return out.per_rank[rank];
+  });
+  return out;
+}
+
+std::vector<std::vector<float>> logits_trace(runtime::TpRunner& r, const std::vector<int32_t>& prompt,
+                                             const std::vector<int32_t>& feed) {
+  const int vocab = r.config().vocab_size;
+  std::vector<std::vector<float>> out(feed.size() + 1, std::vector<float>(vocab));
+  std::vector<std::vector<float>> scratch(r.world_size(), std::vector<float>(vocab));  // ranks > 0
+  const base::Status s = r.run([&](int rank) -> base::Status {
+    model::LlamaModel& m = r.model(rank);
+    auto dst = [&](size_t row) { return rank == 0 ? out[row].data() : scratch[rank].data(); };
+    KP_RETURN_IF_ERROR(m.prefill(prompt, 0, dst(0)));
+    for (size_t i = 0; i < feed.size(); ++i)
+      KP_RETURN_IF_ERROR(m.forward(&feed[i], 1, (int32_t)(prompt.size() + i), dst(i + 1)));
+    return base::Status::Ok();
+  });
   EXPECT_TRUE(s.ok()) << s.message();
   return out;
 }

@@ -14,4 +14,22 @@ std::vector<int32_t> greedy(model::LlamaModel& m, const std::vector<int32_t>& pr
 // The same with every rank of a tensor-parallel runner.
 std::vector<int32_t> greedy(runtime::TpRunner& r, const std::vector<int32_t>& prompt, int n);
 
+// Fault injection into one rank of a tensor-parallel run. Every rank prefills `prompt` and then
+// decodes greedily, `steps` tokens; rank `bad_rank` leaves at decode step `at_step`: with hang_ms == 0
+// it returns an error at once ("injected failure"), else it sleeps hang_ms (a rank that hangs) and
+// then returns without error. The other ranks are left waiting inside a collective.
+struct FaultRun {
+  base::Status status;                  // what TpRunner::run returned
+  std::vector<base::Status> per_rank;   // what each rank's function returned
+  std::vector<double> seconds;          // when each rank's function returned, from the start
+};
+FaultRun run_with_fault(runtime::TpRunner& r, const std::vector<int32_t>& prompt, int steps, int bad_rank,
+                        int at_step, int hang_ms);
+
+// Per-step fp32 logits over `steps` decode steps after `prompt`, feeding the tokens `feed` (teacher
+// forcing, so that two runs compare step by step even where their greedy choices would differ):
+// row 0 is the prompt's last-token logits, row i + 1 the logits after feeding feed[i]. Rank 0's.
+std::vector<std::vector<float>> logits_trace(runtime::TpRunner& r, const std::vector<int32_t>& prompt,
+                                             const std::vector<int32_t>& feed);
+
 }  // namespace testutil

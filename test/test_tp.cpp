@@ -4,11 +4,14 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 #include <thread>
 
 #include "comm/cpu_communicator.h"
+#include "comm/host_barrier.h"
 #include "runtime/tp_runner.h"
 #include "model_test_util.h"
 #include "test_util.h"
@@ -123,6 +126,81 @@ TEST(TensorParallelCpu, MoreRanksThanKvHeadsReplicatesThem) {
     EXPECT_EQ(greedy(*r, kPrompt, 40), ref) << "tp " << tp;
   }
   std::remove(out.c_str());
+}
+
+// A rank that fails ends the whole run at once: the other ranks are inside a collective waiting for it,
+// and the runner's abort must release them long before the 60 s timeout.
+TEST(TensorParallelCpu, FailingRankStopsEveryRankWithinSeconds) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  for (int tp : {2, 4}) {
+    auto r = runner(*f, tp);
+    const testutil::FaultRun fr = testutil::run_with_fault(*r, kPrompt, 200, 1, 5, 0);
+    EXPECT_FALSE(fr.status.ok());
+    EXPECT_EQ(fr.status.message(), "rank 1: injected failure") << "tp " << tp;
+    for (int rank = 0; rank < tp; ++rank) {
+      EXPECT_FALSE(fr.per_rank[rank].ok()) << "rank " << rank << " of tp " << tp << " went on after rank 1 failed";
+      EXPECT_LT(fr.seconds[rank], 5.0) << "rank " << rank << " of tp " << tp;
+    }
+    // The runner is spent: a later run fails at once with the same cause.
+    EXPECT_EQ(r->run([](int) { return base::Status::Ok(); }).message(), "rank 1: injected failure");
+  }
+}
+
+// A rank that hangs (never reaches the next collective) is caught by the timeout: the waiting ranks
+// fail after it, with a message that says so, instead of waiting for ever.
+TEST(TensorParallelCpu, HangingRankIsCaughtByTheTimeout) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  auto r = runner(*f, 2);
+  r->set_timeout_ms(500);
+  const testutil::FaultRun fr = testutil::run_with_fault(*r, kPrompt, 200, 1, 5, 3000);
+  EXPECT_FALSE(fr.status.ok());
+  EXPECT_NE(fr.status.message().find("rank 0: the other ranks did not reach a collective within 0.5 s"),
+            std::string::npos)
+      << fr.status.message();
+  EXPECT_FALSE(fr.per_rank[0].ok());
+  EXPECT_LT(fr.seconds[0], 2.5);  // 0.5 s timeout plus the prefill and a few decode steps
+}
+
+// An exception thrown inside a rank becomes that rank's error, and it stops the others too.
+TEST(TensorParallelCpu, ExceptionInARankBecomesAnError) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  auto r = runner(*f, 2);
+  const base::Status s = r->run([&](int rank) -> base::Status {
+    if (rank == 1) throw std::runtime_error("boom");
+    std::vector<float> logits(r->config().vocab_size);
+    return r->model(rank).prefill(kPrompt, 0, logits.data());  // waits for rank 1 in its all-reduce
+  });
+  EXPECT_EQ(s.message(), "rank 1: exception: boom");
+}
+
+TEST(HostBarrier, ReleasesWhenAllArriveFailsOnAbortAndOnTimeout) {
+  comm::HostBarrier b(2, 300);
+  base::Status s1;
+  std::thread t([&] { s1 = b.wait(1); });
+  EXPECT_TRUE(b.wait(0).ok());
+  t.join();
+  EXPECT_TRUE(s1.ok());
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const base::Status late = b.wait(0);  // nobody else comes
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_FALSE(late.ok());
+  EXPECT_GE(waited, 0.29);
+  EXPECT_LT(waited, 2.0);
+  EXPECT_EQ(late.message(), "rank 0: the other ranks did not reach a collective within 0.3 s (a rank failed or hung)");
+  EXPECT_FALSE(b.wait(1).ok());  // aborted for good
+
+  comm::HostBarrier c(3);
+  std::vector<base::Status> st(2);
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < 2; ++i) waiters.emplace_back([&, i] { st[i] = c.wait(i); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  c.abort("rank 2: gave up");
+  for (auto& w : waiters) w.join();
+  for (const auto& x : st) EXPECT_EQ(x.message(), "rank 2: gave up");
 }
 
 TEST(CpuCommunicator, AllReduceAndAllGather) {
