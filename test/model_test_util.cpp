@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
+#include <random>
 #include <thread>
 
 #include "runtime/generator.h"
@@ -42,6 +44,34 @@ std::vector<int32_t> greedy(runtime::TpRunner& r, const std::vector<int32_t>& pr
   }, &st);
   EXPECT_TRUE(s.ok()) << s.message();
   return out;
+}
+
+bool write_random_llama2c(const std::string& path, const RandomShape& c, uint32_t seed) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return false;
+  const int32_t header[7] = {c.dim, c.hidden, c.layers, c.heads, c.kv_heads, c.vocab, c.seq_len};
+  bool ok = std::fwrite(header, sizeof header, 1, f) == 1;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-0.15f, 0.15f);
+  auto put = [&](int64_t n, bool ones) {
+    std::vector<float> v(n);
+    for (float& x : v) x = ones ? 1.f : u(rng);
+    ok = ok && std::fwrite(v.data(), sizeof(float), v.size(), f) == v.size();
+  };
+  const int64_t L = c.layers, D = c.dim, F = c.hidden, kv = (int64_t)c.dim / c.heads * c.kv_heads;
+  put((int64_t)c.vocab * D, false);                  // tok_embeddings [vocab, dim] (tied classifier)
+  put(L * D, true);                                  // attention_norm
+  put(L * D * D, false);                             // wq
+  put(L * kv * D, false);                            // wk
+  put(L * kv * D, false);                            // wv
+  put(L * D * D, false);                             // wo
+  put(L * D, true);                                  // ffn_norm
+  put(L * F * D, false);                             // w1
+  put(L * D * F, false);                             // w2
+  put(L * F * D, false);                             // w3
+  put(D, true);                                      // norm
+  put((int64_t)c.seq_len * (D / c.heads), false);    // freq_cis_real + imag (unused by the engine)
+  return std::fclose(f) == 0 && ok;
 }
 
 FaultRun run_with_fault(runtime::TpRunner& r, const std::vector<int32_t>& prompt, int steps, int bad_rank,

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "model/llama3.h"
@@ -13,6 +14,14 @@ namespace testutil {
 std::vector<int32_t> greedy(model::LlamaModel& m, const std::vector<int32_t>& prompt, int n);
 // The same with every rank of a tensor-parallel runner.
 std::vector<int32_t> greedy(runtime::TpRunner& r, const std::vector<int32_t>& prompt, int n);
+
+// Writes a llama2.c "version 0" checkpoint with seeded random weights (uniform in +-0.15, norms 1)
+// to `path`: a model of any shape for tests that compare the engine with itself (e.g. fewer KV heads
+// than tensor-parallel ranks). Returns false when the file cannot be written.
+struct RandomShape {
+  int dim = 64, hidden = 160, layers = 2, heads = 4, kv_heads = 1, vocab = 512, seq_len = 256;
+};
+bool write_random_llama2c(const std::string& path, const RandomShape& shape, uint32_t seed);
 
 // Fault injection into one rank of a tensor-parallel run. Every rank prefills `prompt` and then
 // decodes greedily, `steps` tokens; rank `bad_rank` leaves at decode step `at_step`: with hang_ms == 0

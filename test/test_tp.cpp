@@ -128,6 +128,21 @@ TEST(TensorParallelCpu, MoreRanksThanKvHeadsReplicatesThem) {
   std::remove(out.c_str());
 }
 
+// One KV head (a random llama2.c model written by the test) over 2 and 4 ranks: replicated.
+TEST(TensorParallelCpu, OneKvHeadOverSeveralRanks) {
+  const std::string path = testing::TempDir() + "/tp_mqa_" + std::to_string(getpid()) + ".bin";
+  ASSERT_TRUE(testutil::write_random_llama2c(path, {}, 7));
+  std::unique_ptr<model::ModelFile> f;
+  ASSERT_TRUE(model::ModelFile::open(path, &f).ok());
+  const auto ref = greedy(*runner(*f, 1), kPrompt, 60);
+  for (int tp : {2, 4}) {
+    auto r = runner(*f, tp);
+    EXPECT_EQ(r->model(tp - 1).weights().n_kv_heads_local, 1);
+    EXPECT_EQ(greedy(*r, kPrompt, 60), ref) << "tp " << tp;
+  }
+  std::remove(path.c_str());
+}
+
 // A rank that fails ends the whole run at once: the other ranks are inside a collective waiting for it,
 // and the runner's abort must release them long before the 60 s timeout.
 TEST(TensorParallelCpu, FailingRankStopsEveryRankWithinSeconds) {
