@@ -18,6 +18,7 @@
 
 #include "app_common.h"
 #include "model/model_file.h"
+#include "runtime/comm_timing.h"
 #include "runtime/tp_runner.h"
 #include "op/kernels.h"
 
@@ -180,39 +181,18 @@ int run() {
   }
   const double pf = median(prefill_ms), dc = median(decode_ms);
 
-  // Communication per decode token, timed on its own with the decode step's message sizes: two
-  // all-reduces of [1, dim] per layer and one all-gather of the logits. Decode time minus this is the
-  // compute share (batch-1 decode cannot overlap the two: each op needs the sum before it).
-  double comm_ms = -1;
+  // Communication per decode token, timed on its own with the decode step's message sizes (decode time
+  // minus this is the compute share: batch-1 decode cannot overlap the two), and the latency of one
+  // all-reduce of 8 KB and 16 KB (the [1, dim] vector of a 7B/8B and a 70B model in 16 bits) inside a
+  // CUDA graph, as the decode graph issues it.
+  double comm_ms = -1, ar8_us = -1, ar16_us = -1;
   if (runner->comm(0) != nullptr) {
-    std::vector<double> per_rank(runner->world_size());
-    const int iters = 20;
-    auto s = runner->run([&](int rank) -> base::Status {
-      comm::Communicator* comm = runner->comm(rank);
-      const tensor::Tensor& like = runner->model(rank).workspace().x;
-      base::DeviceAllocator* alloc = runner->model(rank).allocator();
-      tensor::Tensor x, part, all;
-      KP_RETURN_IF_ERROR(tensor::Tensor::create(like.dtype(), {1, cfg.dim}, alloc, &x));
-      const int64_t v_local = cfg.vocab_size / runner->world_size();
-      KP_RETURN_IF_ERROR(tensor::Tensor::create(like.dtype(), {1, v_local}, alloc, &part));
-      KP_RETURN_IF_ERROR(tensor::Tensor::create(like.dtype(), {1, (int64_t)cfg.vocab_size}, alloc, &all));
-      KP_RETURN_IF_ERROR(kernel::fill_random(x, 1, 1.f, runner->model(rank).stream()));
-      KP_RETURN_IF_ERROR(kernel::fill_random(part, 2, 1.f, runner->model(rank).stream()));
-      void* stream = runner->model(rank).stream();
-      auto step = [&]() -> base::Status {
-        for (int l = 0; l < 2 * cfg.n_layers; ++l) KP_RETURN_IF_ERROR(comm->all_reduce_sum(x, stream));
-        return comm->all_gather(part, all, stream);
-      };
-      KP_RETURN_IF_ERROR(step());  // warm-up
-      KP_RETURN_IF_ERROR(runner->model(rank).synchronize());
-      auto t0 = Clock::now();
-      for (int i = 0; i < iters; ++i) KP_RETURN_IF_ERROR(step());
-      KP_RETURN_IF_ERROR(runner->model(rank).synchronize());
-      per_rank[rank] = ms(t0, Clock::now()) / iters;
-      return base::Status::Ok();
-    });
+    const base::DType dt = opts.act_dtype;
+    const int64_t esz = (int64_t)base::dtype_size(dt);
+    base::Status s = runtime::time_decode_comm_ms(*runner, &comm_ms);
+    if (s.ok()) s = runtime::time_all_reduce_us(*runner, 8192 / esz, dt, &ar8_us);
+    if (s.ok()) s = runtime::time_all_reduce_us(*runner, 16384 / esz, dt, &ar16_us);
     if (!s.ok()) return app::fail(1, s.message());
-    comm_ms = *std::max_element(per_rank.begin(), per_rank.end());
   }
   const double prefill_tps = FLAGS_prompt_len * 1e3 / pf, decode_tps = FLAGS_gen * 1e3 / dc;
 
@@ -245,6 +225,9 @@ int run() {
     std::printf("split       communication %.3f ms/token (%d all-reduces of [1, %d] + 1 all-gather, timed alone), "
                 "compute %.3f ms/token\n",
                 comm_ms, 2 * cfg.n_layers, cfg.dim, std::max(0.0, dc / FLAGS_gen - comm_ms));
+  if (ar8_us >= 0)
+    std::printf("all-reduce  one of 8 KB: %.1f us, one of 16 KB: %.1f us (%s, %s)\n", ar8_us, ar16_us,
+                base::dtype_name(opts.act_dtype), cuda ? "inside a CUDA graph" : "plain calls on the CPU");
   std::printf("bandwidth   %.3f GB read per token -> %.0f GB/s achieved", bytes_per_token / 1e9, achieved);
   if (bw > 0)
     std::printf(" of %.0f GB/s measured copy bandwidth = %.1f%% (limit %.1f tokens/s)", bw, 100.0 * achieved / bw,
