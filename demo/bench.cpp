@@ -211,8 +211,9 @@ int run() {
 
   std::printf("model       %s\n", FLAGS_shape.empty() ? file->path().c_str() : (FLAGS_shape + " (synthetic)").c_str());
   std::printf("config      %s\n", cfg.summary().c_str());
-  std::printf("device      %s x%d, activations %s, cuda_graph %s\n", cuda ? "cuda" : "cpu", runner->world_size(),
-              base::dtype_name(opts.act_dtype), cuda && FLAGS_cuda_graph ? "on" : "off");
+  std::printf("device      %s x%d, activations %s, cuda_graph %s, all-reduce %s\n", cuda ? "cuda" : "cpu",
+              runner->world_size(), base::dtype_name(opts.act_dtype), cuda && FLAGS_cuda_graph ? "on" : "off",
+              runner->all_reduce_used());
   std::printf("load        %.0f ms\n", load_ms);
   std::printf("memory      weights %.2f GiB, KV cache %.3f GiB, workspace %.3f GiB (%.1f%% of weights)",
               weight_bytes / 1073741824.0, kv_block / 1073741824.0, ws / 1073741824.0, 100.0 * ws / weight_bytes);

@@ -19,24 +19,25 @@ run_tests() {
   local rc=0
   python3 test/export_hf_fixtures.py "$KUIPER_HF_EXPORTS" --shared "$KUIPER_SHARED_DIR" > /tmp/hf_exports.log 2>&1 ||
     { echo "hf exports failed:"; tail -5 /tmp/hf_exports.log; }
+  # Every program under `timeout`: a hang costs minutes, not the whole call.
   for t in test_cuda_kernels test_gpu_model test_multi_gpu; do
     echo "== $t"
-    $bin/$t --gtest_brief=1 2>&1 | tail -25 || rc=1
+    timeout 240 $bin/$t --gtest_brief=1 2>&1 | tail -25 || rc=1
   done
   echo "== test_hf_fixtures (CUDA)"
-  $bin/test_hf_fixtures --gtest_filter='HfFixtures.Cuda*' 2>&1 | tail -30 || rc=1
+  timeout 120 $bin/test_hf_fixtures --gtest_filter='HfFixtures.Cuda*' 2>&1 | tail -30 || rc=1
   echo "== llama_infer: cuda vs cpu, stories260K greedy"
   local S=.gpu/shared/models/stories260K t=/tmp/gen
   mkdir -p $t
   $bin/llama_infer --model $S/stories260K.bin --tokenizer $S/tok512.model --prompt "Once upon a time" \
     --temperature 0 --n 200 --device cpu > $t/cpu.txt 2>$t/cpu.err
   for dt in fp32 bf16 fp16; do
-    $bin/llama_infer --model $S/stories260K.bin --tokenizer $S/tok512.model --prompt "Once upon a time" \
+    timeout 60 $bin/llama_infer --model $S/stories260K.bin --tokenizer $S/tok512.model --prompt "Once upon a time" \
       --temperature 0 --n 200 --device cuda --dtype $dt > $t/cuda_$dt.txt 2>$t/cuda_$dt.err
     if cmp -s $t/cpu.txt $t/cuda_$dt.txt; then echo "cuda $dt: identical to cpu"; else echo "cuda $dt: differs from cpu"; fi
     tail -1 $t/cuda_$dt.err
   done
-  $bin/llama_infer --model models/storyteller.bin --prompt "Once upon a time" --n 120 --device cuda --seed 5 2>&1 | tail -3
+  timeout 60 $bin/llama_infer --model models/storyteller.bin --prompt "Once upon a time" --n 120 --device cuda --seed 5 2>&1 | tail -3
   return $rc
 }
 

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -25,12 +26,37 @@
 
 namespace runtime {
 
+// Which all-reduce the ranks of a GPU run use.
+enum class AllReduce {
+  kAuto,    // the peer all-reduce where every pair of GPUs has peer access, else NCCL
+  kCustom,  // the one-shot peer all-reduce (comm/peer_communicator.h); fails where it cannot run
+  kNccl,    // NCCL (NcclHandler)
+};
+bool parse_all_reduce(const std::string& s, AllReduce* out);  // "auto", "custom", "nccl"
+const char* all_reduce_name(AllReduce a);
+
+struct TpOptions {
+  int world = 1;
+  // GPU of each rank (empty: rank r on GPU r). A GPU may appear more than once only with the peer
+  // all-reduce (NCCL refuses two ranks on one GPU): that is how the multi-rank code is tested on one GPU.
+  std::vector<int> devices;
+  AllReduce all_reduce = AllReduce::kAuto;
+  int timeout_ms = comm::kDefaultTimeoutMs;  // how long a rank may wait for the others
+};
+
 class TpRunner {
  public:
-  // Loads `world` ranks. On the CPU the ranks share a CpuCommunicator; on GPUs rank r uses GPU r and
-  // NCCL (opts.device_id is ignored; opts.stream must be null: each rank makes its own).
-  static base::Status create(const model::ModelFile& file, const model::ModelOptions& opts, int world,
+  // Loads tp.world ranks. On the CPU the ranks share a CpuCommunicator; on GPUs rank r uses GPU
+  // tp.devices[r] (default r) and the all-reduce tp.all_reduce picks (opts.device_id is ignored when
+  // world > 1; opts.stream must be null: each rank makes its own).
+  static base::Status create(const model::ModelFile& file, const model::ModelOptions& opts, const TpOptions& tp,
                              std::unique_ptr<TpRunner>* out);
+  static base::Status create(const model::ModelFile& file, const model::ModelOptions& opts, int world,
+                             std::unique_ptr<TpRunner>* out) {
+    TpOptions tp;
+    tp.world = world;
+    return create(file, opts, tp, out);
+  }
   ~TpRunner();
 
   int world_size() const { return (int)models_.size(); }
@@ -41,6 +67,8 @@ class TpRunner {
   int32_t max_seq_len() const { return models_[0]->max_seq_len(); }
   // How long any rank may wait for the others before the run is declared hung (default 60 s).
   void set_timeout_ms(int ms);
+  // The all-reduce the ranks use ("nccl", "custom"; "none" with one rank and no communicator).
+  const char* all_reduce_used() const;
 
   // Runs fn(rank) on every rank at once, each on its own thread (on the caller's with one rank), and
   // waits for all. The first failure wins: "rank R: cause", and it stops every other rank.
@@ -53,6 +81,7 @@ class TpRunner {
 
  private:
   TpRunner() = default;
+  base::Status make_comms(const model::ModelOptions& opts, const TpOptions& tp);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::vector<std::unique_ptr<model::LlamaModel>> models_;

@@ -1,5 +1,6 @@
 #include "runtime/tp_runner.h"
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 
@@ -15,10 +16,28 @@ namespace runtime {
 
 using base::Status;
 
+bool parse_all_reduce(const std::string& s, AllReduce* out) {
+  if (s == "auto") *out = AllReduce::kAuto;
+  else if (s == "custom") *out = AllReduce::kCustom;
+  else if (s == "nccl") *out = AllReduce::kNccl;
+  else return false;
+  return true;
+}
+
+const char* all_reduce_name(AllReduce a) {
+  switch (a) {
+    case AllReduce::kAuto: return "auto";
+    case AllReduce::kCustom: return "custom";
+    case AllReduce::kNccl: return "nccl";
+  }
+  return "?";
+}
+
 struct TpRunner::Impl {
   int world = 1;
   base::DeviceType device = base::DeviceType::kCPU;
-  int device_id = 0;  // the GPU of a one-rank run
+  std::vector<int> devices;  // GPU of each rank
+  const char* all_reduce = "none";
   std::unique_ptr<comm::CpuCommGroup> cpu_group;
   std::vector<comm::Communicator*> comms;  // one per rank (null with one rank)
 #ifdef KUIPER_WITH_CUDA
@@ -65,57 +84,88 @@ void TpRunner::set_timeout_ms(int ms) {
 #endif
 }
 
+const char* TpRunner::all_reduce_used() const { return impl_->all_reduce; }
+
 namespace {
-// Makes the communicators of `world` ranks: a CPU group, or NCCL over GPUs 0..world-1.
-Status make_comms(const model::ModelOptions& opts, int world, std::unique_ptr<comm::CpuCommGroup>* cpu,
-                  std::vector<comm::Communicator*>* comms) {
-  comms->assign(world, nullptr);
-  const bool collectives = world > 1 || opts.collectives_at_one_rank;
-  if (!collectives) return Status::Ok();
-  if (opts.device == base::DeviceType::kCPU) {
-    *cpu = std::make_unique<comm::CpuCommGroup>(world);
-    for (int i = 0; i < world; ++i) (*comms)[i] = (*cpu)->rank(i);
-    return Status::Ok();
-  }
+// The GPU of each rank, checked: tp.devices or 0..world-1.
+Status resolve_devices(const TpOptions& tp, int device_id, std::vector<int>* devices) {
+  if (!tp.devices.empty() && (int)tp.devices.size() != tp.world)
+    return base::InvalidArgument("TpOptions::devices names " + std::to_string(tp.devices.size()) + " GPUs for " +
+                                 std::to_string(tp.world) + " ranks");
+  if (!tp.devices.empty()) *devices = tp.devices;
+  else if (tp.world == 1) *devices = {device_id};
+  else for (int r = 0; r < tp.world; ++r) devices->push_back(r);
 #ifdef KUIPER_WITH_CUDA
-  KP_RETURN_IF_ERROR(comm::NcclHandler::instance().init(world));
-  for (int i = 0; i < world; ++i) (*comms)[i] = comm::NcclHandler::instance().communicator(i);
+  const int gpus = base::cuda_device_count();
+  if (gpus == 0) return base::Unsupported("--device cuda: no CUDA GPU is visible");
+  if (tp.devices.empty() && tp.world > gpus)
+    return base::InvalidArgument("--tp " + std::to_string(tp.world) + " needs " + std::to_string(tp.world) +
+                                 " GPUs; " + std::to_string(gpus) + " visible");
+  for (int d : *devices)
+    if (d < 0 || d >= gpus)
+      return base::InvalidArgument("GPU " + std::to_string(d) + " does not exist (" + std::to_string(gpus) + " visible)");
   return Status::Ok();
 #else
   return base::Unsupported("this build has no CUDA support");
 #endif
 }
+
+bool distinct(std::vector<int> v) {
+  std::sort(v.begin(), v.end());
+  return std::adjacent_find(v.begin(), v.end()) == v.end();
+}
 }  // namespace
 
-Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions& opts, int world,
+// The communicators of the ranks: a CPU group, NCCL, or the peer all-reduce.
+Status TpRunner::make_comms(const model::ModelOptions& opts, const TpOptions& tp) {
+  Impl& im = *impl_;
+  im.comms.assign(tp.world, nullptr);
+  if (tp.world == 1 && !opts.collectives_at_one_rank) return Status::Ok();
+  if (opts.device == base::DeviceType::kCPU) {
+    im.cpu_group = std::make_unique<comm::CpuCommGroup>(tp.world, tp.timeout_ms);
+    for (int i = 0; i < tp.world; ++i) im.comms[i] = im.cpu_group->rank(i);
+    im.all_reduce = "cpu";
+    return Status::Ok();
+  }
+#ifdef KUIPER_WITH_CUDA
+  if (!distinct(im.devices) && tp.all_reduce == AllReduce::kNccl)
+    return base::InvalidArgument("NCCL cannot run two ranks on one GPU; use the peer all-reduce (--allreduce custom)");
+  if (!distinct(im.devices) || tp.all_reduce == AllReduce::kCustom)
+    return base::Unsupported("the peer all-reduce is not built in yet");
+  for (int r = 0; r < tp.world; ++r)
+    if (im.devices[r] != r) return base::InvalidArgument("with NCCL, rank r runs on GPU r");
+  comm::NcclHandler& nccl = comm::NcclHandler::instance();
+  KP_RETURN_IF_ERROR(nccl.init(tp.world));
+  nccl.set_timeout_ms(tp.timeout_ms);
+  for (int i = 0; i < tp.world; ++i) im.comms[i] = nccl.communicator(i);
+  im.all_reduce = "nccl";
+  return Status::Ok();
+#else
+  return base::Unsupported("this build has no CUDA support");
+#endif
+}
+
+Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions& opts, const TpOptions& tp,
                         std::unique_ptr<TpRunner>* out) {
+  const int world = tp.world;
   if (world < 1) return base::InvalidArgument("--tp must be at least 1");
   std::unique_ptr<TpRunner> r(new TpRunner());
   r->impl_ = std::make_unique<Impl>();
   Impl& im = *r->impl_;
   im.world = world;
   im.device = opts.device;
-  im.device_id = opts.device_id;
-  im.barrier = std::make_unique<comm::HostBarrier>(world);
+  im.barrier = std::make_unique<comm::HostBarrier>(world, tp.timeout_ms);
+  if (opts.device == base::DeviceType::kCUDA) KP_RETURN_IF_ERROR(resolve_devices(tp, opts.device_id, &im.devices));
 #ifdef KUIPER_WITH_CUDA
-  if (opts.device == base::DeviceType::kCUDA) {
-    const int gpus = base::cuda_device_count();
-    if (gpus == 0) return base::Unsupported("--device cuda: no CUDA GPU is visible");
-    if (world > gpus)
-      return base::InvalidArgument("--tp " + std::to_string(world) + " needs " + std::to_string(world) +
-                                   " GPUs; " + std::to_string(gpus) + " visible");
-    im.streams.resize(world);
-  }
-#else
-  if (opts.device == base::DeviceType::kCUDA) return base::Unsupported("this build has no CUDA support");
+  im.streams.resize(world);
 #endif
-  KP_RETURN_IF_ERROR(make_comms(opts, world, &im.cpu_group, &im.comms));
+  KP_RETURN_IF_ERROR(r->make_comms(opts, tp));
 
   // Rank threads: each binds its GPU once, for good.
   if (world > 1) {
     auto bind = [&](int rank) -> Status {
 #ifdef KUIPER_WITH_CUDA
-      if (opts.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(rank));
+      if (opts.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.devices[rank]));
 #endif
       (void)rank;
       return Status::Ok();
@@ -132,7 +182,7 @@ Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions&
     if (rank != 0) o.load_progress = nullptr;
 #ifdef KUIPER_WITH_CUDA
     if (opts.device == base::DeviceType::kCUDA) {
-      o.device_id = world > 1 ? rank : opts.device_id;
+      o.device_id = im.devices[rank];
       im.streams[rank] = std::make_unique<base::CudaStream>();
       KP_RETURN_IF_ERROR(im.streams[rank]->create(o.device_id));
       o.stream = im.streams[rank]->get();
@@ -148,7 +198,7 @@ Status TpRunner::run(RankFn fn) {
   Impl& im = *impl_;
   if (im.world == 1) {
 #ifdef KUIPER_WITH_CUDA
-    if (im.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.device_id));
+    if (im.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.devices[0]));
 #endif
     return fn(0);
   }
