@@ -40,6 +40,13 @@ class MatmulLayer {
   // y [n, out_local] = x [n, in_local] W^T, then (kRow) summed over ranks.
   base::Status forward(const tensor::Tensor& x, tensor::Tensor& y, void* stream) const;
 
+  // The layer whose output joins the residual stream (wo, w2): y = x W^T summed over ranks as in
+  // forward(), then residual [n, out] += y and normed [n, out] = rmsnorm(residual) * norm_weight.
+  // Where the communicator fuses the sum with the add and the norm (one kernel), decode uses that.
+  base::Status forward_into_residual(const tensor::Tensor& x, tensor::Tensor& y, tensor::Tensor& residual,
+                                     const tensor::Tensor& norm_weight, float eps, tensor::Tensor& normed,
+                                     void* stream) const;
+
   int64_t in_features() const { return weight_.dim(1); }   // local
   int64_t out_features() const { return weight_.dim(0); }  // local
   const tensor::Tensor& weight() const { return weight_; }

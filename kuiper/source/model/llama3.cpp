@@ -1,14 +1,14 @@
 // The Llama forward pass, for prefill (n tokens at once, matrix-matrix) and decode (n == 1).
 //
-//   x = embed(tokens)
-//   for each layer:                                   (per rank: its heads, its FFN units)
-//     xb = rmsnorm(x)                                  fused with the previous residual add
+//   x = embed(tokens);  xb = rmsnorm(x)
+//   for each layer:                                         (per rank: its heads, its FFN units)
 //     q, k, v = xb Wq^T, xb Wk^T, xb Wv^T;  rope(q, k)
 //     append k, v to this layer's cache rows [pos, pos + n)
-//     x += attention(q, cache) Wo^T                     Wo row-parallel: all-reduce inside forward()
-//     xb = rmsnorm(x)
-//     x += (silu(xb W1^T) * xb W3^T) W2^T               W2 row-parallel: all-reduce inside forward()
-//   logits = rmsnorm(x[last]) Wout^T                    vocabulary split over ranks, then gathered
+//     x += attention(q, cache) Wo^T;  xb = rmsnorm(x)        Wo row-parallel
+//     x += (silu(xb W1^T) * xb W3^T) W2^T;  xb = rmsnorm(x)  W2 row-parallel; the next layer's norm
+//   logits = xb[last] Wout^T                                  vocabulary split over ranks, then gathered
+// A row-parallel layer's partial products are summed over ranks, added to x and normed in one call
+// (MatmulLayer::forward_into_residual): one fused kernel where the communicator has one.
 #include "model/llama3.h"
 
 #include <cstring>
@@ -197,7 +197,9 @@ Status LlamaModel::attention_block(int layer, int32_t n) {
   KP_RETURN_IF_ERROR(kernel::kv_append(k, v, kc, vc, ws_.pos, s));
   KP_RETURN_IF_ERROR(kernel::attention(q, kc, vc, ws_.pos, weights_.n_heads_local, weights_.n_kv_heads_local,
                                        c.head_dim, ws_.scratch, att, s));
-  return L.wo.forward(att, proj, s);
+  // x += att Wo^T (summed over ranks); xb = rmsnorm(x) for the FFN.
+  Tensor x = ws_.x.slice_rows(0, n);
+  return L.wo.forward_into_residual(att, proj, x, L.ffn_norm, c.norm_eps, xb, s);
 }
 
 Status LlamaModel::ffn_block(int layer, int32_t n) {
@@ -214,7 +216,10 @@ Status LlamaModel::ffn_block(int layer, int32_t n) {
     KP_RETURN_IF_ERROR(L.w3.forward(xb, up, s));
   }
   KP_RETURN_IF_ERROR(kernel::swiglu(gate, up, gate, s));
-  return L.w2.forward(gate, proj, s);
+  // x += h W2^T (summed over ranks); xb = rmsnorm(x) with the next layer's norm (or the final one).
+  Tensor x = ws_.x.slice_rows(0, n);
+  const Tensor& next_norm = layer + 1 < config_.n_layers ? weights_.layers[layer + 1].attention_norm : weights_.norm;
+  return L.w2.forward_into_residual(gate, proj, x, next_norm, config_.norm_eps, xb, s);
 }
 
 // Logits of the last token: this rank's slice of the vocabulary, gathered from every rank, widened to
@@ -231,16 +236,13 @@ Status LlamaModel::classifier(int32_t n) {
 Status LlamaModel::forward_device(int32_t n, bool classify) {
   const ModelConfig& c = config_;
   void* s = opts_.stream;
-  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
+  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n);
   KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
   KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[0].attention_norm, c.norm_eps, xb, s));
+  // Each block ends with its residual add fused with the norm that follows it.
   for (int l = 0; l < c.n_layers; ++l) {
     KP_RETURN_IF_ERROR(attention_block(l, n));
-    KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, weights_.layers[l].ffn_norm, c.norm_eps, xb, s));
     KP_RETURN_IF_ERROR(ffn_block(l, n));
-    // The residual add, fused with the norm that follows it: the next layer's or the final one.
-    const Tensor& next_norm = l + 1 < c.n_layers ? weights_.layers[l + 1].attention_norm : weights_.norm;
-    KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, next_norm, c.norm_eps, xb, s));
   }
   return classify ? classifier(n) : Status::Ok();
 }

@@ -45,4 +45,11 @@ base::Status MatmulLayer::forward(const tensor::Tensor& x, tensor::Tensor& y, vo
   return tp_.comm->all_reduce_finish(stream);
 }
 
+base::Status MatmulLayer::forward_into_residual(const tensor::Tensor& x, tensor::Tensor& y, tensor::Tensor& residual,
+                                                const tensor::Tensor& norm_weight, float eps, tensor::Tensor& normed,
+                                                void* stream) const {
+  KP_RETURN_IF_ERROR(forward(x, y, stream));
+  return kernel::add_rmsnorm(residual, y, norm_weight, eps, normed, stream);
+}
+
 }  // namespace op
