@@ -19,7 +19,7 @@ run_tests() {
   local rc=0
   python3 test/export_hf_fixtures.py "$KUIPER_HF_EXPORTS" --shared "$KUIPER_SHARED_DIR" > /tmp/hf_exports.log 2>&1 ||
     { echo "hf exports failed:"; tail -5 /tmp/hf_exports.log; }
-  for t in test_cuda_kernels test_gpu_model test_multi_gpu; do
+  for t in test_cuda_kernels test_gpu_model test_multi_gpu test_peer_comm; do
     echo "== $t"
     $bin/$t --gtest_brief=1 2>&1 | tail -25 || rc=1
   done
