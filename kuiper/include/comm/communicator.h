@@ -1,6 +1,7 @@
 // Communicator: the collectives tensor parallelism needs, behind one interface so the model never
-// names NCCL. Implementations: NcclHandler's ranks (GPUs, comm/nccl_handler.h) and CpuCommunicator
-// (ranks as threads of one process, comm/cpu_communicator.h).
+// names NCCL. Implementations: NcclHandler's ranks (GPUs, comm/nccl_handler.h), PeerCommGroup's ranks
+// (GPUs of one process by peer loads/stores, comm/peer_communicator.h) and CpuCommunicator (ranks as
+// threads of one process, comm/cpu_communicator.h).
 //
 // Besides the collectives, a communicator owns the two things that keep a tensor-parallel run from
 // hanging: every host-side wait of a rank goes through wait() (bounded, and it sees the group's
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "op/kernels.h"
 #include "tensor/tensor.h"
 
 namespace comm {
@@ -42,6 +44,17 @@ class Communicator {
   // finish() makes `stream` wait for all of them.
   virtual base::Status all_reduce_start(tensor::Tensor& t, void* stream) = 0;
   virtual base::Status all_reduce_finish(void* stream) = 0;
+  // The row-parallel layer's epilogue, fused where the implementation can:
+  //   s = sum over ranks of partial;  residual += s;  out = rmsnorm(residual) * weight
+  // partial, residual, out: [n_tokens, dim] (one activation dtype); weight: fp32 [dim]. Afterwards
+  // `partial` is clobbered (this default leaves the sum in it); `out` may alias `partial`, not
+  // `residual`. The default is all_reduce_sum followed by kernel::add_rmsnorm.
+  virtual base::Status all_reduce_add_rmsnorm(tensor::Tensor& partial, tensor::Tensor& residual,
+                                              const tensor::Tensor& weight, float eps, tensor::Tensor& out,
+                                              void* stream) {
+    KP_RETURN_IF_ERROR(all_reduce_sum(partial, stream));
+    return kernel::add_rmsnorm(residual, partial, weight, eps, out, stream);
+  }
   // out = concatenation of every rank's `in` along the first axis, rank 0 first.
   virtual base::Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) = 0;
 
