@@ -19,6 +19,7 @@ DEFINE_string(model, "", "model file: the project's .bin format (tools/export.py
 DEFINE_string(tokenizer, "", "tokenizer file (.model); default: the one embedded in --model");
 DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
 DEFINE_int32(tp, 1, "tensor-parallel ranks (GPUs)");
+DEFINE_string(allreduce, "auto", "all-reduce between GPUs with --tp: auto, custom (the one-shot peer kernel) or nccl");
 DEFINE_int32(max_seq_len, 0, "context length to allocate the KV cache for (0 = the model's)");
 DEFINE_bool(cuda_graph, true, "capture the decode step once as a CUDA graph and replay it (off: plain launches, for debugging)");
 DEFINE_string(dtype, "", "activation and KV-cache dtype: fp32, fp16 or bf16 (default: fp32 on cpu, bf16 on cuda)");
@@ -122,13 +123,21 @@ std::string device_options(model::ModelOptions* opts) {
       opts->act_dtype == base::DType::kInt32)
     return "--dtype must be fp32, fp16 or bf16 (got '" + dtype + "')";
   if (FLAGS_tp < 1) return "--tp must be at least 1";
+  runtime::AllReduce ar;
+  if (!runtime::parse_all_reduce(FLAGS_allreduce, &ar))
+    return "--allreduce must be auto, custom or nccl (got '" + FLAGS_allreduce + "')";
   if (FLAGS_max_seq_len < 0) return "--max_seq_len must be positive";
   opts->max_seq_len = FLAGS_max_seq_len;
   opts->cuda_graph = FLAGS_cuda_graph;
   return "";
 }
 
-int tp_flag() { return FLAGS_tp; }
+runtime::TpOptions tp_options() {
+  runtime::TpOptions tp;
+  tp.world = FLAGS_tp;
+  runtime::parse_all_reduce(FLAGS_allreduce, &tp.all_reduce);  // checked by device_options()
+  return tp;
+}
 
 std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok) {
   if (!FLAGS_tokenizer.empty()) {
@@ -166,7 +175,7 @@ int open_engine(Engine* e) {
       if (done == all) std::fprintf(stderr, "\n");
     };
   }
-  if (auto s = runtime::TpRunner::create(*e->file, opts, FLAGS_tp, &e->runner); !s.ok()) return fail(1, s.message());
+  if (auto s = runtime::TpRunner::create(*e->file, opts, tp_options(), &e->runner); !s.ok()) return fail(1, s.message());
   return 0;
 }
 

@@ -28,7 +28,7 @@ int open_engine(Engine* e);
 // The pieces of open_engine, for programs that need only some: each returns "" or the error message.
 std::string open_model_file(std::unique_ptr<model::ModelFile>* file);
 std::string device_options(model::ModelOptions* opts);  // --device, --dtype, --max_seq_len, --tp checks
-int tp_flag();
+runtime::TpOptions tp_options();                        // --tp, --allreduce (after device_options)
 // --tokenizer, else the tokenizer embedded in `file` (opened from --model when null).
 std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok);
 // Prints "llama_infer: error: MESSAGE" on stderr and returns `code`.

@@ -148,7 +148,7 @@ int run() {
   const size_t used0 = device_used_bytes(cuda);
   std::unique_ptr<runtime::TpRunner> runner;
   const auto t_load = Clock::now();
-  if (auto s = runtime::TpRunner::create(*file, opts, app::tp_flag(), &runner); !s.ok()) return app::fail(1, s.message());
+  if (auto s = runtime::TpRunner::create(*file, opts, app::tp_options(), &runner); !s.ok()) return app::fail(1, s.message());
   const double load_ms = ms(t_load, Clock::now());
   const size_t used1 = device_used_bytes(cuda);
 

@@ -1,5 +1,10 @@
-// Tensor parallelism over several GPUs of one process (label multi_gpu; every test skips with a
-// message where fewer than 2 GPUs are visible):
+// Tensor parallelism over the GPUs of one process (label multi_gpu), in three layouts:
+//   Nccl     - rank r on GPU r, NCCL                       (skips with a message below 2 GPUs)
+//   Peer     - rank r on GPU r, the one-shot peer all-reduce (skips with a message below 2 GPUs)
+//   SameGpu  - every rank on GPU 0, the peer all-reduce      (NCCL refuses two ranks on one GPU): the
+//              whole multi-rank code path (rank threads, sharding, collectives in the decode graph,
+//              fault handling) on a one-GPU machine; only the transport between GPUs is not exercised.
+// In each layout:
 //  - fp32: tp 2 gives tp 1's greedy tokens for 200 tokens and per-step logits within 1e-4 relative;
 //  - fp16 / bf16: tp 2's logits differ from tp 1's by less than the 16-bit rounding itself does (tp 1
 //    in 16 bits against tp 1 in fp32), which tells summation order from a bug;
@@ -13,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ostream>
 #include <string>
 
 #include "model/model_file.h"
@@ -25,13 +31,31 @@ namespace {
 
 const std::vector<int32_t> kPrompt = {1, 403, 407, 261, 378};  // "Once upon a time" in tok512
 
+struct Layout {
+  const char* name;
+  runtime::AllReduce all_reduce;
+  bool same_gpu;
+};
+
+void PrintTo(const Layout& l, std::ostream* os) { *os << l.name; }  // test names read "...#Nccl"
+
+// The layout of the test being run (set by the fixture).
+const Layout* g_layout = nullptr;
+
+// tp 1 is the plain one-GPU engine in every layout; tp > 1 follows the layout.
 std::unique_ptr<runtime::TpRunner> make_runner(const model::ModelFile& f, base::DType act, int tp, bool graph = true) {
   model::ModelOptions o;
   o.device = base::DeviceType::kCUDA;
   o.act_dtype = act;
   o.cuda_graph = graph;
+  runtime::TpOptions t;
+  t.world = tp;
+  if (tp > 1) {
+    t.all_reduce = g_layout->all_reduce;
+    if (g_layout->same_gpu) t.devices.assign(tp, 0);
+  }
   std::unique_ptr<runtime::TpRunner> r;
-  const base::Status s = runtime::TpRunner::create(f, o, tp, &r);
+  const base::Status s = runtime::TpRunner::create(f, o, t, &r);
   EXPECT_TRUE(s.ok()) << s.message();
   return r;
 }
@@ -54,24 +78,28 @@ double max_rel_diff(const std::vector<std::vector<float>>& a, const std::vector<
   return worst;
 }
 
-class MultiGpu : public ::testing::Test {
+class MultiGpu : public ::testing::TestWithParam<Layout> {
  protected:
   void SetUp() override {
+    g_layout = &GetParam();
     gpus_ = testutil::gpu_count();
-    if (gpus_ < 2) GTEST_SKIP() << "needs 2 or more GPUs; " << gpus_ << " visible";
+    if (gpus_ == 0) GTEST_SKIP() << "needs a CUDA GPU; none is visible";
+    if (!g_layout->same_gpu && gpus_ < 2) GTEST_SKIP() << "needs 2 or more GPUs; " << gpus_ << " visible";
     if (testutil::models_dir().empty()) GTEST_SKIP() << "needs ../shared/models beside the checkout; it is absent";
     ASSERT_TRUE(model::ModelFile::open(testutil::models_dir() + "/stories260K/stories260K.bin", &file_).ok());
   }
+  // Whether a run of `tp` ranks fits this machine in this layout (ranks sharing GPU 0: up to 4).
+  bool fits(int tp) const { return g_layout->same_gpu ? tp <= 4 : tp <= gpus_; }
   int gpus_ = 0;
   std::unique_ptr<model::ModelFile> file_;
 };
 
-TEST_F(MultiGpu, Fp32GreedyTokensAndLogitsMatchOneGpu) {
+TEST_P(MultiGpu, Fp32GreedyTokensAndLogitsMatchOneGpu) {
   const auto ref = testutil::greedy(*make_runner(*file_, base::DType::kFp32, 1), kPrompt, 200);
   ASSERT_EQ(ref.size(), 200u);
   const auto ref_logits = testutil::logits_trace(*make_runner(*file_, base::DType::kFp32, 1), kPrompt, ref);
   for (int tp : {2, 4, 8}) {
-    if (tp > gpus_) continue;
+    if (!fits(tp)) continue;
     EXPECT_EQ(testutil::greedy(*make_runner(*file_, base::DType::kFp32, tp), kPrompt, 200), ref) << "tp " << tp;
     const auto logits = testutil::logits_trace(*make_runner(*file_, base::DType::kFp32, tp), kPrompt, ref);
     const double d = max_rel_diff(logits, ref_logits, ref_logits);
@@ -86,7 +114,7 @@ TEST_F(MultiGpu, Fp32GreedyTokensAndLogitsMatchOneGpu) {
 // activations. A sharding bug moves them by far more than the 16-bit rounding does on its own, which is
 // what the bound says: tp 2 against tp 1 (both 16-bit) within the distance of tp 1 in 16 bits from
 // tp 1 in fp32, fed the same tokens (teacher forcing), over 100 steps.
-TEST_F(MultiGpu, HalfPrecisionLogitsDifferByRoundingOnly) {
+TEST_P(MultiGpu, HalfPrecisionLogitsDifferByRoundingOnly) {
   const auto feed = testutil::greedy(*make_runner(*file_, base::DType::kFp32, 1), kPrompt, 100);
   const auto fp32 = testutil::logits_trace(*make_runner(*file_, base::DType::kFp32, 1), kPrompt, feed);
   for (base::DType dt : {base::DType::kFp16, base::DType::kBf16}) {
@@ -102,7 +130,7 @@ TEST_F(MultiGpu, HalfPrecisionLogitsDifferByRoundingOnly) {
 
 // 300 prompt tokens: prefill runs in chunks of max_batch_tokens, and inside each chunk the row-parallel
 // products are cut into 128-token pieces whose all-reduces overlap the next piece's product.
-TEST_F(MultiGpu, LongPromptChunkedPrefillMatchesOneGpu) {
+TEST_P(MultiGpu, LongPromptChunkedPrefillMatchesOneGpu) {
   std::vector<int32_t> prompt(300);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 3 + (int32_t)((i * 7919) % 500);
   const auto feed = testutil::greedy(*make_runner(*file_, base::DType::kFp32, 1), prompt, 20);
@@ -113,7 +141,7 @@ TEST_F(MultiGpu, LongPromptChunkedPrefillMatchesOneGpu) {
 }
 
 // One KV head over two ranks: the head is replicated, each rank keeps the query heads that use it.
-TEST_F(MultiGpu, FewerKvHeadsThanRanksReplicatesThem) {
+TEST_P(MultiGpu, FewerKvHeadsThanRanksReplicatesThem) {
   const std::string path = testing::TempDir() + "/mqa_" + std::to_string(getpid()) + ".bin";
   ASSERT_TRUE(testutil::write_random_llama2c(path, {}, 7));
   std::unique_ptr<model::ModelFile> f;
@@ -125,7 +153,7 @@ TEST_F(MultiGpu, FewerKvHeadsThanRanksReplicatesThem) {
   std::remove(path.c_str());
 }
 
-TEST_F(MultiGpu, GraphOnAndOffIdentical) {
+TEST_P(MultiGpu, GraphOnAndOffIdentical) {
   for (base::DType dt : {base::DType::kFp32, base::DType::kBf16}) {
     const auto on = testutil::greedy(*make_runner(*file_, dt, 2, true), kPrompt, 150);
     const auto off = testutil::greedy(*make_runner(*file_, dt, 2, false), kPrompt, 150);
@@ -133,7 +161,7 @@ TEST_F(MultiGpu, GraphOnAndOffIdentical) {
   }
 }
 
-TEST_F(MultiGpu, FailingRankStopsEveryRankWithinSeconds) {
+TEST_P(MultiGpu, FailingRankStopsEveryRankWithinSeconds) {
   auto r = make_runner(*file_, base::DType::kBf16, 2, true);
   const testutil::FaultRun fr = testutil::run_with_fault(*r, kPrompt, 200, 1, 5, 0);
   EXPECT_EQ(fr.status.message(), "rank 1: injected failure");
@@ -145,7 +173,7 @@ TEST_F(MultiGpu, FailingRankStopsEveryRankWithinSeconds) {
               fr.per_rank[0].message().c_str());
 }
 
-TEST_F(MultiGpu, HangingRankIsCaughtByTheTimeout) {
+TEST_P(MultiGpu, HangingRankIsCaughtByTheTimeout) {
   auto r = make_runner(*file_, base::DType::kBf16, 2, true);
   r->set_timeout_ms(1000);
   const testutil::FaultRun fr = testutil::run_with_fault(*r, kPrompt, 200, 1, 5, 4000);
@@ -170,11 +198,19 @@ std::string run_cli(const std::string& args) {
   return out;
 }
 
-TEST_F(MultiGpu, CommandLineTp2PrintsTp1Text) {
+TEST_P(MultiGpu, CommandLineTp2PrintsTp1Text) {
+  if (g_layout->same_gpu) GTEST_SKIP() << "llama_infer puts rank r on GPU r: needs 2 GPUs";
+  const std::string all_reduce = std::string(" --allreduce ") + runtime::all_reduce_name(g_layout->all_reduce);
   const std::string one = run_cli("--dtype fp32 --tp 1");
   ASSERT_GT(one.size(), 200u);
-  EXPECT_EQ(run_cli("--dtype fp32 --tp 2"), one);
-  EXPECT_EQ(run_cli("--dtype fp32 --tp 2 --cuda_graph=false"), one);
+  EXPECT_EQ(run_cli("--dtype fp32 --tp 2" + all_reduce), one);
+  EXPECT_EQ(run_cli("--dtype fp32 --tp 2 --cuda_graph=false" + all_reduce), one);
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, MultiGpu,
+                         ::testing::Values(Layout{"Nccl", runtime::AllReduce::kNccl, false},
+                                           Layout{"Peer", runtime::AllReduce::kCustom, false},
+                                           Layout{"SameGpu", runtime::AllReduce::kCustom, true}),
+                         [](const ::testing::TestParamInfo<Layout>& i) { return std::string(i.param.name); });
 
 }  // namespace

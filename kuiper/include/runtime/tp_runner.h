@@ -28,7 +28,7 @@ namespace runtime {
 
 // Which all-reduce the ranks of a GPU run use.
 enum class AllReduce {
-  kAuto,    // the peer all-reduce where every pair of GPUs has peer access, else NCCL
+  kAuto,    // NCCL across distinct GPUs (the peer all-reduce once verified there), peer for ranks sharing a GPU
   kCustom,  // the one-shot peer all-reduce (comm/peer_communicator.h); fails where it cannot run
   kNccl,    // NCCL (NcclHandler)
 };

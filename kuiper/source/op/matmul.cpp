@@ -48,7 +48,13 @@ base::Status MatmulLayer::forward(const tensor::Tensor& x, tensor::Tensor& y, vo
 base::Status MatmulLayer::forward_into_residual(const tensor::Tensor& x, tensor::Tensor& y, tensor::Tensor& residual,
                                                 const tensor::Tensor& norm_weight, float eps, tensor::Tensor& normed,
                                                 void* stream) const {
-  KP_RETURN_IF_ERROR(forward(x, y, stream));
+  // Decode (one token, nothing to overlap): the partial product, then one call that sums it over the
+  // ranks, adds it to the residual and norms it (one kernel with the peer all-reduce).
+  if (tp_.mode == TpMode::kRow && tp_.comm != nullptr && x.dim(0) == 1) {
+    KP_RETURN_IF_ERROR(kernel::matmul(x, weight_, scales_, group_size_, y, stream));
+    return tp_.comm->all_reduce_add_rmsnorm(y, residual, norm_weight, eps, normed, stream);
+  }
+  KP_RETURN_IF_ERROR(forward(x, y, stream));  // prefill: chunked, each chunk's all-reduce overlapping the next
   return kernel::add_rmsnorm(residual, y, norm_weight, eps, normed, stream);
 }
 

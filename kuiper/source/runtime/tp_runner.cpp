@@ -10,6 +10,7 @@
 #ifdef KUIPER_WITH_CUDA
 #include "base/cuda_utils.h"
 #include "comm/nccl_handler.h"
+#include "comm/peer_communicator.h"
 #endif
 
 namespace runtime {
@@ -39,6 +40,9 @@ struct TpRunner::Impl {
   std::vector<int> devices;  // GPU of each rank
   const char* all_reduce = "none";
   std::unique_ptr<comm::CpuCommGroup> cpu_group;
+#ifdef KUIPER_WITH_CUDA
+  std::unique_ptr<comm::PeerCommGroup> peer_group;
+#endif
   std::vector<comm::Communicator*> comms;  // one per rank (null with one rank)
 #ifdef KUIPER_WITH_CUDA
   std::vector<std::unique_ptr<base::CudaStream>> streams;
@@ -80,7 +84,12 @@ void TpRunner::set_timeout_ms(int ms) {
   impl_->barrier->set_timeout_ms(ms);
   if (impl_->cpu_group) impl_->cpu_group->set_timeout_ms(ms);
 #ifdef KUIPER_WITH_CUDA
-  if (impl_->device == base::DeviceType::kCUDA && impl_->comms[0] != nullptr) comm::NcclHandler::instance().set_timeout_ms(ms);
+  if (impl_->peer_group) {
+    impl_->peer_group->set_wait_timeout_ms(ms);
+    impl_->peer_group->set_timeout_ms(std::min(ms, comm::PeerCommGroup::kDefaultPeerTimeoutMs));
+  } else if (impl_->device == base::DeviceType::kCUDA && impl_->comms[0] != nullptr) {
+    comm::NcclHandler::instance().set_timeout_ms(ms);
+  }
 #endif
 }
 
@@ -116,6 +125,10 @@ bool distinct(std::vector<int> v) {
 }
 }  // namespace
 
+// Bytes of the peer all-reduce's one-shot slot: a 128-token prefill chunk of a dim-8192 model in bf16
+// (the row-parallel overlap chunk) is one round; each rank holds 2 x world x this.
+constexpr size_t kPeerCapacityBytes = size_t(2) << 20;
+
 // The communicators of the ranks: a CPU group, NCCL, or the peer all-reduce.
 Status TpRunner::make_comms(const model::ModelOptions& opts, const TpOptions& tp) {
   Impl& im = *impl_;
@@ -128,10 +141,20 @@ Status TpRunner::make_comms(const model::ModelOptions& opts, const TpOptions& tp
     return Status::Ok();
   }
 #ifdef KUIPER_WITH_CUDA
-  if (!distinct(im.devices) && tp.all_reduce == AllReduce::kNccl)
+  const bool one_gpu_twice = !distinct(im.devices);
+  if (one_gpu_twice && tp.all_reduce == AllReduce::kNccl)
     return base::InvalidArgument("NCCL cannot run two ranks on one GPU; use the peer all-reduce (--allreduce custom)");
-  if (!distinct(im.devices) || tp.all_reduce == AllReduce::kCustom)
-    return base::Unsupported("the peer all-reduce is not built in yet");
+  // The one-shot peer all-reduce when asked for, or where NCCL cannot run (ranks sharing a GPU).
+  // `auto` stays on NCCL across distinct GPUs until the peer all-reduce has been verified on two GPUs
+  // (so far it has run with ranks sharing one GPU only): see docs/tensor_parallel.md.
+  const bool peer = tp.world > 1 && (tp.all_reduce == AllReduce::kCustom || one_gpu_twice);
+  if (peer) {
+    KP_RETURN_IF_ERROR(comm::PeerCommGroup::create(im.devices, kPeerCapacityBytes, &im.peer_group));
+    for (int i = 0; i < tp.world; ++i) im.comms[i] = im.peer_group->rank(i);
+    im.all_reduce = "custom";
+    set_timeout_ms(tp.timeout_ms);
+    return Status::Ok();
+  }
   for (int r = 0; r < tp.world; ++r)
     if (im.devices[r] != r) return base::InvalidArgument("with NCCL, rank r runs on GPU r");
   comm::NcclHandler& nccl = comm::NcclHandler::instance();
