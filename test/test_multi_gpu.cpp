@@ -29,6 +29,10 @@
 
 namespace {
 
+// Ranks that share GPU 0 need every kernel loaded before any of them spins in a collective (see
+// PeerCommGroup::create); this runs before main(), so before CUDA starts.
+const bool kEagerLoading = testutil::eager_kernel_loading();
+
 const std::vector<int32_t> kPrompt = {1, 403, 407, 261, 378};  // "Once upon a time" in tok512
 
 struct Layout {

@@ -55,6 +55,10 @@
 
 namespace {
 
+// Ranks that share GPU 0 need every kernel loaded before any of them spins in a collective (see
+// PeerCommGroup::create); this runs before main(), so before CUDA starts.
+const bool kEagerLoading = testutil::eager_kernel_loading();
+
 using base::DType;
 using base::Status;
 using comm::Communicator;

@@ -28,6 +28,8 @@ std::string models_dir() {
 std::string source_dir() { return env_or("KUIPER_SOURCE_DIR", KUIPER_SOURCE_DIR); }
 std::string bin_dir() { return env_or("KUIPER_BIN_DIR", KUIPER_BIN_DIR); }
 
+bool eager_kernel_loading() { return setenv("CUDA_MODULE_LOADING", "EAGER", 1) == 0; }
+
 int gpu_count() {
 #ifdef KUIPER_WITH_CUDA
   return base::cuda_device_count();

@@ -21,6 +21,10 @@ std::string bin_dir();
 // Visible CUDA GPUs (0 in a CPU-only build or without a driver).
 int gpu_count();
 
+// Sets CUDA_MODULE_LOADING=EAGER for this process (effective only before the first CUDA call);
+// returns true. For tests that run several ranks on one GPU.
+bool eager_kernel_loading();
+
 // Host fp32 tensor filled with uniform values in [lo, hi) from a fixed seed.
 tensor::Tensor random_cpu(std::vector<int64_t> shape, uint64_t seed, float lo = -1.f, float hi = 1.f);
 // Host tensor of another dtype (fp32/fp16/bf16) holding `src` converted (rounded) element-wise.

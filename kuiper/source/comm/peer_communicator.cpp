@@ -3,6 +3,8 @@
 // described in comm/peer_communicator.h.
 #include "comm/peer_communicator.h"
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -186,6 +188,16 @@ Status PeerCommGroup::create(const std::vector<int>& devices, size_t capacity_by
   std::vector<int> distinct = devices;
   std::sort(distinct.begin(), distinct.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  // Ranks that share a GPU spin in one CUDA context. With lazy kernel loading (CUDA's default), the
+  // first launch of a kernel may have to wait for that context to go idle, which it never does while
+  // a peer is waiting for the launching rank: a deadlock (the CUDA C++ Programming Guide, "Lazy
+  // Loading"). Eager loading, chosen before CUDA starts, rules it out. Ranks on distinct GPUs are
+  // safe: a rank's loading waits only for its own GPU, whose collectives the peers have all issued.
+  const char* loading = std::getenv("CUDA_MODULE_LOADING");
+  if (distinct.size() < devices.size() && (loading == nullptr || std::string(loading) != "EAGER"))
+    return base::Unsupported(
+        "peer collectives: ranks sharing a GPU need CUDA_MODULE_LOADING=EAGER in the environment (lazy kernel "
+        "loading can deadlock ranks that spin in one context)");
   // Peer access between every ordered pair of distinct devices; it is process-wide and stays enabled.
   for (int a : distinct)
     for (int b : distinct) {
