@@ -69,6 +69,7 @@ struct LlamaModel::Staging {
   int32_t* tokens = nullptr;  // [max_batch_tokens]
   int32_t* pos = nullptr;     // [1]
   int32_t* next = nullptr;    // [1]
+  float* logits = nullptr;    // fp32 [vocab] (GPU only: the CPU copies straight to the caller)
   std::vector<int32_t> host;  // backing store on the CPU
 #ifdef KUIPER_WITH_CUDA
   base::PinnedBuffer pinned;  // backing store on GPUs, so copies are asynchronous
@@ -166,8 +167,9 @@ Status LlamaModel::init_mem() {
     base_ptr = staging_->host.data();
   } else {
 #ifdef KUIPER_WITH_CUDA
-    KP_RETURN_IF_ERROR(staging_->pinned.create(n_ints * sizeof(int32_t)));
+    KP_RETURN_IF_ERROR(staging_->pinned.create(n_ints * sizeof(int32_t) + (size_t)c.vocab_size * sizeof(float)));
     base_ptr = static_cast<int32_t*>(staging_->pinned.data());
+    staging_->logits = reinterpret_cast<float*>(base_ptr + n_ints);
     KP_RETURN_IF_ERROR(synchronize());
 #endif
   }
@@ -280,8 +282,15 @@ Status LlamaModel::run_step(const int32_t* tokens, int32_t n, int32_t pos, bool 
 Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits) {
   KP_RETURN_IF_ERROR(run_step(tokens, n, pos, logits != nullptr));
   if (logits == nullptr) return Status::Ok();
-  KP_RETURN_IF_ERROR(copy_to_host(ws_.logits_f32, logits, (size_t)config_.vocab_size * sizeof(float), opts_.stream));
-  return synchronize();
+  const size_t bytes = (size_t)config_.vocab_size * sizeof(float);
+  if (staging_->logits == nullptr) return copy_to_host(ws_.logits_f32, logits, bytes, opts_.stream);  // CPU
+  // Through pinned memory: the copy is asynchronous and synchronize() waits for it (bounded, through
+  // the communicator). A copy into the caller's pageable memory would block this thread inside CUDA,
+  // out of the watchdog's reach, and with ranks sharing a GPU it stalled the other ranks' launches.
+  KP_RETURN_IF_ERROR(copy_to_host(ws_.logits_f32, staging_->logits, bytes, opts_.stream));
+  KP_RETURN_IF_ERROR(synchronize());
+  std::memcpy(logits, staging_->logits, bytes);
+  return Status::Ok();
 }
 
 Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
