@@ -1,11 +1,15 @@
 // Tensor: a typed, shaped, strided view of a Buffer on one device.
 //
-// Tensors are cheap handles: copying one shares the buffer. Views (`slice_rows`, `view`) never
-// allocate, which is how the KV cache manager hands out per-layer K/V tensors over its one block.
+// Tensors are cheap handles: copying one shares the buffer. Shape and strides are stored inline
+// (Shape, below), so neither a copy nor a view (`slice_rows`, `view`) allocates: the decode loop makes
+// hundreds of views a token, and the KV cache manager hands out per-layer K/V views of its one block.
 // `ptr<T>()` checks that T matches the dtype, so a kernel cannot read fp16 data as float by mistake.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <initializer_list>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,26 +30,55 @@ template <> struct DTypeOf<float> { static constexpr DType value = DType::kFp32;
 template <> struct DTypeOf<int8_t> { static constexpr DType value = DType::kInt8; };
 template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::kInt32; };
 
+// The sizes (or strides) of a tensor's axes, held inline: at most kMaxDims axes, no heap. The engine's
+// tensors have 1 to 3 axes; more is a programming error and aborts.
+class Shape {
+ public:
+  static constexpr int kMaxDims = 4;
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims) { assign(dims.begin(), dims.size()); }
+  Shape(const std::vector<int64_t>& dims) { assign(dims.data(), dims.size()); }  // NOLINT: implicit on purpose
+
+  int size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  int64_t operator[](int i) const { return d_[i]; }
+  int64_t& operator[](int i) { return d_[i]; }
+  const int64_t* begin() const { return d_.data(); }
+  const int64_t* end() const { return d_.data() + n_; }
+  int64_t numel() const;  // product of the sizes (1 for no axes)
+  std::vector<int64_t> to_vector() const { return {begin(), end()}; }
+
+  bool operator==(const Shape& o) const;
+  bool operator!=(const Shape& o) const { return !(*this == o); }
+
+ private:
+  void assign(const int64_t* dims, size_t n);
+  std::array<int64_t, kMaxDims> d_{};
+  int n_ = 0;
+};
+
+// "[4, 4096]", for messages and for GoogleTest.
+std::ostream& operator<<(std::ostream& os, const Shape& s);
+
 class Tensor {
  public:
   Tensor() = default;
 
   // Allocates a contiguous tensor from `alloc`.
-  static base::Status create(DType dtype, std::vector<int64_t> shape, base::DeviceAllocator* alloc,
-                             Tensor* out);
+  static base::Status create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, Tensor* out);
   // Wraps `buffer` starting at `byte_offset` with a contiguous shape.
   static Tensor from_buffer(std::shared_ptr<base::Buffer> buffer, size_t byte_offset, DType dtype,
-                            std::vector<int64_t> shape);
+                            const Shape& shape);
 
   bool empty() const { return buffer_ == nullptr; }
   DType dtype() const { return dtype_; }
   DeviceType device_type() const { return buffer_ ? buffer_->device_type() : DeviceType::kCPU; }
   int device_id() const { return buffer_ ? buffer_->device_id() : 0; }
-  const std::vector<int64_t>& shape() const { return shape_; }
-  const std::vector<int64_t>& strides() const { return strides_; }  // in elements
-  int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
-  int ndim() const { return (int)shape_.size(); }
-  int64_t numel() const;
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }  // in elements
+  int64_t dim(int i) const;  // size of axis i; negative i counts from the end
+  int ndim() const { return shape_.size(); }
+  int64_t numel() const { return shape_.numel(); }
   size_t nbytes() const { return (size_t)numel() * base::dtype_size(dtype_); }
   bool is_contiguous() const;
   const std::shared_ptr<base::Buffer>& buffer() const { return buffer_; }
@@ -64,7 +97,7 @@ class Tensor {
   // Rows [begin, end) of the first axis; contiguous tensors only. No allocation.
   Tensor slice_rows(int64_t begin, int64_t end) const;
   // The same memory with another contiguous shape of equal element count.
-  Tensor view(std::vector<int64_t> shape) const;
+  Tensor view(const Shape& shape) const;
 
   // Copies all elements into `dst` (same dtype and shape, any devices). Synchronous.
   base::Status copy_to(Tensor& dst) const;
@@ -76,8 +109,8 @@ class Tensor {
   std::shared_ptr<base::Buffer> buffer_;
   size_t offset_ = 0;  // bytes from the buffer start
   DType dtype_ = DType::kFp32;
-  std::vector<int64_t> shape_;
-  std::vector<int64_t> strides_;
+  Shape shape_;
+  Shape strides_;
 };
 
 }  // namespace tensor

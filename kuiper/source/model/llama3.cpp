@@ -114,7 +114,7 @@ Status LlamaModel::init_mem() {
 
   KP_RETURN_IF_ERROR(kv_cache_.init({c.n_layers, max_seq_len_, weights_.n_kv_heads_local, c.head_dim, act}, alloc_));
 
-  struct Slot { Tensor* t; DType dtype; std::vector<int64_t> shape; uint64_t offset; };
+  struct Slot { Tensor* t; DType dtype; tensor::Shape shape; uint64_t offset; };
   std::vector<Slot> slots = {
       {&ws_.x, act, {T, c.dim}, 0},           {&ws_.xb, act, {T, c.dim}, 0},
       {&ws_.q, act, {T, q_local}, 0},         {&ws_.k, act, {T, kv_local}, 0},

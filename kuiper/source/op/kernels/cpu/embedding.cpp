@@ -11,8 +11,7 @@ void embedding(const Tensor& tokens, const Tensor& table, Tensor& out) {
   const int64_t n = tokens.numel(), dim = table.dim(1);
   const int32_t* ids = tokens.ptr<int32_t>();
   float* o = out.ptr<float>();
-#pragma omp parallel for if (n > 1)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n > 1, [&](int64_t i) {
     float* dst = o + i * dim;
     const int64_t row = (int64_t)ids[i] * dim;
     switch (table.dtype()) {
@@ -30,7 +29,7 @@ void embedding(const Tensor& tokens, const Tensor& table, Tensor& out) {
         break;
       }
     }
-  }
+  });
 }
 
 }  // namespace kernel::cpu

@@ -51,8 +51,7 @@ inline void dot_q8_x4(const int8_t* q, const float* x, int64_t ld, int len, floa
 void matmul_int8(const float* x, const int8_t* q, const float* scales, int group, int64_t n, int64_t in,
                  int64_t out, float* y) {
   const int64_t n_groups = in / group;
-#pragma omp parallel for schedule(static)
-  for (int64_t o = 0; o < out; ++o) {
+  parallel_for(out, true, [&](int64_t o) {
     const int8_t* qo = q + o * in;
     const float* so = scales + o * n_groups;
     int64_t i = 0;
@@ -70,7 +69,7 @@ void matmul_int8(const float* x, const int8_t* q, const float* scales, int group
       for (int64_t g = 0; g < n_groups; ++g) acc += so[g] * dot_q8(qo + g * group, xi + g * group, group);
       y[i * out + o] = acc;
     }
-  }
+  });
 }
 
 }  // namespace
