@@ -2,8 +2,9 @@
 //
 // Every byte the engine owns comes from a DeviceAllocator, so a test can read the counters before and
 // after generating and prove that nothing was allocated on the way (the KV cache and the workspace
-// are taken once at start-up). A Buffer may also wrap memory it does not own (an mmapped model file):
-// such a Buffer frees nothing.
+// are taken once at start-up). A Buffer may also wrap memory it does not own: such a Buffer frees
+// nothing. Read-only memory (the mmapped model file) is handed out only as a `const Buffer`, whose
+// data() is a const pointer: writing to it does not compile.
 #pragma once
 
 #include <atomic>
@@ -70,14 +71,19 @@ class Buffer {
  public:
   // Allocates `bytes` from `alloc`.
   static Status create(DeviceAllocator* alloc, size_t bytes, std::shared_ptr<Buffer>* out);
-  // Wraps memory owned elsewhere (e.g. an mmapped file); `keepalive` holds that owner.
+  // Wraps writable memory owned elsewhere; `keepalive` holds that owner.
   static std::shared_ptr<Buffer> wrap(void* ptr, size_t bytes, DeviceType device, int device_id,
                                       std::shared_ptr<void> keepalive = nullptr);
+  // Wraps read-only memory owned elsewhere (a read-only mapping of the model file): there is no
+  // non-const access to it, so no writable pointer can be had.
+  static std::shared_ptr<const Buffer> wrap_read_only(const void* ptr, size_t bytes, DeviceType device,
+                                                      int device_id, std::shared_ptr<void> keepalive = nullptr);
   ~Buffer();
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 
-  void* data() const { return ptr_; }
+  void* data() { return writable_; }
+  const void* data() const { return data_; }
   size_t size() const { return bytes_; }
   DeviceType device_type() const { return device_; }
   int device_id() const { return device_id_; }
@@ -85,7 +91,8 @@ class Buffer {
 
  private:
   Buffer() = default;
-  void* ptr_ = nullptr;
+  const void* data_ = nullptr;
+  void* writable_ = nullptr;  // data_ when writable; null for read-only memory
   size_t bytes_ = 0;
   DeviceType device_ = DeviceType::kCPU;
   int device_id_ = 0;

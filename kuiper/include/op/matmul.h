@@ -35,23 +35,23 @@ class MatmulLayer {
 
   // This rank's shard: weight [out_local, in_local] (float or int8), scales fp32 [out_local,
   // in_local / group_size] for int8 (empty otherwise).
-  base::Status set_weight(tensor::Tensor weight, tensor::Tensor scales, int group_size);
+  base::Status set_weight(tensor::ConstTensor weight, tensor::ConstTensor scales, int group_size);
 
   // y [n, out_local] = x [n, in_local] W^T, then (kRow) summed over ranks.
   base::Status forward(const tensor::Tensor& x, tensor::Tensor& y, void* stream) const;
 
   int64_t in_features() const { return weight_.dim(1); }   // local
   int64_t out_features() const { return weight_.dim(0); }  // local
-  const tensor::Tensor& weight() const { return weight_; }
-  const tensor::Tensor& scales() const { return scales_; }
+  const tensor::ConstTensor& weight() const { return weight_; }
+  const tensor::ConstTensor& scales() const { return scales_; }
   const std::string& name() const { return name_; }
   size_t weight_bytes() const { return weight_.nbytes() + (scales_.empty() ? 0 : scales_.nbytes()); }
 
  private:
   std::string name_;
   TpConfig tp_;
-  tensor::Tensor weight_;  // [out_local, in_local]
-  tensor::Tensor scales_;  // fp32 [out_local, in_local / group_size] or empty
+  tensor::ConstTensor weight_;  // [out_local, in_local], read-only (may be the model file's mapping)
+  tensor::ConstTensor scales_;  // fp32 [out_local, in_local / group_size] or empty
   int group_size_ = 0;
 };
 

@@ -1,4 +1,4 @@
-// Tensor: a typed, shaped, strided view of a Buffer on one device.
+// Tensor: a typed, shaped, strided view of a Buffer on one device; ConstTensor: the same, read-only.
 //
 // Tensors are cheap handles: copying one shares the buffer. Shape and strides are stored inline
 // (Shape, below), so neither a copy nor a view (`slice_rows`, `view`) allocates: the decode loop makes
@@ -12,6 +12,7 @@
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "base/buffer.h"
@@ -60,15 +61,28 @@ class Shape {
 // "[4, 4096]", for messages and for GoogleTest.
 std::ostream& operator<<(std::ostream& os, const Shape& s);
 
-class Tensor {
+// BasicTensor<B>: the tensor handle over a buffer of type B, in two flavours:
+//   Tensor      = BasicTensor<base::Buffer>        reads and writes (activations, caches, outputs);
+//   ConstTensor = BasicTensor<const base::Buffer>  reads only: data() and ptr<T>() give const
+//                 pointers. Weights are ConstTensors, and the read-only mapping of the model file
+//                 exists only as a `const Buffer`, so a write to it does not compile.
+// A Tensor converts implicitly to a ConstTensor (a kernel's weight argument); nothing converts back.
+template <typename B> class BasicTensor {
  public:
-  Tensor() = default;
+  static constexpr bool kReadOnly = std::is_const_v<B>;
+  // T* for a Tensor, const T* for a ConstTensor.
+  template <typename T> using Ptr = std::conditional_t<kReadOnly, const T*, T*>;
+
+  BasicTensor() = default;
+  // Tensor -> ConstTensor: the same view, read-only.
+  template <typename Other, typename = std::enable_if_t<kReadOnly && std::is_same_v<Other, base::Buffer>>>
+  BasicTensor(const BasicTensor<Other>& t)  // NOLINT: implicit on purpose
+      : buffer_(t.buffer()), offset_(t.byte_offset()), dtype_(t.dtype()), shape_(t.shape()), strides_(t.strides()) {}
 
   // Allocates a contiguous tensor from `alloc`.
-  static base::Status create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, Tensor* out);
+  static base::Status create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, BasicTensor* out);
   // Wraps `buffer` starting at `byte_offset` with a contiguous shape.
-  static Tensor from_buffer(std::shared_ptr<base::Buffer> buffer, size_t byte_offset, DType dtype,
-                            const Shape& shape);
+  static BasicTensor from_buffer(std::shared_ptr<B> buffer, size_t byte_offset, DType dtype, const Shape& shape);
 
   bool empty() const { return buffer_ == nullptr; }
   DType dtype() const { return dtype_; }
@@ -81,36 +95,41 @@ class Tensor {
   int64_t numel() const { return shape_.numel(); }
   size_t nbytes() const { return (size_t)numel() * base::dtype_size(dtype_); }
   bool is_contiguous() const;
-  const std::shared_ptr<base::Buffer>& buffer() const { return buffer_; }
+  const std::shared_ptr<B>& buffer() const { return buffer_; }
   size_t byte_offset() const { return offset_; }
 
   // Untyped pointer to the first element.
-  void* data() const { return buffer_ ? static_cast<char*>(buffer_->data()) + offset_ : nullptr; }
+  Ptr<void> data() const { return buffer_ ? static_cast<Ptr<char>>(buffer_->data()) + offset_ : nullptr; }
   // Typed pointer; aborts (programming error, not user input) if T does not match the dtype.
-  template <typename T> T* ptr() const {
+  template <typename T> Ptr<T> ptr() const {
     check_dtype(DTypeOf<T>::value);
-    return static_cast<T*>(data());
+    return static_cast<Ptr<T>>(data());
   }
   // fp16 / bf16 data as raw 16-bit words.
-  uint16_t* ptr_u16() const;
+  Ptr<uint16_t> ptr_u16() const;
 
   // Rows [begin, end) of the first axis; contiguous tensors only. No allocation.
-  Tensor slice_rows(int64_t begin, int64_t end) const;
+  BasicTensor slice_rows(int64_t begin, int64_t end) const;
   // The same memory with another contiguous shape of equal element count.
-  Tensor view(const Shape& shape) const;
+  BasicTensor view(const Shape& shape) const;
 
   // Copies all elements into `dst` (same dtype and shape, any devices). Synchronous.
-  base::Status copy_to(Tensor& dst) const;
+  base::Status copy_to(BasicTensor<base::Buffer>& dst) const;
 
   std::string shape_string() const;  // e.g. "fp16[4, 4096] cuda:0"
 
  private:
   void check_dtype(DType want) const;
-  std::shared_ptr<base::Buffer> buffer_;
+  std::shared_ptr<B> buffer_;
   size_t offset_ = 0;  // bytes from the buffer start
   DType dtype_ = DType::kFp32;
   Shape shape_;
   Shape strides_;
 };
+
+using Tensor = BasicTensor<base::Buffer>;
+using ConstTensor = BasicTensor<const base::Buffer>;
+extern template class BasicTensor<base::Buffer>;
+extern template class BasicTensor<const base::Buffer>;
 
 }  // namespace tensor

@@ -76,7 +76,8 @@ CUDAAllocator* CUDAAllocator::get(int device_id) {
 
 Status Buffer::create(DeviceAllocator* alloc, size_t bytes, std::shared_ptr<Buffer>* out) {
   std::shared_ptr<Buffer> b(new Buffer());
-  KP_RETURN_IF_ERROR(alloc->allocate(bytes, &b->ptr_));
+  KP_RETURN_IF_ERROR(alloc->allocate(bytes, &b->writable_));
+  b->data_ = b->writable_;
   b->bytes_ = bytes;
   b->device_ = alloc->device_type();
   b->device_id_ = alloc->device_type() == DeviceType::kCUDA ? static_cast<CUDAAllocator*>(alloc)->device_id() : 0;
@@ -88,7 +89,18 @@ Status Buffer::create(DeviceAllocator* alloc, size_t bytes, std::shared_ptr<Buff
 std::shared_ptr<Buffer> Buffer::wrap(void* ptr, size_t bytes, DeviceType device, int device_id,
                                      std::shared_ptr<void> keepalive) {
   std::shared_ptr<Buffer> b(new Buffer());
-  b->ptr_ = ptr;
+  b->data_ = b->writable_ = ptr;
+  b->bytes_ = bytes;
+  b->device_ = device;
+  b->device_id_ = device_id;
+  b->keepalive_ = std::move(keepalive);
+  return b;
+}
+
+std::shared_ptr<const Buffer> Buffer::wrap_read_only(const void* ptr, size_t bytes, DeviceType device, int device_id,
+                                                     std::shared_ptr<void> keepalive) {
+  std::shared_ptr<Buffer> b(new Buffer());
+  b->data_ = ptr;  // writable_ stays null
   b->bytes_ = bytes;
   b->device_ = device;
   b->device_id_ = device_id;
@@ -97,7 +109,7 @@ std::shared_ptr<Buffer> Buffer::wrap(void* ptr, size_t bytes, DeviceType device,
 }
 
 Buffer::~Buffer() {
-  if (alloc_ != nullptr && ptr_ != nullptr) alloc_->release(ptr_, bytes_);
+  if (alloc_ != nullptr && writable_ != nullptr) alloc_->release(writable_, bytes_);
 }
 
 }  // namespace base

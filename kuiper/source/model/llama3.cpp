@@ -239,7 +239,7 @@ Status LlamaModel::forward_device(int32_t n, bool classify) {
     KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, weights_.layers[l].ffn_norm, c.norm_eps, xb, s));
     KP_RETURN_IF_ERROR(ffn_block(l, n));
     // The residual add, fused with the norm that follows it: the next layer's or the final one.
-    const Tensor& next_norm = l + 1 < c.n_layers ? weights_.layers[l + 1].attention_norm : weights_.norm;
+    const tensor::ConstTensor& next_norm = l + 1 < c.n_layers ? weights_.layers[l + 1].attention_norm : weights_.norm;
     KP_RETURN_IF_ERROR(kernel::add_rmsnorm(x, proj, next_norm, c.norm_eps, xb, s));
   }
   return classify ? classifier(n) : Status::Ok();

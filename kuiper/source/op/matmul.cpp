@@ -9,7 +9,7 @@
 
 namespace op {
 
-base::Status MatmulLayer::set_weight(tensor::Tensor weight, tensor::Tensor scales, int group_size) {
+base::Status MatmulLayer::set_weight(tensor::ConstTensor weight, tensor::ConstTensor scales, int group_size) {
   if (weight.ndim() != 2) return base::InvalidArgument(name_ + ": weight must be 2-D");
   if (weight.dtype() == base::DType::kInt8 && (scales.empty() || group_size <= 0))
     return base::InvalidArgument(name_ + ": int8 weight needs scales and a group size");

@@ -51,7 +51,8 @@ Shape contiguous_strides(const Shape& shape) {
 }
 }  // namespace
 
-base::Status Tensor::create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, Tensor* out) {
+template <typename B>
+base::Status BasicTensor<B>::create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, BasicTensor* out) {
   for (int64_t d : shape)
     if (d <= 0) return base::InvalidArgument("tensor dimensions must be positive");
   std::shared_ptr<base::Buffer> buf;
@@ -60,9 +61,10 @@ base::Status Tensor::create(DType dtype, const Shape& shape, base::DeviceAllocat
   return base::Status::Ok();
 }
 
-Tensor Tensor::from_buffer(std::shared_ptr<base::Buffer> buffer, size_t byte_offset, DType dtype,
-                           const Shape& shape) {
-  Tensor t;
+template <typename B>
+BasicTensor<B> BasicTensor<B>::from_buffer(std::shared_ptr<B> buffer, size_t byte_offset, DType dtype,
+                                           const Shape& shape) {
+  BasicTensor t;
   t.buffer_ = std::move(buffer);
   t.offset_ = byte_offset;
   t.dtype_ = dtype;
@@ -72,13 +74,15 @@ Tensor Tensor::from_buffer(std::shared_ptr<base::Buffer> buffer, size_t byte_off
   return t;
 }
 
-int64_t Tensor::dim(int i) const {
+template <typename B>
+int64_t BasicTensor<B>::dim(int i) const {
   const int axis = i < 0 ? shape_.size() + i : i;
   CHECK(axis >= 0 && axis < shape_.size()) << "axis " << i << " of " << shape_string();
   return shape_[axis];
 }
 
-bool Tensor::is_contiguous() const {
+template <typename B>
+bool BasicTensor<B>::is_contiguous() const {
   int64_t acc = 1;
   for (int i = shape_.size() - 1; i >= 0; --i) {
     if (strides_[i] != acc) return false;
@@ -87,16 +91,19 @@ bool Tensor::is_contiguous() const {
   return true;
 }
 
-uint16_t* Tensor::ptr_u16() const {
+template <typename B>
+typename BasicTensor<B>::template Ptr<uint16_t> BasicTensor<B>::ptr_u16() const {
   CHECK(dtype_ == DType::kFp16 || dtype_ == DType::kBf16) << "ptr_u16 on " << shape_string();
-  return static_cast<uint16_t*>(data());
+  return static_cast<Ptr<uint16_t>>(data());
 }
 
-void Tensor::check_dtype(DType want) const {
+template <typename B>
+void BasicTensor<B>::check_dtype(DType want) const {
   CHECK(dtype_ == want) << "tensor " << shape_string() << " accessed as " << base::dtype_name(want);
 }
 
-Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
+template <typename B>
+BasicTensor<B> BasicTensor<B>::slice_rows(int64_t begin, int64_t end) const {
   CHECK(is_contiguous() && ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0])
       << "bad slice [" << begin << ", " << end << ") of " << shape_string();
   Shape shape = shape_;
@@ -105,12 +112,14 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
   return from_buffer(buffer_, offset_ + begin * row_bytes, dtype_, shape);
 }
 
-Tensor Tensor::view(const Shape& shape) const {
+template <typename B>
+BasicTensor<B> BasicTensor<B>::view(const Shape& shape) const {
   CHECK(is_contiguous() && shape.numel() == numel()) << "bad view of " << shape_string();
   return from_buffer(buffer_, offset_, dtype_, shape);
 }
 
-base::Status Tensor::copy_to(Tensor& dst) const {
+template <typename B>
+base::Status BasicTensor<B>::copy_to(Tensor& dst) const {
   if (dst.dtype() != dtype_ || dst.numel() != numel() || !is_contiguous() || !dst.is_contiguous())
     return base::InvalidArgument("copy_to: " + shape_string() + " -> " + dst.shape_string());
   if (device_type() == DeviceType::kCPU && dst.device_type() == DeviceType::kCPU) {
@@ -125,11 +134,15 @@ base::Status Tensor::copy_to(Tensor& dst) const {
 #endif
 }
 
-std::string Tensor::shape_string() const {
+template <typename B>
+std::string BasicTensor<B>::shape_string() const {
   std::ostringstream os;
   os << base::dtype_name(dtype_) << shape_ << " " << base::device_name(device_type());
   if (device_type() == DeviceType::kCUDA) os << ":" << device_id();
   return os.str();
 }
+
+template class BasicTensor<base::Buffer>;
+template class BasicTensor<const base::Buffer>;
 
 }  // namespace tensor

@@ -43,10 +43,10 @@ template <typename F> void parallel_for(int64_t n, bool parallel, F&& body) {
   });
 }
 
-void embedding(const Tensor& tokens, const Tensor& table, Tensor& out);
-void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);
-void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out);
-void matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y);
+void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out);
+void rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out);
+void add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out);
+void matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y);
 void rope(Tensor& q, Tensor& k, int32_t pos, const Tensor& cos_sin, int head_dim);
 void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, int32_t pos);
 void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int32_t pos, int n_heads,

@@ -7,7 +7,7 @@ namespace kernel::cpu {
 
 // tokens: int32 [n] (checked in [0, vocab) by the dispatcher); table: fp32/fp16/bf16 [vocab, dim];
 // out: fp32 [n, dim].
-void embedding(const Tensor& tokens, const Tensor& table, Tensor& out) {
+void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out) {
   const int64_t n = tokens.numel(), dim = table.dim(1);
   const int32_t* ids = tokens.ptr<int32_t>();
   float* o = out.ptr<float>();

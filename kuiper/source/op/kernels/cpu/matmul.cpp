@@ -76,7 +76,7 @@ void matmul_int8(const float* x, const int8_t* q, const float* scales, int group
 
 // x: fp32 [n, in]; weight: fp32 [out, in] (scales empty) or int8 [out, in] with scales fp32
 // [out, in / group_size]; y: fp32 [n, out].
-void matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y) {
+void matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y) {
   const int64_t n = x.dim(0), in = x.dim(1), out = weight.dim(0);
   if (weight.dtype() == base::DType::kInt8) {
     matmul_int8(x.ptr<float>(), weight.ptr<int8_t>(), scales.ptr<float>(), group_size, n, in, out, y.ptr<float>());

@@ -19,7 +19,7 @@ void rmsnorm_row(const float* x, const float* w, float eps, int64_t dim, float* 
 }  // namespace
 
 // x, out: fp32 [n, dim]; weight: fp32 [dim].
-void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+void rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out) {
   const int64_t n = x.dim(0), dim = x.dim(1);
   const float* xp = x.ptr<float>();
   const float* w = weight.ptr<float>();
@@ -29,7 +29,7 @@ void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
 
 // residual (in/out), delta, out: fp32 [n, dim]; weight: fp32 [dim].
 // residual += delta; out = rmsnorm(residual).
-void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) {
+void add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out) {
   const int64_t n = residual.dim(0), dim = residual.dim(1);
   float* r = residual.ptr<float>();
   const float* d = delta.ptr<float>();
