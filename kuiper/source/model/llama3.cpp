@@ -140,7 +140,10 @@ Status LlamaModel::init_mem() {
     total += align_up(n);
   }
   Status st = base::Buffer::create(alloc_, total, &ws_block_);
-  if (!st.ok()) return {st.code(), "activation workspace does not fit: " + st.message()};
+  if (st.code() == base::StatusCode::kOutOfMemory)
+    return base::OutOfMemory("the activation workspace needs " + base::format_size(total) + " " +
+                             base::memory_report(*alloc_) + "; lower --max_seq_len");
+  if (!st.ok()) return st;
   for (Slot& s : slots) *s.t = Tensor::from_buffer(ws_block_, s.offset, s.dtype, s.shape);
   auto columns = [](const Tensor& row, int64_t begin, int64_t len) {
     return Tensor::from_buffer(row.buffer(), row.byte_offset() + begin * base::dtype_size(row.dtype()), row.dtype(),

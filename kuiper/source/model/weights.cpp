@@ -159,9 +159,8 @@ class Planner {
                                        : base::CUDAAllocator::get(spec_.device_id);
     if (total > 0) {
       Status st = base::Buffer::create(alloc, total, block);
-      if (!st.ok())
-        return {st.code(), "model weights (" + std::to_string(total >> 20) + " MiB on this rank) do not fit: " +
-                               st.message() + "; try more --tp ranks or an int8 export"};
+      if (st.code() == base::StatusCode::kOutOfMemory) return base::OutOfMemory(does_not_fit(total, *alloc));
+      if (!st.ok()) return st;
     }
     for (Dest& d : dests_) {
       if (d.rows == 0 || d.zero_copy) continue;  // an empty stack (float weights have no scales)
@@ -203,6 +202,16 @@ class Planner {
   }
 
  private:
+  // The one line for weights that do not fit: what they need, what the device has, what to change.
+  std::string does_not_fit(uint64_t bytes, const base::DeviceAllocator& alloc) const {
+    const std::string what = spec_.world_size > 1 ? "rank " + std::to_string(spec_.rank) + "'s share (1/" +
+                                                        std::to_string(spec_.world_size) + ") of the model weights needs "
+                                                  : "the model weights need ";
+    const std::string advice = alloc.device_type() == DeviceType::kCUDA ? "use more --tp ranks or an int8 export"
+                                                                        : "use an int8 export";
+    return what + base::format_size(bytes) + " " + base::memory_report(alloc) + "; " + advice;
+  }
+
   Dest* new_dest(ConstTensor* t, bool one_d) {
     dests_.push_back(Dest{t});
     dests_.back().one_d = one_d;
