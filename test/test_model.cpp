@@ -8,7 +8,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "base/buffer.h"
 #include "model/generator.h"
+#include "model/kv_cache.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
@@ -146,6 +148,37 @@ TEST(Stories260K, NoAllocationWhileGenerating) {
   ASSERT_TRUE(s.tok->encode("Once upon a time", true, &ids).ok());
   expect_no_allocation_while_decoding(*m, ids, kGreedy, 200);
   expect_no_allocation_while_decoding(*m, ids, kSampled, 200);
+}
+
+// The cache manager takes exactly one allocation, of n_layers x 2 x max_seq_len x n_kv_heads x head_dim
+// x 4 bytes for stories260K's shape: 5 x 2 x 512 x 4 x 8 x 4 = 655360, written out by hand. Its own
+// allocator instance, so its counters see nothing else.
+TEST(KVCache, OneAllocationOfTheShapesSize) {
+  base::CPUAllocator alloc;
+  model::KVCacheManager kv;
+  ASSERT_TRUE(kv.init({5, 512, 4, 8, base::DType::kFp32}, &alloc).ok());
+  EXPECT_EQ(alloc.allocations(), 1);
+  EXPECT_EQ(alloc.bytes_in_use(), 655360);
+  // Layer 3's V: matrix 2 * 3 + 1 of [512, 32] fp32 (65536 bytes each) in the block.
+  const tensor::Tensor v3 = kv.value(3);
+  EXPECT_EQ(v3.shape(), (tensor::Shape{512, 32}));
+  EXPECT_EQ(static_cast<const char*>(v3.data()) - static_cast<const char*>(kv.key(0).data()), 7 * 65536);
+}
+
+// LlamaModel::create takes three blocks from the host allocator and no more: the weights (the fp16
+// file widened to fp32; the fp32 norms are used in place from the file), the KV cache, the workspace.
+// Weights 13369344 bytes and cache 2097152 bytes, worked out by hand in test_out_of_memory.cpp
+// (ModelWeightsOnTheHost, ModelKvCacheOnTheHost).
+TEST(Storyteller, ThreeBlocksWeightsKvCacheAndWorkspace) {
+  std::unique_ptr<model::ModelFile> f;
+  ASSERT_TRUE(model::ModelFile::open(testutil::source_dir() + "/models/storyteller.bin", &f).ok());
+  auto* alloc = base::CPUAllocator::get();
+  const int64_t n0 = alloc->allocations(), b0 = alloc->bytes_in_use();
+  auto m = make_model(*f);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(alloc->allocations() - n0, 3);
+  EXPECT_EQ(alloc->bytes_in_use() - b0, 13369344 + 2097152 + (int64_t)m->workspace().bytes);
+  EXPECT_TRUE(testutil::kv_cache_is_one_block(*m, 2097152));
 }
 
 // The project's own model (models/storyteller.bin, fp16) against the greedy ids PyTorch computed for
