@@ -18,7 +18,7 @@ model::GenerateOptions no_stop(int n) {
 
 ::testing::AssertionResult kv_cache_is_one_block(const model::LlamaModel& m, uint64_t bytes) {
   const model::KVCacheManager& kv = m.kv_cache();
-  const auto& block = kv.key(0).buffer();
+  const std::shared_ptr<base::Buffer> block = kv.key(0).buffer();  // a copy: key(0) is a temporary
   if (!block->owns_memory() || block->size() != bytes)
     return ::testing::AssertionFailure() << "block of " << block->size() << " bytes (owned: " << block->owns_memory()
                                          << "), expected " << bytes;
