@@ -12,6 +12,7 @@
 
 #include "base/buffer.h"
 #include "op/kernels.h"
+#include "heap_counter.h"
 #include "test_util.h"
 
 using base::DType;
@@ -427,8 +428,12 @@ TEST(Dispatch, RejectsMismatchedShapesAndDtypes) {
   EXPECT_FALSE(kernel::kv_append(y, y, kc, kc, ints({-1}), nullptr).ok());
 }
 
-// Kernels take no memory from the allocators: scratch comes from the caller.
+// Kernels allocate nothing: no memory from the project's allocators (scratch comes from the caller)
+// and no heap allocation at all, counting every malloc and new of the process (heap_counter.h). The
+// second round is counted: the first starts OpenMP's thread pool and OpenBLAS's buffers, once per
+// process.
 TEST(Dispatch, KernelsDoNotAllocate) {
+  ASSERT_TRUE(testutil::heap_counter_works()) << "the heap counter is not linked into this test";
   const int64_t n = 7, dim = 48, max_seq = 16;
   Tensor x = random_cpu({n, dim}, 1), w = random_cpu({dim}, 2), y = make(DType::kFp32, {n, dim});
   Tensor wm = random_cpu({dim, dim}, 3), table = rope_table(max_seq, 8), kc = make(DType::kFp32, {max_seq, 16});
@@ -437,18 +442,29 @@ TEST(Dispatch, KernelsDoNotAllocate) {
   Quantised qw = quantise(wm, 16);
   Tensor scratch = make(DType::kFp32, {kernel::attention_scratch_floats(n, 6, 8, max_seq, base::DeviceType::kCPU)});
   Tensor p = ints({2});
+  Tensor x1 = x.slice_rows(0, 1), y1 = y.slice_rows(0, 1);  // the decode shapes (GEMV)
+  auto run_all = [&] {
+    ASSERT_TRUE(kernel::embedding(ids, emb, x, nullptr).ok());
+    ASSERT_TRUE(kernel::rmsnorm(x, w, 1e-5f, y, nullptr).ok());
+    ASSERT_TRUE(kernel::add_rmsnorm(x, y, w, 1e-5f, y, nullptr).ok());
+    ASSERT_TRUE(kernel::matmul(x, wm, Tensor(), 0, y, nullptr).ok());
+    ASSERT_TRUE(kernel::matmul(x1, wm, Tensor(), 0, y1, nullptr).ok());
+    ASSERT_TRUE(kernel::matmul(x, qw.q, qw.scales, 16, y, nullptr).ok());
+    ASSERT_TRUE(kernel::rope(x, k, p, table, 8, nullptr).ok());
+    ASSERT_TRUE(kernel::kv_append(k, k, kc, vc, p, nullptr).ok());
+    ASSERT_TRUE(kernel::attention(x, kc, vc, p, 6, 2, 8, scratch, y, nullptr).ok());
+    ASSERT_TRUE(kernel::swiglu(x, y, y, nullptr).ok());
+    ASSERT_TRUE(kernel::add(x, y, y, nullptr).ok());
+    ASSERT_TRUE(kernel::softmax(y, nullptr).ok());
+    ASSERT_TRUE(kernel::argmax(y, am, nullptr).ok());
+    ASSERT_TRUE(kernel::convert(y, h, nullptr).ok());
+  };
+  run_all();
   auto* alloc = base::CPUAllocator::get();
   const int64_t before = alloc->allocations();
-  ASSERT_TRUE(kernel::embedding(ids, emb, x, nullptr).ok());
-  ASSERT_TRUE(kernel::add_rmsnorm(x, y, w, 1e-5f, y, nullptr).ok());
-  ASSERT_TRUE(kernel::matmul(x, wm, Tensor(), 0, y, nullptr).ok());
-  ASSERT_TRUE(kernel::matmul(x, qw.q, qw.scales, 16, y, nullptr).ok());
-  ASSERT_TRUE(kernel::rope(x, k, p, table, 8, nullptr).ok());
-  ASSERT_TRUE(kernel::kv_append(k, k, kc, vc, p, nullptr).ok());
-  ASSERT_TRUE(kernel::attention(x, kc, vc, p, 6, 2, 8, scratch, y, nullptr).ok());
-  ASSERT_TRUE(kernel::swiglu(x, y, y, nullptr).ok());
-  ASSERT_TRUE(kernel::softmax(y, nullptr).ok());
-  ASSERT_TRUE(kernel::argmax(y, am, nullptr).ok());
-  ASSERT_TRUE(kernel::convert(y, h, nullptr).ok());
+  testutil::HeapCounter heap;
+  run_all();
+  const int64_t heap_allocations = heap.count();
+  EXPECT_EQ(heap_allocations, 0) << "heap allocations in one call of every kernel";
   EXPECT_EQ(alloc->allocations(), before);
 }

@@ -1,9 +1,11 @@
 // The model on the GPU (label gpu; skipped with a message where no GPU is visible):
 //  - stories260K greedy ids identical to the CPU engine in fp32, the same first 20 in fp16 / bf16;
 //  - CUDA-graph decode identical to plain launches;
-//  - no device allocation while generating;
+//  - no allocation while decoding: host heap, GPU allocator, device free memory;
 //  - NCCL through a one-rank communicator (the path --tp N takes). Several GPUs: test_multi_gpu.cpp.
 #include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
 
 #include "base/cuda_utils.h"
 #include "comm/nccl_handler.h"
@@ -11,7 +13,9 @@
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "runtime/tp_runner.h"
+#include "heap_counter.h"
 #include "model_test_util.h"
+#include "sampler/sampler.h"
 #include "test_util.h"
 
 namespace {
@@ -93,18 +97,47 @@ TEST_F(GpuModelTest, PrefillLogitsMatchCpu) {
   EXPECT_TRUE(testutil::all_close(a, std::vector<double>(b.begin(), b.end()), 1e-3, 1e-3));
 }
 
-TEST_F(GpuModelTest, NoDeviceAllocationWhileGenerating) {
+// With the CUDA graph, after the first decoded token (whose step captures the graph), 200 decode steps
+// allocate nothing: no heap allocation on the host (every malloc / new of the process counted, the CUDA
+// runtime's and driver's included), nothing from the project's GPU allocator, and the device's free
+// memory (cudaMemGetInfo) is unchanged. Greedy (argmax on the device) and sampled (logits to the host,
+// then the Sampler) paths.
+TEST_F(GpuModelTest, NoAllocationWhileDecodingWithTheGraph) {
+  ASSERT_TRUE(testutil::heap_counter_works()) << "the heap counter is not linked into this test";
   GpuModel g;
   make_gpu(*file_, base::DType::kBf16, true, &g);
-  greedy(*g.m, 2);  // first steps: graph capture, cuBLAS handle
   auto* alloc = base::CUDAAllocator::get(0);
-  const int64_t n0 = alloc->allocations();
-  size_t free0 = 0, free1 = 0, total = 0;
-  ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
-  greedy(*g.m, 300);
-  ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
-  EXPECT_EQ(alloc->allocations(), n0);
-  EXPECT_EQ(free0, free1) << "device memory changed while generating";
+  for (const sampler::SamplerConfig& sc : {sampler::SamplerConfig{}, sampler::SamplerConfig{0.9f, 40, 0.95f, 7}}) {
+    sampler::Sampler smp;
+    ASSERT_TRUE(sampler::Sampler::create(sc, g.m->config().vocab_size, &smp).ok());
+    std::vector<float> logits(g.m->config().vocab_size);
+    struct Snapshot { int64_t allocations, bytes; size_t free; };
+    Snapshot at[2] = {};
+    int probes = 0;
+    testutil::DecodeWindow window(200, [&] {  // as the window opens, and as it closes
+      size_t total = 0;
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(cudaMemGetInfo(&at[probes].free, &total), cudaSuccess);
+      at[probes].allocations = alloc->allocations();
+      at[probes].bytes = alloc->bytes_in_use();
+      ++probes;
+    });
+    runtime::GenerateOptions go;
+    go.max_new_tokens = window.total_tokens();
+    go.stop_at_eos = false;
+    runtime::GenerateStats st;
+    ASSERT_TRUE(runtime::generate(*g.m, smp, kPrompt, 0, go, logits.data(), [&](int32_t) {
+      window.on_token();
+      return true;
+    }, &st).ok());
+    ASSERT_TRUE(window.complete());
+    ASSERT_EQ(probes, 2);
+    EXPECT_EQ(window.allocations(), 0) << "host heap allocations in 200 decode steps (temperature "
+                                       << sc.temperature << ")";
+    EXPECT_EQ(at[1].allocations, at[0].allocations);
+    EXPECT_EQ(at[1].bytes, at[0].bytes);
+    EXPECT_EQ(at[1].free, at[0].free) << "device memory changed while decoding";
+  }
 }
 
 // One rank: NCCL all-reduce is the identity and all-gather a copy, through the same interface and the

@@ -8,11 +8,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "base/buffer.h"
 #include "runtime/generator.h"
+#include "model/kv_cache.h"
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "model/tokenizer.h"
 #include "sampler/sampler.h"
+#include "heap_counter.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -98,7 +101,44 @@ TEST(Stories260K, BatchedChunkedAndSequentialPrefillAgree) {
   EXPECT_TRUE(testutil::all_close(sequential, ref, 1e-4, 1e-4));
 }
 
-// The KV cache and workspace are taken at start-up; generating 200 tokens allocates nothing.
+// After the first decoded token, `steps` decode steps make no heap allocation at all: every malloc and
+// new of the process is counted (heap_counter.h), on every thread, not only the project's allocator,
+// whose counters must not move either. `sc` picks the path: greedy (decode_greedy, the argmax in the
+// model) or sampled (forward to host logits, then the Sampler).
+void expect_no_allocation_while_decoding(model::LlamaModel& m, const std::vector<int32_t>& prompt,
+                                         const sampler::SamplerConfig& sc, int steps) {
+  ASSERT_TRUE(testutil::heap_counter_works()) << "the heap counter is not linked into this test";
+  sampler::Sampler smp;
+  ASSERT_TRUE(sampler::Sampler::create(sc, m.config().vocab_size, &smp).ok());
+  std::vector<float> logits(m.config().vocab_size);
+  auto* alloc = m.allocator();
+  int64_t alloc_before = -1, bytes_before = -1;
+  bool opened = false;
+  testutil::DecodeWindow window(steps, [&] {  // runs as the window opens and as it closes
+    if (opened) return;
+    opened = true;
+    alloc_before = alloc->allocations(), bytes_before = alloc->bytes_in_use();
+  });
+  runtime::GenerateOptions go;
+  go.max_new_tokens = window.total_tokens();
+  go.stop_at_eos = false;
+  runtime::GenerateStats st;
+  ASSERT_TRUE(runtime::generate(m, smp, prompt, 0, go, logits.data(), [&](int32_t) {
+    window.on_token();
+    return true;
+  }, &st).ok());
+  ASSERT_TRUE(window.complete()) << st.generated_tokens << " tokens generated; stop: " << st.stop_reason;
+  EXPECT_EQ(window.allocations(), 0) << window.allocations() << " heap allocations in " << steps
+                                     << " decode steps (temperature " << sc.temperature << ")";
+  EXPECT_GT(alloc_before, 0);  // the model's blocks were counted, so an unchanged count means something
+  EXPECT_EQ(alloc->allocations(), alloc_before);
+  EXPECT_EQ(alloc->bytes_in_use(), bytes_before);
+}
+
+const sampler::SamplerConfig kGreedy{};
+const sampler::SamplerConfig kSampled{0.9f, 40, 0.95f, 7};
+
+// The KV cache and the workspace are taken at start-up: 200 decode steps allocate nothing.
 TEST(Stories260K, NoAllocationWhileGenerating) {
   KP_SKIP_WITHOUT_MODELS();
   Stories s;
@@ -106,22 +146,39 @@ TEST(Stories260K, NoAllocationWhileGenerating) {
   auto m = make_model(*s.file);
   std::vector<int32_t> ids;
   ASSERT_TRUE(s.tok->encode("Once upon a time", true, &ids).ok());
-  sampler::Sampler smp;
-  ASSERT_TRUE(sampler::Sampler::create({0.9f, 40, 0.95f, 7}, m->config().vocab_size, &smp).ok());
-  std::vector<float> logits(m->config().vocab_size);
-  auto* alloc = m->allocator();
-  const int64_t before = alloc->allocations(), bytes = alloc->bytes_in_use();
-  runtime::GenerateOptions go;
-  go.max_new_tokens = 200;
-  go.stop_at_eos = false;
-  runtime::GenerateStats st;
-  int n = 0;
-  ASSERT_TRUE(runtime::generate(*m, smp, ids, 0, go, logits.data(), [&](int32_t) { return ++n > 0; }, &st).ok());
-  EXPECT_EQ(n, 200);
-  EXPECT_EQ(alloc->allocations(), before);
-  EXPECT_EQ(alloc->bytes_in_use(), bytes);
-  // The cache really is one block of layers x 2 x seq x kv_heads x head_dim floats.
-  EXPECT_EQ(m->kv_cache().bytes(), 5ull * 2 * 512 * 4 * 8 * 4);
+  expect_no_allocation_while_decoding(*m, ids, kGreedy, 200);
+  expect_no_allocation_while_decoding(*m, ids, kSampled, 200);
+}
+
+// The cache manager takes exactly one allocation, of n_layers x 2 x max_seq_len x n_kv_heads x head_dim
+// x 4 bytes for stories260K's shape: 5 x 2 x 512 x 4 x 8 x 4 = 655360, written out by hand. Its own
+// allocator instance, so its counters see nothing else.
+TEST(KVCache, OneAllocationOfTheShapesSize) {
+  base::CPUAllocator alloc;
+  model::KVCacheManager kv;
+  ASSERT_TRUE(kv.init({5, 512, 4, 8, base::DType::kFp32}, &alloc).ok());
+  EXPECT_EQ(alloc.allocations(), 1);
+  EXPECT_EQ(alloc.bytes_in_use(), 655360);
+  // Layer 3's V: matrix 2 * 3 + 1 of [512, 32] fp32 (65536 bytes each) in the block.
+  const tensor::Tensor v3 = kv.value(3);
+  EXPECT_EQ(v3.shape(), (tensor::Shape{512, 32}));
+  EXPECT_EQ(static_cast<const char*>(v3.data()) - static_cast<const char*>(kv.key(0).data()), 7 * 65536);
+}
+
+// LlamaModel::create takes three blocks from the host allocator and no more: the weights (the fp16
+// file widened to fp32; the fp32 norms are used in place from the file), the KV cache, the workspace.
+// Weights 13369344 bytes and cache 2097152 bytes, worked out by hand in test_out_of_memory.cpp
+// (ModelWeightsOnTheHost, ModelKvCacheOnTheHost).
+TEST(Storyteller, ThreeBlocksWeightsKvCacheAndWorkspace) {
+  std::unique_ptr<model::ModelFile> f;
+  ASSERT_TRUE(model::ModelFile::open(testutil::source_dir() + "/models/storyteller.bin", &f).ok());
+  auto* alloc = base::CPUAllocator::get();
+  const int64_t n0 = alloc->allocations(), b0 = alloc->bytes_in_use();
+  auto m = make_model(*f);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(alloc->allocations() - n0, 3);
+  EXPECT_EQ(alloc->bytes_in_use() - b0, 13369344 + 2097152 + (int64_t)m->workspace().bytes);
+  EXPECT_TRUE(testutil::kv_cache_is_one_block(*m, 2097152));
 }
 
 // The project's own model (models/storyteller.bin, fp16) against the greedy ids PyTorch computed for
@@ -138,6 +195,20 @@ TEST(Storyteller, GreedyMatchesPyTorch) {
   EXPECT_EQ(ids, fx["prompt_ids"].get<std::vector<int32_t>>());
   auto m = make_model(*f);
   EXPECT_EQ(greedy(*m, ids, 200), fx["generated_ids"].get<std::vector<int32_t>>());
+}
+
+// The same on the project's own model (fp16 in the file, widened to fp32 once at load), which needs no
+// test data: this test runs everywhere.
+TEST(Storyteller, NoAllocationWhileGenerating) {
+  std::unique_ptr<model::ModelFile> f;
+  ASSERT_TRUE(model::ModelFile::open(testutil::source_dir() + "/models/storyteller.bin", &f).ok());
+  std::unique_ptr<model::Tokenizer> tok;
+  ASSERT_TRUE(model::load_tokenizer_blob(f->tokenizer_type(), f->tokenizer_blob(), "storyteller", &tok).ok());
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(tok->encode("Once upon a time", true, &ids).ok());
+  auto m = make_model(*f);
+  expect_no_allocation_while_decoding(*m, ids, kGreedy, 200);
+  expect_no_allocation_while_decoding(*m, ids, kSampled, 200);
 }
 
 TEST(Stories260K, ContextLimitIsAnErrorNotACrash) {

@@ -6,6 +6,7 @@
 
 #include "base/buffer.h"
 #include "base/dtype.h"
+#include "heap_counter.h"
 #include "tensor/tensor.h"
 #include "test_util.h"
 
@@ -47,6 +48,33 @@ TEST(Tensor, ViewAndStrides) {
   EXPECT_EQ(v.dim(1), 12);
   EXPECT_EQ(v.ptr<float>()[13], t.ptr<float>()[13]);
   EXPECT_EQ(t.shape_string(), "fp32[4, 6] cpu");
+}
+
+// Shapes live inline: copying a tensor, slicing and re-viewing it touch no heap (the decode loop does
+// this hundreds of times a token). Every allocation of the process is counted (heap_counter.h).
+TEST(Tensor, CopiesAndViewsDoNotAllocate) {
+  ASSERT_TRUE(testutil::heap_counter_works());
+  Tensor t = testutil::random_cpu({8, 6, 2}, 1);
+  Tensor sink[4];
+  testutil::HeapCounter heap;
+  Tensor copy = t;
+  sink[0] = copy.slice_rows(2, 5);
+  sink[1] = sink[0].view({3, 12});
+  sink[2] = Tensor::from_buffer(t.buffer(), 96, DType::kFp32, {4, 3});
+  sink[3] = std::move(copy);
+  const int64_t n = heap.count();
+  EXPECT_EQ(n, 0);
+  EXPECT_EQ(sink[1].shape(), (tensor::Shape{3, 12}));
+  EXPECT_EQ(sink[0].data(), static_cast<char*>(t.data()) + 2 * 12 * sizeof(float));
+}
+
+TEST(Tensor, ShapeHoldsUpToFourAxes) {
+  const tensor::Shape s{2, 3, 4, 5};
+  EXPECT_EQ(s.size(), 4);
+  EXPECT_EQ(s.numel(), 120);
+  EXPECT_EQ(s.to_vector(), (std::vector<int64_t>{2, 3, 4, 5}));
+  EXPECT_NE(s, (tensor::Shape{2, 3, 4}));
+  EXPECT_DEATH(tensor::Shape({1, 2, 3, 4, 5}), "at most 4 axes");
 }
 
 TEST(Tensor, TypedPointerChecksDtype) {

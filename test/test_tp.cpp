@@ -13,6 +13,7 @@
 #include "comm/cpu_communicator.h"
 #include "comm/host_barrier.h"
 #include "runtime/tp_runner.h"
+#include "heap_counter.h"
 #include "model_test_util.h"
 #include "test_util.h"
 
@@ -93,10 +94,37 @@ TEST(TensorParallelCpu, EachRankHoldsItsShare) {
   auto f = stories();
   auto one = runner(*f, 1);
   auto four = runner(*f, 4);
-  EXPECT_EQ(four->model(0).kv_cache().bytes() * 4, one->model(0).kv_cache().bytes());
+  // stories260K's cache, 5 layers x 2 x 512 positions x 8 head_dim x 4 bytes per KV head (by hand):
+  // its 4 KV heads on one rank, one on each of four.
+  EXPECT_TRUE(testutil::kv_cache_is_one_block(one->model(0), 4 * 163840));
+  for (int r = 0; r < 4; ++r) EXPECT_TRUE(testutil::kv_cache_is_one_block(four->model(r), 163840)) << "rank " << r;
   EXPECT_EQ(four->model(3).weights().layers[0].wq.out_features(), 16);  // 2 of 8 heads x head_dim 8
   EXPECT_EQ(four->model(3).weights().layers[0].wo.in_features(), 16);
   EXPECT_EQ(four->model(1).weights().layers[0].w2.in_features(), 43);  // 172 / 4
+}
+
+// --tp 2 on the CPU: after the first decoded token, 200 decode steps of both ranks (their threads,
+// the all-reduces and all-gathers of the CpuCommunicator, the per-token handshake) make no heap
+// allocation at all, greedy and sampled. Every malloc / new of the process is counted (heap_counter.h).
+TEST(TensorParallelCpu, NoAllocationWhileDecoding) {
+  KP_SKIP_WITHOUT_MODELS();
+  ASSERT_TRUE(testutil::heap_counter_works()) << "the heap counter is not linked into this test";
+  auto f = stories();
+  auto r = runner(*f, 2);
+  for (const sampler::SamplerConfig& sc : {sampler::SamplerConfig{}, sampler::SamplerConfig{0.9f, 40, 0.95f, 7}}) {
+    testutil::DecodeWindow window(200);
+    runtime::GenerateOptions go;
+    go.max_new_tokens = window.total_tokens();
+    go.stop_at_eos = false;
+    runtime::GenerateStats st;
+    ASSERT_TRUE(r->generate(sc, kPrompt, 0, go, [&](int32_t) {
+      window.on_token();
+      return true;
+    }, &st).ok());
+    ASSERT_TRUE(window.complete());
+    EXPECT_EQ(window.allocations(), 0) << "heap allocations in 200 decode steps at --tp 2 (temperature "
+                                       << sc.temperature << ")";
+  }
 }
 
 TEST(TensorParallelCpu, SizesThatDoNotDivideAreRejected) {

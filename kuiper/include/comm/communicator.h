@@ -50,7 +50,7 @@ class Communicator {
   // `partial` is clobbered (this default leaves the sum in it); `out` may alias `partial`, not
   // `residual`. The default is all_reduce_sum followed by kernel::add_rmsnorm.
   virtual base::Status all_reduce_add_rmsnorm(tensor::Tensor& partial, tensor::Tensor& residual,
-                                              const tensor::Tensor& weight, float eps, tensor::Tensor& out,
+                                              const tensor::ConstTensor& weight, float eps, tensor::Tensor& out,
                                               void* stream) {
     KP_RETURN_IF_ERROR(all_reduce_sum(partial, stream));
     return kernel::add_rmsnorm(residual, partial, weight, eps, out, stream);

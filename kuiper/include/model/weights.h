@@ -26,9 +26,11 @@ struct ShardSpec {
   comm::Communicator* comm = nullptr;  // for row-parallel layers when world_size > 1
 };
 
+// Every weight is a read-only tensor (ConstTensor): on the CPU many are views of the read-only mapping
+// of the model file itself, and nothing may write to any of them once loaded.
 struct LayerWeights {
-  tensor::Tensor attention_norm;  // fp32 [dim]
-  tensor::Tensor ffn_norm;        // fp32 [dim]
+  tensor::ConstTensor attention_norm;  // fp32 [dim]
+  tensor::ConstTensor ffn_norm;        // fp32 [dim]
   op::MatmulLayer wqkv;           // column-parallel: [q_local + 2 kv_local, dim], wq / wk / wv stacked
   op::MatmulLayer wq;             //   rows of wqkv:  [n_heads_local * head_dim, dim]
   op::MatmulLayer wk, wv;         //   rows of wqkv:  [n_kv_heads_local * head_dim, dim]
@@ -39,9 +41,9 @@ struct LayerWeights {
 };
 
 struct LlamaWeights {
-  tensor::Tensor tok_embeddings;  // [vocab, dim], replicated (a gather needs no sharding)
+  tensor::ConstTensor tok_embeddings;  // [vocab, dim], replicated (a gather needs no sharding)
   std::vector<LayerWeights> layers;
-  tensor::Tensor norm;            // fp32 [dim]
+  tensor::ConstTensor norm;            // fp32 [dim]
   op::MatmulLayer output;         // [vocab, dim] classifier (tok_embeddings when tied)
   uint64_t bytes = 0;             // weight bytes this rank holds on its device
 

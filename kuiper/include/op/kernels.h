@@ -18,29 +18,30 @@
 namespace kernel {
 
 using base::Status;
+using tensor::ConstTensor;  // weights: read-only (a Tensor converts to one)
 using tensor::Tensor;
 using Stream = void*;  // cudaStream_t on CUDA; nullptr on CPU
 
 // out[i, :] = table[tokens[i], :]
 // tokens: int32 [n]; table: [vocab, dim] in fp32/fp16/bf16; out: [n, dim] activation dtype.
 // Token ids outside [0, vocab) are an error on the CPU; on the GPU they are clamped (checked on host first).
-Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, Stream stream);
+Status embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out, Stream stream);
 
 // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight
 // x, out: [n, dim]; weight: fp32 [dim]. Sum of squares accumulated in fp32.
-Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Stream stream);
+Status rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out, Stream stream);
 
 // Fused residual add + RMSNorm: residual += delta; out = rmsnorm(residual, weight, eps).
 // residual, delta, out: [n, dim]; weight: fp32 [dim].
-Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out,
                    Stream stream);
 
 // y[i, o] = sum_k x[i, k] * W[o, k]   (y = x W^T; W stored [out, in] like nn.Linear)
 // x: [n, in]; y: [n, out]; activation dtype.
 // W: fp32 / fp16 / bf16 [out, in], or int8 [out, in] with `scales` fp32 [out, in / group_size]:
 //    W[o, k] = q[o, k] * scales[o, k / group_size]  (symmetric, group-wise along the input axis).
-// `scales` is empty (Tensor()) for float weights. Accumulation in fp32.
-Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+// `scales` is empty (ConstTensor()) for float weights. Accumulation in fp32.
+Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               Stream stream);
 
 // Rotary position embedding, applied in place to q and k, interleaved pairs (x[2j], x[2j+1]) of each

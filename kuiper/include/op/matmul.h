@@ -35,7 +35,7 @@ class MatmulLayer {
 
   // This rank's shard: weight [out_local, in_local] (float or int8), scales fp32 [out_local,
   // in_local / group_size] for int8 (empty otherwise).
-  base::Status set_weight(tensor::Tensor weight, tensor::Tensor scales, int group_size);
+  base::Status set_weight(tensor::ConstTensor weight, tensor::ConstTensor scales, int group_size);
 
   // y [n, out_local] = x [n, in_local] W^T, then (kRow) summed over ranks.
   base::Status forward(const tensor::Tensor& x, tensor::Tensor& y, void* stream) const;
@@ -44,21 +44,21 @@ class MatmulLayer {
   // forward(), then residual [n, out] += y and normed [n, out] = rmsnorm(residual) * norm_weight.
   // Where the communicator fuses the sum with the add and the norm (one kernel), decode uses that.
   base::Status forward_into_residual(const tensor::Tensor& x, tensor::Tensor& y, tensor::Tensor& residual,
-                                     const tensor::Tensor& norm_weight, float eps, tensor::Tensor& normed,
+                                     const tensor::ConstTensor& norm_weight, float eps, tensor::Tensor& normed,
                                      void* stream) const;
 
   int64_t in_features() const { return weight_.dim(1); }   // local
   int64_t out_features() const { return weight_.dim(0); }  // local
-  const tensor::Tensor& weight() const { return weight_; }
-  const tensor::Tensor& scales() const { return scales_; }
+  const tensor::ConstTensor& weight() const { return weight_; }
+  const tensor::ConstTensor& scales() const { return scales_; }
   const std::string& name() const { return name_; }
   size_t weight_bytes() const { return weight_.nbytes() + (scales_.empty() ? 0 : scales_.nbytes()); }
 
  private:
   std::string name_;
   TpConfig tp_;
-  tensor::Tensor weight_;  // [out_local, in_local]
-  tensor::Tensor scales_;  // fp32 [out_local, in_local / group_size] or empty
+  tensor::ConstTensor weight_;  // [out_local, in_local], read-only (may be the model file's mapping)
+  tensor::ConstTensor scales_;  // fp32 [out_local, in_local / group_size] or empty
   int group_size_ = 0;
 };
 

@@ -1,13 +1,18 @@
-// Tensor: a typed, shaped, strided view of a Buffer on one device.
+// Tensor: a typed, shaped, strided view of a Buffer on one device; ConstTensor: the same, read-only.
 //
-// Tensors are cheap handles: copying one shares the buffer. Views (`slice_rows`, `view`) never
-// allocate, which is how the KV cache manager hands out per-layer K/V tensors over its one block.
+// Tensors are cheap handles: copying one shares the buffer. Shape and strides are stored inline
+// (Shape, below), so neither a copy nor a view (`slice_rows`, `view`) allocates: the decode loop makes
+// hundreds of views a token, and the KV cache manager hands out per-layer K/V views of its one block.
 // `ptr<T>()` checks that T matches the dtype, so a kernel cannot read fp16 data as float by mistake.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <initializer_list>
+#include <iosfwd>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "base/buffer.h"
@@ -26,58 +31,105 @@ template <> struct DTypeOf<float> { static constexpr DType value = DType::kFp32;
 template <> struct DTypeOf<int8_t> { static constexpr DType value = DType::kInt8; };
 template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::kInt32; };
 
-class Tensor {
+// The sizes (or strides) of a tensor's axes, held inline: at most kMaxDims axes, no heap. The engine's
+// tensors have 1 to 3 axes; more is a programming error and aborts.
+class Shape {
  public:
-  Tensor() = default;
+  static constexpr int kMaxDims = 4;
+  Shape() = default;
+  Shape(std::initializer_list<int64_t> dims) { assign(dims.begin(), dims.size()); }
+  Shape(const std::vector<int64_t>& dims) { assign(dims.data(), dims.size()); }  // NOLINT: implicit on purpose
+
+  int size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  int64_t operator[](int i) const { return d_[i]; }
+  int64_t& operator[](int i) { return d_[i]; }
+  const int64_t* begin() const { return d_.data(); }
+  const int64_t* end() const { return d_.data() + n_; }
+  int64_t numel() const;  // product of the sizes (1 for no axes)
+  std::vector<int64_t> to_vector() const { return {begin(), end()}; }
+
+  bool operator==(const Shape& o) const;
+  bool operator!=(const Shape& o) const { return !(*this == o); }
+
+ private:
+  void assign(const int64_t* dims, size_t n);
+  std::array<int64_t, kMaxDims> d_{};
+  int n_ = 0;
+};
+
+// "[4, 4096]", for messages and for GoogleTest.
+std::ostream& operator<<(std::ostream& os, const Shape& s);
+
+// BasicTensor<B>: the tensor handle over a buffer of type B, in two flavours:
+//   Tensor      = BasicTensor<base::Buffer>        reads and writes (activations, caches, outputs);
+//   ConstTensor = BasicTensor<const base::Buffer>  reads only: data() and ptr<T>() give const
+//                 pointers. Weights are ConstTensors, and the read-only mapping of the model file
+//                 exists only as a `const Buffer`, so a write to it does not compile.
+// A Tensor converts implicitly to a ConstTensor (a kernel's weight argument); nothing converts back.
+template <typename B> class BasicTensor {
+ public:
+  static constexpr bool kReadOnly = std::is_const_v<B>;
+  // T* for a Tensor, const T* for a ConstTensor.
+  template <typename T> using Ptr = std::conditional_t<kReadOnly, const T*, T*>;
+
+  BasicTensor() = default;
+  // Tensor -> ConstTensor: the same view, read-only.
+  template <typename Other, typename = std::enable_if_t<kReadOnly && std::is_same_v<Other, base::Buffer>>>
+  BasicTensor(const BasicTensor<Other>& t)  // NOLINT: implicit on purpose
+      : buffer_(t.buffer()), offset_(t.byte_offset()), dtype_(t.dtype()), shape_(t.shape()), strides_(t.strides()) {}
 
   // Allocates a contiguous tensor from `alloc`.
-  static base::Status create(DType dtype, std::vector<int64_t> shape, base::DeviceAllocator* alloc,
-                             Tensor* out);
+  static base::Status create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, BasicTensor* out);
   // Wraps `buffer` starting at `byte_offset` with a contiguous shape.
-  static Tensor from_buffer(std::shared_ptr<base::Buffer> buffer, size_t byte_offset, DType dtype,
-                            std::vector<int64_t> shape);
+  static BasicTensor from_buffer(std::shared_ptr<B> buffer, size_t byte_offset, DType dtype, const Shape& shape);
 
   bool empty() const { return buffer_ == nullptr; }
   DType dtype() const { return dtype_; }
   DeviceType device_type() const { return buffer_ ? buffer_->device_type() : DeviceType::kCPU; }
   int device_id() const { return buffer_ ? buffer_->device_id() : 0; }
-  const std::vector<int64_t>& shape() const { return shape_; }
-  const std::vector<int64_t>& strides() const { return strides_; }  // in elements
-  int64_t dim(int i) const { return shape_.at(i < 0 ? shape_.size() + i : i); }
-  int ndim() const { return (int)shape_.size(); }
-  int64_t numel() const;
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }  // in elements
+  int64_t dim(int i) const;  // size of axis i; negative i counts from the end
+  int ndim() const { return shape_.size(); }
+  int64_t numel() const { return shape_.numel(); }
   size_t nbytes() const { return (size_t)numel() * base::dtype_size(dtype_); }
   bool is_contiguous() const;
-  const std::shared_ptr<base::Buffer>& buffer() const { return buffer_; }
+  const std::shared_ptr<B>& buffer() const { return buffer_; }
   size_t byte_offset() const { return offset_; }
 
   // Untyped pointer to the first element.
-  void* data() const { return buffer_ ? static_cast<char*>(buffer_->data()) + offset_ : nullptr; }
+  Ptr<void> data() const { return buffer_ ? static_cast<Ptr<char>>(buffer_->data()) + offset_ : nullptr; }
   // Typed pointer; aborts (programming error, not user input) if T does not match the dtype.
-  template <typename T> T* ptr() const {
+  template <typename T> Ptr<T> ptr() const {
     check_dtype(DTypeOf<T>::value);
-    return static_cast<T*>(data());
+    return static_cast<Ptr<T>>(data());
   }
   // fp16 / bf16 data as raw 16-bit words.
-  uint16_t* ptr_u16() const;
+  Ptr<uint16_t> ptr_u16() const;
 
   // Rows [begin, end) of the first axis; contiguous tensors only. No allocation.
-  Tensor slice_rows(int64_t begin, int64_t end) const;
+  BasicTensor slice_rows(int64_t begin, int64_t end) const;
   // The same memory with another contiguous shape of equal element count.
-  Tensor view(std::vector<int64_t> shape) const;
+  BasicTensor view(const Shape& shape) const;
 
   // Copies all elements into `dst` (same dtype and shape, any devices). Synchronous.
-  base::Status copy_to(Tensor& dst) const;
+  base::Status copy_to(BasicTensor<base::Buffer>& dst) const;
 
   std::string shape_string() const;  // e.g. "fp16[4, 4096] cuda:0"
 
  private:
   void check_dtype(DType want) const;
-  std::shared_ptr<base::Buffer> buffer_;
+  std::shared_ptr<B> buffer_;
   size_t offset_ = 0;  // bytes from the buffer start
   DType dtype_ = DType::kFp32;
-  std::vector<int64_t> shape_;
-  std::vector<int64_t> strides_;
+  Shape shape_;
+  Shape strides_;
 };
+
+using Tensor = BasicTensor<base::Buffer>;
+using ConstTensor = BasicTensor<const base::Buffer>;
+extern template class BasicTensor<base::Buffer>;
+extern template class BasicTensor<const base::Buffer>;
 
 }  // namespace tensor

@@ -64,6 +64,9 @@ Status CudaGraph::finish_capture(cudaStream_t stream, const Status& recorded) {
   if (end != cudaSuccess) return cuda_error(end, "cudaStreamEndCapture", __FILE__, __LINE__);
   graph_ = graph;
   CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
+  // Set the graph up on the device now, so that its first replay (a decode step, where nothing may
+  // allocate) is like every later one.
+  CUDA_CHECK(cudaGraphUpload(exec_, stream));
   return Status::Ok();
 }
 

@@ -106,7 +106,7 @@ class PeerCommunicator final : public Communicator {
   }
   Status all_reduce_finish(void*) override { return group_->aborted() ? group_->failure() : Status::Ok(); }
 
-  Status all_reduce_add_rmsnorm(Tensor& partial, Tensor& residual, const Tensor& weight, float eps, Tensor& out,
+  Status all_reduce_add_rmsnorm(Tensor& partial, Tensor& residual, const tensor::ConstTensor& weight, float eps, Tensor& out,
                                 void* stream) override {
     KP_RETURN_IF_ERROR(ready());
     KP_RETURN_IF_ERROR(check_tensor(partial, "all-reduce + add_rmsnorm", "partial"));
@@ -153,7 +153,8 @@ class PeerCommunicator final : public Communicator {
     return Status::Ok();
   }
 
-  Status check_tensor(const Tensor& t, const char* op, const char* name) const {
+  template <typename B>
+  Status check_tensor(const tensor::BasicTensor<B>& t, const char* op, const char* name) const {
     if (t.empty() || t.device_type() != base::DeviceType::kCUDA || t.device_id() != device() || !t.is_contiguous())
       return base::InvalidArgument(std::string("peer ") + op + ": rank " + std::to_string(rank_) + "'s " + name +
                                    " must be a contiguous tensor on cuda:" + std::to_string(device()) + " (got " +

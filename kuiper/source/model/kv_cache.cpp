@@ -18,15 +18,28 @@ uint64_t KVCacheShape::bytes() const {
   return b;
 }
 
+namespace {
+// The one line for a cache that does not fit: what it needs, what the device has, and what to change,
+// with the context length that would fit in what is free. On GPUs each --tp rank holds the cache of
+// its own KV heads on its own GPU, so more ranks help; CPU ranks share the host's memory.
+std::string does_not_fit(const KVCacheShape& shape, uint64_t bytes, const base::DeviceAllocator& alloc) {
+  const uint64_t per_position = bytes / (uint64_t)shape.max_seq_len;
+  const uint64_t fit = alloc.memory_info().free / per_position;
+  std::string m = "the KV cache (" + std::to_string(shape.n_layers) + " layers x " +
+                  std::to_string(shape.max_seq_len) + " positions) needs " + base::format_size(bytes) + " " +
+                  base::memory_report(alloc) + "; lower --max_seq_len";
+  if (fit > 0) m += " (at most " + std::to_string(fit) + " positions fit)";
+  if (alloc.device_type() == base::DeviceType::kCUDA) m += " or use more --tp ranks";
+  return m;
+}
+}  // namespace
+
 base::Status KVCacheManager::init(const KVCacheShape& shape, base::DeviceAllocator* alloc) {
   const uint64_t b = shape.bytes();
   if (b == 0) return base::InvalidArgument("KV cache size is zero or overflows");
   base::Status s = base::Buffer::create(alloc, b, &block_);
-  if (!s.ok())
-    return {s.code(), "KV cache of " + std::to_string(b >> 20) + " MiB (" + std::to_string(shape.n_layers) +
-                          " layers x " + std::to_string(shape.max_seq_len) +
-                          " positions) does not fit: " + s.message() +
-                          "; try a smaller --max_seq_len or more --tp ranks"};
+  if (s.code() == base::StatusCode::kOutOfMemory) return base::OutOfMemory(does_not_fit(shape, b, *alloc));
+  if (!s.ok()) return s;
   shape_ = shape;
   return base::Status::Ok();
 }

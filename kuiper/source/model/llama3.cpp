@@ -115,7 +115,7 @@ Status LlamaModel::init_mem() {
 
   KP_RETURN_IF_ERROR(kv_cache_.init({c.n_layers, max_seq_len_, weights_.n_kv_heads_local, c.head_dim, act}, alloc_));
 
-  struct Slot { Tensor* t; DType dtype; std::vector<int64_t> shape; uint64_t offset; };
+  struct Slot { Tensor* t; DType dtype; tensor::Shape shape; uint64_t offset; };
   std::vector<Slot> slots = {
       {&ws_.x, act, {T, c.dim}, 0},           {&ws_.xb, act, {T, c.dim}, 0},
       {&ws_.q, act, {T, q_local}, 0},         {&ws_.k, act, {T, kv_local}, 0},
@@ -141,7 +141,10 @@ Status LlamaModel::init_mem() {
     total += align_up(n);
   }
   Status st = base::Buffer::create(alloc_, total, &ws_block_);
-  if (!st.ok()) return {st.code(), "activation workspace does not fit: " + st.message()};
+  if (st.code() == base::StatusCode::kOutOfMemory)
+    return base::OutOfMemory("the activation workspace needs " + base::format_size(total) + " " +
+                             base::memory_report(*alloc_) + "; lower --max_seq_len");
+  if (!st.ok()) return st;
   for (Slot& s : slots) *s.t = Tensor::from_buffer(ws_block_, s.offset, s.dtype, s.shape);
   auto columns = [](const Tensor& row, int64_t begin, int64_t len) {
     return Tensor::from_buffer(row.buffer(), row.byte_offset() + begin * base::dtype_size(row.dtype()), row.dtype(),
@@ -220,7 +223,7 @@ Status LlamaModel::ffn_block(int layer, int32_t n) {
   KP_RETURN_IF_ERROR(kernel::swiglu(gate, up, gate, s));
   // x += h W2^T (summed over ranks); xb = rmsnorm(x) with the next layer's norm (or the final one).
   Tensor x = ws_.x.slice_rows(0, n);
-  const Tensor& next_norm = layer + 1 < config_.n_layers ? weights_.layers[layer + 1].attention_norm : weights_.norm;
+  const tensor::ConstTensor& next_norm = layer + 1 < config_.n_layers ? weights_.layers[layer + 1].attention_norm : weights_.norm;
   return L.w2.forward_into_residual(gate, proj, x, next_norm, config_.norm_eps, xb, s);
 }
 

@@ -20,14 +20,16 @@ namespace {
 using base::DeviceType;
 using base::DType;
 using base::Status;
+using tensor::ConstTensor;
 using tensor::Tensor;
 
 constexpr uint64_t kAlign = 256;
 uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-// A tensor the loader fills: one or more pieces stacked along its rows.
+// A tensor the loader fills: one or more pieces stacked along its rows. The loader writes through the
+// weight block (a writable Buffer it owns); the weights it hands out are read-only views.
 struct Dest {
-  Tensor* tensor = nullptr;
+  ConstTensor* tensor = nullptr;
   DType dtype = DType::kFp32;
   int64_t rows = 0, cols = 0;
   bool one_d = false;
@@ -35,6 +37,7 @@ struct Dest {
   bool zero_copy = false;  // its one piece is used in place, from the mapping
   uint64_t offset = 0;  // in the weight block
   uint64_t bytes() const { return (uint64_t)rows * cols * base::dtype_size(dtype); }
+  tensor::Shape shape() const { return one_d ? tensor::Shape{cols} : tensor::Shape{rows, cols}; }
 };
 
 // Rows [r0, r0 + nr) x columns [c0, c0 + nc) of a 2-D entry (1-D entries are one row), converted to
@@ -98,7 +101,7 @@ class Planner {
   Planner(const ModelFile& f, const ShardSpec& s) : file_(f), spec_(s) {}
 
   // Whole tensor, replicated on every rank.
-  Status whole(const std::string& name, std::vector<int64_t> shape, Tensor* dst, bool norm = false) {
+  Status whole(const std::string& name, std::vector<int64_t> shape, ConstTensor* dst, bool norm = false) {
     const TensorEntry* e;
     KP_RETURN_IF_ERROR(file_.get(name, shape, &e));
     const int64_t rows = shape.size() == 2 ? shape[0] : 1;
@@ -107,7 +110,7 @@ class Planner {
 
   // Starts a stack: the column-parallel linears added until end_stack() share one weight tensor `w`
   // (and `s` for int8 scales), their shards one after another along the output rows.
-  void begin_stack(Tensor* w, Tensor* s) {
+  void begin_stack(ConstTensor* w, ConstTensor* s) {
     stack_w_ = new_dest(w, false);
     stack_s_ = new_dest(s, false);
   }
@@ -117,7 +120,7 @@ class Planner {
   // `rows` overrides the row range of a column-parallel shard (replicated KV heads). Inside a stack,
   // *row0 receives the first row of this layer in the stacked tensor.
   Status linear(const std::string& name, int64_t out, int64_t in, op::TpMode mode, op::MatmulLayer* layer,
-                Tensor* w, Tensor* s, std::pair<int64_t, int64_t> rows = {-1, -1}, int64_t* row0 = nullptr) {
+                ConstTensor* w, ConstTensor* s, std::pair<int64_t, int64_t> rows = {-1, -1}, int64_t* row0 = nullptr) {
     const TensorEntry* e;
     KP_RETURN_IF_ERROR(file_.get(name, {out, in}, &e));
     const int world = mode == op::TpMode::kReplicated ? 1 : spec_.world_size;
@@ -156,14 +159,12 @@ class Planner {
                                        : base::CUDAAllocator::get(spec_.device_id);
     if (total > 0) {
       Status st = base::Buffer::create(alloc, total, block);
-      if (!st.ok())
-        return {st.code(), "model weights (" + std::to_string(total >> 20) + " MiB on this rank) do not fit: " +
-                               st.message() + "; try more --tp ranks or an int8 export"};
+      if (st.code() == base::StatusCode::kOutOfMemory) return base::OutOfMemory(does_not_fit(total, *alloc));
+      if (!st.ok()) return st;
     }
     for (Dest& d : dests_) {
       if (d.rows == 0 || d.zero_copy) continue;  // an empty stack (float weights have no scales)
-      *d.tensor = Tensor::from_buffer(*block, d.offset, d.dtype,
-                                      d.one_d ? std::vector<int64_t>{d.cols} : std::vector<int64_t>{d.rows, d.cols});
+      *d.tensor = Tensor::from_buffer(*block, d.offset, d.dtype, d.shape());
     }
 #ifdef KUIPER_WITH_CUDA
     if (spec_.device == DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(spec_.device_id));
@@ -174,15 +175,16 @@ class Planner {
       const Dest& d = *p.dest;
       if (file_.is_synthetic()) {
         // Random values made where the tensor lives: a 70B-shaped model needs no file and no host copy.
-        Tensor part = d.one_d ? *d.tensor : d.tensor->slice_rows(p.dst_row0, p.dst_row0 + p.nr);
+        const Tensor whole = Tensor::from_buffer(*block, d.offset, d.dtype, d.shape());  // writable, the loader's
+        Tensor part = d.one_d ? whole : whole.slice_rows(p.dst_row0, p.dst_row0 + p.nr);
         const float scale = d.one_d ? 1.f : 1.f / std::sqrt((float)p.entry->shape.back());
         KP_RETURN_IF_ERROR(kernel::fill_random(part, 0x5eed + (uint64_t)(&p - pieces_.data()), scale, nullptr));
       } else if (p.zero_copy) {
         const TensorEntry& e = *p.entry;
-        auto view = base::Buffer::wrap(const_cast<void*>(file_.data(e)), e.nbytes, DeviceType::kCPU, 0,
-                                       file_.keepalive());
-        *d.tensor = Tensor::from_buffer(view, (size_t)(p.r0 * d.cols) * base::dtype_size(e.dtype), d.dtype,
-                                        d.one_d ? std::vector<int64_t>{d.cols} : std::vector<int64_t>{d.rows, d.cols});
+        // The mapping is read-only (PROT_READ): it is wrapped as a const Buffer, so no writable view exists.
+        auto view = base::Buffer::wrap_read_only(file_.data(e), e.nbytes, DeviceType::kCPU, 0, file_.keepalive());
+        *d.tensor = ConstTensor::from_buffer(view, (size_t)(p.r0 * d.cols) * base::dtype_size(e.dtype), d.dtype,
+                                             d.shape());
       } else {
         uint8_t* dst = static_cast<uint8_t*>((*block)->data()) + d.offset +
                        (uint64_t)p.dst_row0 * d.cols * base::dtype_size(d.dtype);
@@ -200,7 +202,17 @@ class Planner {
   }
 
  private:
-  Dest* new_dest(Tensor* t, bool one_d) {
+  // The one line for weights that do not fit: what they need, what the device has, what to change.
+  std::string does_not_fit(uint64_t bytes, const base::DeviceAllocator& alloc) const {
+    const std::string what = spec_.world_size > 1 ? "rank " + std::to_string(spec_.rank) + "'s share (1/" +
+                                                        std::to_string(spec_.world_size) + ") of the model weights needs "
+                                                  : "the model weights need ";
+    const std::string advice = alloc.device_type() == DeviceType::kCUDA ? "use more --tp ranks or an int8 export"
+                                                                        : "use an int8 export";
+    return what + base::format_size(bytes) + " " + base::memory_report(alloc) + "; " + advice;
+  }
+
+  Dest* new_dest(ConstTensor* t, bool one_d) {
     dests_.push_back(Dest{t});
     dests_.back().one_d = one_d;
     return &dests_.back();
@@ -290,7 +302,7 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
   KP_RETURN_IF_ERROR(plan.whole("tok_embeddings", {V, D}, &W.tok_embeddings));
   // Each linear's weight (and int8 scales) until set_weight after loading. A stacked linear (wq, wk,
   // wv in wqkv; w1, w3 in w13) is the rows [row0, row0 + rows) of its stack's tensors.
-  struct Lin { op::MatmulLayer* layer; Tensor w, s; Lin* stack; int64_t row0, rows; };
+  struct Lin { op::MatmulLayer* layer; ConstTensor w, s; Lin* stack; int64_t row0, rows; };
   std::deque<Lin> lins;
   Lin* stack = nullptr;
   auto linear = [&](const std::string& name, int64_t o, int64_t i, TpMode mode, op::MatmulLayer* layer,
@@ -338,8 +350,8 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
 
   for (Lin& lin : lins) {
     if (lin.stack != nullptr) {
-      const Tensor& sw = lin.stack->w;
-      const Tensor& ss = lin.stack->s;
+      const ConstTensor& sw = lin.stack->w;
+      const ConstTensor& ss = lin.stack->s;
       lin.w = sw.slice_rows(lin.row0, lin.row0 + lin.rows);
       if (!ss.empty()) lin.s = ss.slice_rows(lin.row0, lin.row0 + lin.rows);
     }
@@ -350,7 +362,7 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     W.output = op::MatmulLayer("output");
     W.output.set_tp_config({TpMode::kColumn, spec.rank, w, spec.comm});
     KP_RETURN_IF_ERROR(W.output.set_weight(W.tok_embeddings.slice_rows(spec.rank * (V / w), (spec.rank + 1) * (V / w)),
-                                           Tensor(), 0));
+                                           ConstTensor(), 0));
   }
   return Status::Ok();
 }

@@ -9,7 +9,7 @@
 
 namespace op {
 
-base::Status MatmulLayer::set_weight(tensor::Tensor weight, tensor::Tensor scales, int group_size) {
+base::Status MatmulLayer::set_weight(tensor::ConstTensor weight, tensor::ConstTensor scales, int group_size) {
   if (weight.ndim() != 2) return base::InvalidArgument(name_ + ": weight must be 2-D");
   if (weight.dtype() == base::DType::kInt8 && (scales.empty() || group_size <= 0))
     return base::InvalidArgument(name_ + ": int8 weight needs scales and a group size");
@@ -46,7 +46,7 @@ base::Status MatmulLayer::forward(const tensor::Tensor& x, tensor::Tensor& y, vo
 }
 
 base::Status MatmulLayer::forward_into_residual(const tensor::Tensor& x, tensor::Tensor& y, tensor::Tensor& residual,
-                                                const tensor::Tensor& norm_weight, float eps, tensor::Tensor& normed,
+                                                const tensor::ConstTensor& norm_weight, float eps, tensor::Tensor& normed,
                                                 void* stream) const {
   // Decode (one token, nothing to overlap): the partial product, then one call that sums it over the
   // ranks, adds it to the residual and norms it (one kernel with the peer all-reduce).

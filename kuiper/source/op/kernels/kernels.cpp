@@ -17,7 +17,7 @@ using base::DType;
 
 bool is_float(DType t) { return t == DType::kFp32 || t == DType::kFp16 || t == DType::kBf16; }
 
-std::string desc(const Tensor& t) { return t.shape_string(); }
+template <typename T> std::string desc(const T& t) { return t.shape_string(); }
 
 // Returns InvalidArgument "<op>: <message>" when `cond` fails; the message is only built then.
 #define KP_REQUIRE(cond, message)                                               \
@@ -25,15 +25,21 @@ std::string desc(const Tensor& t) { return t.shape_string(); }
     if (!(cond)) return base::InvalidArgument(std::string(op) + ": " + (message)); \
   } while (0)
 
-// All tensors on one device, contiguous.
-Status same_device(const char* op, std::initializer_list<const Tensor*> ts) {
-  const Tensor* first = *ts.begin();
-  for (const Tensor* t : ts) {
-    KP_REQUIRE(!t->empty(), "empty tensor");
-    KP_REQUIRE(t->is_contiguous(), "non-contiguous tensor " + desc(*t));
-    KP_REQUIRE(t->device_type() == first->device_type() && t->device_id() == first->device_id(), "tensors on different devices: " + desc(*first) + " vs " + desc(*t));
-  }
+// `t` is present, contiguous, and on the device of `first` (Tensor or ConstTensor, in any mix).
+template <typename A, typename B> Status on_device_of(const char* op, const A& first, const B& t) {
+  KP_REQUIRE(!t.empty(), "empty tensor");
+  KP_REQUIRE(t.is_contiguous(), "non-contiguous tensor " + desc(t));
+  KP_REQUIRE(t.device_type() == first.device_type() && t.device_id() == first.device_id(),
+             "tensors on different devices: " + desc(first) + " vs " + desc(t));
   return Status::Ok();
+}
+
+// All tensors on one device, contiguous; the first failure is reported.
+template <typename First, typename... Rest>
+Status same_device(const char* op, const First& first, const Rest&... rest) {
+  Status s = on_device_of(op, first, first);
+  ((s = s.ok() ? on_device_of(op, first, rest) : s), ...);
+  return s;
 }
 
 // CPU activations are fp32 only.
@@ -82,9 +88,9 @@ cudaStream_t cu(Stream s) { return static_cast<cudaStream_t>(s); }
 
 }  // namespace
 
-Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, Stream stream) {
+Status embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out, Stream stream) {
   const char* op = "embedding";
-  KP_RETURN_IF_ERROR(same_device(op, {&tokens, &table, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, tokens, table, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, out));
   KP_REQUIRE(tokens.dtype() == DType::kInt32 && tokens.ndim() == 1, "tokens must be int32 [n]");
   KP_REQUIRE(is_float(table.dtype()) && table.ndim() == 2, "table must be float [vocab, dim]");
@@ -99,9 +105,9 @@ Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, Stream 
   KP_DISPATCH(out, cpu::embedding(tokens, table, out), cuda::embedding(tokens, table, out, cu(stream)));
 }
 
-Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, Stream stream) {
+Status rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out, Stream stream) {
   const char* op = "rmsnorm";
-  KP_RETURN_IF_ERROR(same_device(op, {&x, &weight, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, x, weight, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, x));
   KP_RETURN_IF_ERROR(same_shape(op, x, out));
   KP_REQUIRE(x.ndim() == 2 && weight.dtype() == DType::kFp32 && weight.numel() == x.dim(1),
@@ -109,10 +115,10 @@ Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, St
   KP_DISPATCH(x, cpu::rmsnorm(x, weight, eps, out), cuda::rmsnorm(x, weight, eps, out, cu(stream)));
 }
 
-Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out,
                    Stream stream) {
   const char* op = "add_rmsnorm";
-  KP_RETURN_IF_ERROR(same_device(op, {&residual, &delta, &weight, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, residual, delta, weight, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, residual));
   KP_RETURN_IF_ERROR(same_shape(op, residual, delta));
   KP_RETURN_IF_ERROR(same_shape(op, residual, out));
@@ -122,17 +128,17 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, 
               cuda::add_rmsnorm(residual, delta, weight, eps, out, cu(stream)));
 }
 
-Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               Stream stream) {
   const char* op = "matmul";
-  KP_RETURN_IF_ERROR(same_device(op, {&x, &weight, &y}));
+  KP_RETURN_IF_ERROR(same_device(op, x, weight, y));
   KP_RETURN_IF_ERROR(activation_dtype(op, x));
   KP_REQUIRE(x.dtype() == y.dtype(), "x and y dtypes differ");
   KP_RETURN_IF_ERROR(rows_match(op, x, y));
   KP_REQUIRE(weight.ndim() == 2 && weight.dim(1) == x.dim(1) && weight.dim(0) == y.dim(1),
                              "shapes do not chain: x " + desc(x) + " W " + desc(weight) + " y " + desc(y));
   if (weight.dtype() == DType::kInt8) {
-    KP_RETURN_IF_ERROR(same_device(op, {&x, &scales}));
+    KP_RETURN_IF_ERROR(same_device(op, x, scales));
     KP_REQUIRE(group_size > 0 && weight.dim(1) % group_size == 0,
                                "group size " + std::to_string(group_size) + " must divide " +
                                    std::to_string(weight.dim(1)));
@@ -149,7 +155,7 @@ Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int g
 
 Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, Stream stream) {
   const char* op = "rope";
-  KP_RETURN_IF_ERROR(same_device(op, {&q, &k, &cos_sin}));
+  KP_RETURN_IF_ERROR(same_device(op, q, k, cos_sin));
   KP_RETURN_IF_ERROR(activation_dtype(op, q));
   KP_RETURN_IF_ERROR(check_pos(op, pos, q));
   KP_RETURN_IF_ERROR(rows_match(op, q, k));
@@ -167,7 +173,7 @@ Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int 
 Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
                  Stream stream) {
   const char* op = "kv_append";
-  KP_RETURN_IF_ERROR(same_device(op, {&k, &v, &k_cache, &v_cache}));
+  KP_RETURN_IF_ERROR(same_device(op, k, v, k_cache, v_cache));
   KP_RETURN_IF_ERROR(activation_dtype(op, k));
   KP_RETURN_IF_ERROR(check_pos(op, pos, k));
   KP_RETURN_IF_ERROR(same_shape(op, k, v));
@@ -196,7 +202,7 @@ int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, in
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos, int n_heads,
                  int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream) {
   const char* op = "attention";
-  KP_RETURN_IF_ERROR(same_device(op, {&q, &k_cache, &v_cache, &scratch, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, q, k_cache, v_cache, scratch, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, q));
   KP_RETURN_IF_ERROR(check_pos(op, pos, q));
   KP_RETURN_IF_ERROR(same_shape(op, q, out));
@@ -221,7 +227,7 @@ Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, 
 
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream) {
   const char* op = "swiglu";
-  KP_RETURN_IF_ERROR(same_device(op, {&gate, &up, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, gate, up, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, gate));
   KP_RETURN_IF_ERROR(same_shape(op, gate, up));
   KP_RETURN_IF_ERROR(same_shape(op, gate, out));
@@ -230,7 +236,7 @@ Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream) 
 
 Status add(const Tensor& a, const Tensor& b, Tensor& out, Stream stream) {
   const char* op = "add";
-  KP_RETURN_IF_ERROR(same_device(op, {&a, &b, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, a, b, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, a));
   KP_RETURN_IF_ERROR(same_shape(op, a, b));
   KP_RETURN_IF_ERROR(same_shape(op, a, out));
@@ -239,14 +245,14 @@ Status add(const Tensor& a, const Tensor& b, Tensor& out, Stream stream) {
 
 Status softmax(Tensor& x, Stream stream) {
   const char* op = "softmax";
-  KP_RETURN_IF_ERROR(same_device(op, {&x}));
+  KP_RETURN_IF_ERROR(same_device(op, x));
   KP_REQUIRE(x.dtype() == DType::kFp32 && x.ndim() == 2, "x must be fp32 [rows, cols]");
   KP_DISPATCH(x, cpu::softmax(x), cuda::softmax(x, cu(stream)));
 }
 
 Status argmax(const Tensor& x, Tensor& out, Stream stream) {
   const char* op = "argmax";
-  KP_RETURN_IF_ERROR(same_device(op, {&x, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, x, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, x));
   KP_REQUIRE(x.ndim() == 2 && out.dtype() == DType::kInt32 && out.numel() == x.dim(0),
                              "out must be int32 [rows]");
@@ -255,7 +261,7 @@ Status argmax(const Tensor& x, Tensor& out, Stream stream) {
 
 Status convert(const Tensor& in, Tensor& out, Stream stream) {
   const char* op = "convert";
-  KP_RETURN_IF_ERROR(same_device(op, {&in, &out}));
+  KP_RETURN_IF_ERROR(same_device(op, in, out));
   KP_REQUIRE(is_float(in.dtype()) && is_float(out.dtype()) && in.numel() == out.numel(),
                              "float tensors of equal size required");
   KP_DISPATCH(in, cpu::convert(in, out), cuda::convert(in, out, cu(stream)));
@@ -263,7 +269,7 @@ Status convert(const Tensor& in, Tensor& out, Stream stream) {
 
 Status fill_random(Tensor& t, uint64_t seed, float scale, Stream stream) {
   const char* op = "fill_random";
-  KP_RETURN_IF_ERROR(same_device(op, {&t}));
+  KP_RETURN_IF_ERROR(same_device(op, t));
   KP_REQUIRE(t.dtype() != DType::kInt32, "int32 tensors are not filled");
   KP_DISPATCH(t, cpu::fill_random(t, seed, scale), cuda::fill_random(t, seed, scale, cu(stream)));
 }

@@ -7,12 +7,11 @@ namespace kernel::cpu {
 
 // tokens: int32 [n] (checked in [0, vocab) by the dispatcher); table: fp32/fp16/bf16 [vocab, dim];
 // out: fp32 [n, dim].
-void embedding(const Tensor& tokens, const Tensor& table, Tensor& out) {
+void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out) {
   const int64_t n = tokens.numel(), dim = table.dim(1);
   const int32_t* ids = tokens.ptr<int32_t>();
   float* o = out.ptr<float>();
-#pragma omp parallel for if (n > 1)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n > 1, [&](int64_t i) {
     float* dst = o + i * dim;
     const int64_t row = (int64_t)ids[i] * dim;
     switch (table.dtype()) {
@@ -30,7 +29,7 @@ void embedding(const Tensor& tokens, const Tensor& table, Tensor& out) {
         break;
       }
     }
-  }
+  });
 }
 
 }  // namespace kernel::cpu

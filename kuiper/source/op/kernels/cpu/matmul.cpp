@@ -51,8 +51,7 @@ inline void dot_q8_x4(const int8_t* q, const float* x, int64_t ld, int len, floa
 void matmul_int8(const float* x, const int8_t* q, const float* scales, int group, int64_t n, int64_t in,
                  int64_t out, float* y) {
   const int64_t n_groups = in / group;
-#pragma omp parallel for schedule(static)
-  for (int64_t o = 0; o < out; ++o) {
+  parallel_for(out, true, [&](int64_t o) {
     const int8_t* qo = q + o * in;
     const float* so = scales + o * n_groups;
     int64_t i = 0;
@@ -70,14 +69,14 @@ void matmul_int8(const float* x, const int8_t* q, const float* scales, int group
       for (int64_t g = 0; g < n_groups; ++g) acc += so[g] * dot_q8(qo + g * group, xi + g * group, group);
       y[i * out + o] = acc;
     }
-  }
+  });
 }
 
 }  // namespace
 
 // x: fp32 [n, in]; weight: fp32 [out, in] (scales empty) or int8 [out, in] with scales fp32
 // [out, in / group_size]; y: fp32 [n, out].
-void matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y) {
+void matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y) {
   const int64_t n = x.dim(0), in = x.dim(1), out = weight.dim(0);
   if (weight.dtype() == base::DType::kInt8) {
     matmul_int8(x.ptr<float>(), weight.ptr<int8_t>(), scales.ptr<float>(), group_size, n, in, out, y.ptr<float>());

@@ -1,4 +1,4 @@
-// RMSNorm and the fused residual add + RMSNorm, one token row per OpenMP iteration.
+// RMSNorm and the fused residual add + RMSNorm, one token row per parallel_for iteration.
 #include <cmath>
 
 #include "cpu_kernels.h"
@@ -19,30 +19,28 @@ void rmsnorm_row(const float* x, const float* w, float eps, int64_t dim, float* 
 }  // namespace
 
 // x, out: fp32 [n, dim]; weight: fp32 [dim].
-void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+void rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out) {
   const int64_t n = x.dim(0), dim = x.dim(1);
   const float* xp = x.ptr<float>();
   const float* w = weight.ptr<float>();
   float* o = out.ptr<float>();
-#pragma omp parallel for if (n > 1)
-  for (int64_t i = 0; i < n; ++i) rmsnorm_row(xp + i * dim, w, eps, dim, o + i * dim);
+  parallel_for(n, n > 1, [&](int64_t i) { rmsnorm_row(xp + i * dim, w, eps, dim, o + i * dim); });
 }
 
 // residual (in/out), delta, out: fp32 [n, dim]; weight: fp32 [dim].
 // residual += delta; out = rmsnorm(residual).
-void add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out) {
+void add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out) {
   const int64_t n = residual.dim(0), dim = residual.dim(1);
   float* r = residual.ptr<float>();
   const float* d = delta.ptr<float>();
   const float* w = weight.ptr<float>();
   float* o = out.ptr<float>();
-#pragma omp parallel for if (n > 1)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n > 1, [&](int64_t i) {
     float* ri = r + i * dim;
     const float* di = d + i * dim;
     for (int64_t j = 0; j < dim; ++j) ri[j] += di[j];
     rmsnorm_row(ri, w, eps, dim, o + i * dim);
-  }
+  });
 }
 
 }  // namespace kernel::cpu

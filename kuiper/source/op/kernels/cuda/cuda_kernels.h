@@ -10,13 +10,13 @@
 
 namespace kernel::cuda {
 
-Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, cudaStream_t stream);
-Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, cudaStream_t stream);
-Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+Status embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out, cudaStream_t stream);
+Status rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out, cudaStream_t stream);
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out,
                    cudaStream_t stream);
 // n_tokens == 1 (or small): hand-written matrix-vector kernel; larger: cuBLAS GEMM (float weights) or
 // dequantise-then-GEMM / tiled kernel (int8).
-Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream);
 Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, cudaStream_t stream);
 Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,

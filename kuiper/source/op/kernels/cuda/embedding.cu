@@ -27,7 +27,7 @@ static __global__ void embedding_kernel(const int32_t* __restrict__ tokens, cons
 
 }  // namespace
 
-Status embedding(const Tensor& tokens, const Tensor& table, Tensor& out, cudaStream_t stream) {
+Status embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out, cudaStream_t stream) {
   const int64_t n = tokens.numel(), vocab = table.dim(0), dim = table.dim(1);
   KP_CHECK_ARG(vocab > 0 && dim > 0, "embedding: empty table");
   return dispatch_float(table.dtype(), "embedding", [&](auto table_tag) -> Status {

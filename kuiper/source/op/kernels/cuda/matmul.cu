@@ -579,7 +579,7 @@ Status launch_cublas(const MatmulArgs<T, T>& a, int device, cudaStream_t stream)
 }
 
 template <typename T, typename WT>
-Status matmul_typed(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+Status matmul_typed(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
                     cudaStream_t stream) {
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
   MatmulArgs<T, WT> a{static_cast<const T*>(x.data()),
@@ -602,7 +602,7 @@ Status matmul_typed(const Tensor& x, const Tensor& weight, const Tensor& scales,
 
 }  // namespace
 
-Status matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y,
+Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream) {
   KP_CHECK_ARG(x.dim(0) <= INT_MAX && x.dim(1) <= INT_MAX && weight.dim(0) <= INT_MAX,
                "matmul: sizes beyond int range: " + x.shape_string() + " x " + weight.shape_string());

@@ -87,7 +87,7 @@ Status check_sizes(const char* op, int64_t n, int64_t dim) {
 
 }  // namespace
 
-Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, cudaStream_t stream) {
+Status rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out, cudaStream_t stream) {
   const int64_t n = x.dim(0), dim = x.dim(1);
   KP_RETURN_IF_ERROR(check_sizes("rmsnorm", n, dim));
   if (n == 0) return Status::Ok();
@@ -105,7 +105,7 @@ Status rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out, cu
   });
 }
 
-Status add_rmsnorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps, Tensor& out,
+Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out,
                    cudaStream_t stream) {
   const int64_t n = residual.dim(0), dim = residual.dim(1);
   KP_RETURN_IF_ERROR(check_sizes("add_rmsnorm", n, dim));
