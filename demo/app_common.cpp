@@ -9,6 +9,8 @@
 #include <csignal>
 #include <cstdio>
 
+#include "op/kernels.h"
+
 #ifdef KUIPER_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -21,6 +23,7 @@ DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
 DEFINE_int32(tp, 1, "tensor-parallel ranks (GPUs)");
 DEFINE_int32(max_seq_len, 0, "context length to allocate the KV cache for (0 = the model's)");
 DEFINE_bool(cuda_graph, true, "capture the decode step once as a CUDA graph and replay it (off: plain launches, for debugging)");
+DEFINE_int32(threads, 0, "CPU threads (0: the cores this process may use, from its affinity mask)");
 DEFINE_string(dtype, "", "activation and KV-cache dtype: fp32, fp16 or bf16 (default: fp32 on cpu, bf16 on cuda)");
 
 DECLARE_bool(help);
@@ -82,6 +85,7 @@ void init(int* argc, char*** argv, const char* usage) {
   FLAGS_minloglevel = 2;  // errors only: the library reports through Status
   google::InitGoogleLogging(g_prog);
   std::signal(SIGINT, on_sigint);
+  kernel::set_cpu_threads(FLAGS_threads);
 }
 
 bool interrupted() { return g_interrupted.load(); }

@@ -1,7 +1,10 @@
 #include "model/tp_runner.h"
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
+
+#include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
 #include "base/cuda_utils.h"
@@ -76,10 +79,18 @@ base::Status TpRunner::create(const ModelFile& file, const ModelOptions& opts, i
 base::Status TpRunner::run(const std::function<base::Status(int rank)>& fn) {
   const int world = (int)impl_->comms.size();
   if (world == 1) return fn(0);
+  // CPU ranks share the process's thread budget: each rank's kernels get an equal part of it.
+  const int share = std::max(1, kernel::cpu_threads() / world);
+  auto rank_fn = [&](int rank) {
+    kernel::set_cpu_threads_this_thread(share);
+    base::Status s = fn(rank);
+    kernel::set_cpu_threads_this_thread(0);
+    return s;
+  };
   std::vector<base::Status> status(world);
   std::vector<std::thread> threads;
-  for (int i = 1; i < world; ++i) threads.emplace_back([&, i] { status[i] = fn(i); });
-  status[0] = fn(0);
+  for (int i = 1; i < world; ++i) threads.emplace_back([&, i] { status[i] = rank_fn(i); });
+  status[0] = rank_fn(0);
   for (auto& t : threads) t.join();
   for (const auto& s : status)
     if (!s.ok()) return s;

@@ -1,11 +1,10 @@
 // KV-cache append and causal grouped-query attention over the cache.
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "thread_pool.h"
 
 namespace kernel::cpu {
 
@@ -19,11 +18,11 @@ void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cach
   std::memcpy(vc, v.data(), v.nbytes());
 }
 
-// One score row of max_seq_len floats per OpenMP thread, for at most one thread per (token, head).
-// Sized from omp_get_max_threads() at the time of the call; attention() runs with no more threads than
-// the scratch has rows, so a later change of the thread count stays safe.
+// One score row of max_seq_len floats per thread, for at most one thread per (token, head). Sized from
+// the thread budget at the time of the call (at least the usable cores); attention() runs with no more
+// threads than the scratch has rows, so a later change of the thread count stays safe.
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int /*head_dim*/, int64_t max_seq_len) {
-  const int64_t slots = std::min<int64_t>(n_tokens * n_heads, omp_get_max_threads());
+  const int64_t slots = std::min<int64_t>(n_tokens * n_heads, std::max(cpu_threads(), usable_cpu_cores()));
   return slots * max_seq_len;
 }
 
@@ -45,43 +44,49 @@ void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, in
   float* op = out.ptr<float>();
   float* scores_all = scratch.ptr<float>();
   const int64_t work = n * n_heads;
-  const int n_threads = (int)std::max<int64_t>(1, std::min(work, scratch.numel() / max_seq));
+  // Multiply-adds: two passes (q.k and p.v) over the cache rows each query sees.
+  const int64_t madds = work * (pos + n) * 2 * head_dim;
+  // Chunks of (token, head) items, a few per thread, each with its own scratch row: no more chunks
+  // than the scratch has rows.
+  const int64_t rows = std::max<int64_t>(1, scratch.numel() / max_seq);
+  const int n_threads = (int)std::min<int64_t>(rows, threads_for(madds));
+  const int64_t chunk = std::max((work + rows - 1) / rows, (work + 4 * n_threads - 1) / (4 * n_threads));
+  parallel_for(work, chunk, n_threads, [&](int64_t w0, int64_t w1) {
+    float* scores = scores_all + (w0 / chunk) * max_seq;
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t i = w / n_heads;
+      const int h = (int)(w % n_heads);
+      const int64_t kv_off = (int64_t)(h / group) * head_dim;
+      const int64_t len = pos + i + 1;  // causal: positions 0..pos+i
+      const float* qh = qp + i * q_width + (int64_t)h * head_dim;
 
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-  for (int64_t w = 0; w < work; ++w) {
-    const int64_t i = w / n_heads;
-    const int h = (int)(w % n_heads);
-    const int64_t kv_off = (int64_t)(h / group) * head_dim;
-    const int64_t len = pos + i + 1;  // causal: positions 0..pos+i
-    const float* qh = qp + i * q_width + (int64_t)h * head_dim;
-    float* scores = scores_all + (int64_t)omp_get_thread_num() * max_seq;
-
-    float max_s = -INFINITY;
-    for (int64_t t = 0; t < len; ++t) {
-      const float* kt = kc + t * kv_width + kv_off;
-      float s = 0.f;
+      float max_s = -INFINITY;
+      for (int64_t t = 0; t < len; ++t) {
+        const float* kt = kc + t * kv_width + kv_off;
+        float s = 0.f;
 #pragma omp simd reduction(+ : s)
-      for (int d = 0; d < head_dim; ++d) s += qh[d] * kt[d];
-      scores[t] = s * scale;
-      max_s = std::max(max_s, scores[t]);
-    }
-    float sum = 0.f;
-    for (int64_t t = 0; t < len; ++t) {
-      scores[t] = std::exp(scores[t] - max_s);
-      sum += scores[t];
-    }
+        for (int d = 0; d < head_dim; ++d) s += qh[d] * kt[d];
+        scores[t] = s * scale;
+        max_s = std::max(max_s, scores[t]);
+      }
+      float sum = 0.f;
+      for (int64_t t = 0; t < len; ++t) {
+        scores[t] = std::exp(scores[t] - max_s);
+        sum += scores[t];
+      }
 
-    float* oh = op + i * q_width + (int64_t)h * head_dim;
-    std::fill(oh, oh + head_dim, 0.f);
-    for (int64_t t = 0; t < len; ++t) {
-      const float p = scores[t];
-      const float* vt = vc + t * kv_width + kv_off;
+      float* oh = op + i * q_width + (int64_t)h * head_dim;
+      std::fill(oh, oh + head_dim, 0.f);
+      for (int64_t t = 0; t < len; ++t) {
+        const float p = scores[t];
+        const float* vt = vc + t * kv_width + kv_off;
 #pragma omp simd
-      for (int d = 0; d < head_dim; ++d) oh[d] += p * vt[d];
+        for (int d = 0; d < head_dim; ++d) oh[d] += p * vt[d];
+      }
+      const float inv_sum = 1.f / sum;
+      for (int d = 0; d < head_dim; ++d) oh[d] *= inv_sum;
     }
-    const float inv_sum = 1.f / sum;
-    for (int d = 0; d < head_dim; ++d) oh[d] *= inv_sum;
-  }
+  });
 }
 
 }  // namespace kernel::cpu

@@ -1,11 +1,22 @@
 // CPU kernels (fp32 activations). Called through kernel:: in op/kernels.h, which has already checked
-// shapes, dtypes and devices, so these assume valid arguments. Parallelised with OpenMP over rows or
-// heads; matmul with fp32 weights goes through OpenBLAS (via Armadillo) as one GEMM for the whole batch.
+// shapes, dtypes and devices, so these assume valid arguments. Parallelised over rows or heads on the
+// thread pool (thread_pool.h), with threads_for() threads; matmul with fp32 weights calls single-threaded OpenBLAS on each
+// thread's block of output rows; fp16 / bf16 / int8 weights are widened inside the kernel.
 #pragma once
 
 #include "op/kernels.h"
 
 namespace kernel::cpu {
+
+// Work (multiply-adds, or element operations) that one more thread must get to be worth waking: a job
+// below 2 * kWorkPerThread runs on the calling thread alone. Measured on the shared 2-core test
+// machine (docs/benchmarks.md, CPU): splitting storyteller's largest products (197K multiply-adds,
+// ~30 us) over 2 threads made decode 1.8x slower (median 616 vs 1100 tok/s), because a job cannot
+// finish while a thread holding one of its chunks is descheduled; a 7B model's products (16M-45M)
+// gain from every thread.
+constexpr int64_t kWorkPerThread = 1 << 17;
+// Threads for `work`: 1 when it is small, else up to cpu_threads(), kWorkPerThread each at least.
+int threads_for(int64_t work);
 
 void embedding(const Tensor& tokens, const Tensor& table, Tensor& out);
 void rmsnorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out);

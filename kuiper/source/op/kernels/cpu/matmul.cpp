@@ -1,26 +1,164 @@
-// y = x W^T for fp32 weights (OpenBLAS) and int8 group-wise weights (dequantised on the fly).
+// y = x W^T on the CPU for fp32, fp16, bf16 and int8 weights.
+//
+// The thread pool (thread_pool.h) splits the output rows into contiguous blocks, each computed start
+// to end by one thread (so our own kernels' results do not depend on the thread count; OpenBLAS's may
+// differ in the last bit, as its edge kernels depend on the block size):
+//   fp32       single-threaded OpenBLAS on the block: GEMV for decode (n == 1), GEMM for prefill.
+//   fp16/bf16  the weights stay 16-bit in memory (half the bytes of fp32, so a model's RAM is its file
+//              size) and are widened to fp32 in registers as they are read: AVX2 + FMA + F16C when the
+//              CPU has them (checked once at run time), plain C++ otherwise.
+//   int8       group-wise dequantisation inside the dot product.
+// Every weight row is read from memory once per call, whatever n is: the tokens are run against a row
+// while it is hot in L1, four at a time.
 #include <cblas.h>
+#include <immintrin.h>
+
+#include <algorithm>
 
 #include "cpu_kernels.h"
+#include "thread_pool.h"
 
 namespace kernel::cpu {
 namespace {
 
-// x: fp32 [n, in]; W: fp32 [out, in]; y: fp32 [n, out]. One BLAS call for the whole batch: a GEMV
-// for decode (n == 1, where GEMM's panel packing is pure overhead), otherwise a GEMM with W transposed.
-void matmul_fp32(const float* x, const float* w, int64_t n, int64_t in, int64_t out, float* y) {
-  if (n == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)out, (int)in, 1.f, w, (int)in, x, 1, 0.f, y, 1);
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out, (int)in, 1.f, x, (int)in, w, (int)in,
-              0.f, y, (int)out);
+using base::DType;
+
+// Runs body(o0, o1) on contiguous blocks of the rows [0, out), on up to `nt` threads.
+template <class Body>
+void for_row_blocks(int64_t out, int nt, const Body& body) {
+  parallel_for(out, nt, body);
 }
 
-// Dot products of one quantisation group with one token row (dot_q8) or four (dot_q8_x4, which
-// widens each int8 weight once for all four). `omp simd` lets the compiler split the fp32 sums into
-// vector lanes (it may not reassociate without -ffast-math); the order is fixed at compile time, so
-// results are the same on every run and for every thread count.
+// ---------------------------------------------------------------------------------------------------
+// fp32 weights: OpenBLAS, one thread, on this block of rows.
+// x: fp32 [n, in]; w: fp32 [out, in]; y: fp32 [n, out]; rows [o0, o1).
+void block_fp32(const float* x, const float* w, int64_t n, int64_t in, int64_t out, int64_t o0, int64_t o1,
+                float* y) {
+  const int rows = (int)(o1 - o0);
+  if (rows <= 0) return;
+  if (n == 1) {  // GEMV: GEMM's panel packing is pure overhead for one token
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, (int)in, 1.f, w + o0 * in, (int)in, x, 1, 0.f, y + o0, 1);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, rows, (int)in, 1.f, x, (int)in, w + o0 * in,
+              (int)in, 0.f, y + o0, (int)out);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// 16-bit weights. Each path provides dot (one token) and dot4 (four tokens of stride ld) of one weight
+// row w (16-bit [len]) with fp32 token rows.
+
+// Plain C++: widen each weight with the exact scalar conversion.
+template <DType W>
+struct Scalar16 {
+  static float widen(uint16_t v) { return W == DType::kFp16 ? base::half_to_float(v) : base::bf16_to_float(v); }
+  static float dot(const uint16_t* w, const float* x, int64_t len) {
+    float acc = 0.f;
+    for (int64_t k = 0; k < len; ++k) acc += widen(w[k]) * x[k];
+    return acc;
+  }
+  static void dot4(const uint16_t* w, const float* x, int64_t ld, int64_t len, float* d) {
+    float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+    for (int64_t k = 0; k < len; ++k) {
+      const float v = widen(w[k]);
+      d0 += v * x[k], d1 += v * x[ld + k], d2 += v * x[2 * ld + k], d3 += v * x[3 * ld + k];
+    }
+    d[0] = d0, d[1] = d1, d[2] = d2, d[3] = d3;
+  }
+};
+
+#define KP_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Eight 16-bit weights widened to fp32: vcvtph2ps for fp16; bf16 is the top half of an fp32.
+template <DType W>
+KP_AVX2 inline __m256 load8(const uint16_t* w) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  if constexpr (W == DType::kFp16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+KP_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <DType W>
+struct Avx16 {
+  // Two accumulators hide the FMA latency; the tail (len % 8) is scalar.
+  KP_AVX2 static float dot(const uint16_t* w, const float* x, int64_t len) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= len; k += 16) {
+      a0 = _mm256_fmadd_ps(load8<W>(w + k), _mm256_loadu_ps(x + k), a0);
+      a1 = _mm256_fmadd_ps(load8<W>(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    }
+    if (k + 8 <= len) {
+      a0 = _mm256_fmadd_ps(load8<W>(w + k), _mm256_loadu_ps(x + k), a0);
+      k += 8;
+    }
+    float acc = hsum(_mm256_add_ps(a0, a1));
+    for (; k < len; ++k) acc += Scalar16<W>::widen(w[k]) * x[k];
+    return acc;
+  }
+  // Each widened weight vector serves four tokens.
+  KP_AVX2 static void dot4(const uint16_t* w, const float* x, int64_t ld, int64_t len, float* d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    const float *x0 = x, *x1 = x + ld, *x2 = x + 2 * ld, *x3 = x + 3 * ld;
+    int64_t k = 0;
+    for (; k + 8 <= len; k += 8) {
+      const __m256 v = load8<W>(w + k);
+      a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + k), a0);
+      a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x1 + k), a1);
+      a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x2 + k), a2);
+      a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x3 + k), a3);
+    }
+    d[0] = hsum(a0), d[1] = hsum(a1), d[2] = hsum(a2), d[3] = hsum(a3);
+    for (; k < len; ++k) {
+      const float v = Scalar16<W>::widen(w[k]);
+      d[0] += v * x0[k], d[1] += v * x1[k], d[2] += v * x2[k], d[3] += v * x3[k];
+    }
+  }
+};
+
+bool has_avx2_f16c() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return yes;
+}
+
+// x: fp32 [n, in]; w: 16-bit [out, in]; y: fp32 [n, out]; rows [o0, o1).
+template <class P>
+void block_16(const float* x, const uint16_t* w, int64_t n, int64_t in, int64_t out, int64_t o0, int64_t o1,
+              float* y) {
+  for (int64_t o = o0; o < o1; ++o) {
+    const uint16_t* wo = w + o * in;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      float d[4];
+      P::dot4(wo, x + i * in, in, in, d);
+      for (int t = 0; t < 4; ++t) y[(i + t) * out + o] = d[t];
+    }
+    for (; i < n; ++i) y[i * out + o] = P::dot(wo, x + i * in, in);
+  }
+}
+
+template <DType W>
+void matmul_16(const float* x, const uint16_t* w, int64_t n, int64_t in, int64_t out, int nt, float* y) {
+  const bool avx = has_avx2_f16c();
+  for_row_blocks(out, nt, [&](int64_t o0, int64_t o1) {
+    if (avx) block_16<Avx16<W>>(x, w, n, in, out, o0, o1, y);
+    else block_16<Scalar16<W>>(x, w, n, in, out, o0, o1, y);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int8 weights. Dot products of one quantisation group with one token row (dot_q8) or four
+// (dot_q8_x4, which widens each int8 weight once for all four). `omp simd` (-fopenmp-simd: no OpenMP
+// runtime) lets the compiler split the fp32 sums into vector lanes (it may not reassociate without
+// -ffast-math); the order is fixed at compile time, so results are the same on every run and for
+// every thread count.
 inline float dot_q8(const int8_t* q, const float* x, int len) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
@@ -43,16 +181,13 @@ inline void dot_q8_x4(const int8_t* q, const float* x, int64_t ld, int len, floa
   d[0] = d0, d[1] = d1, d[2] = d2, d[3] = d3;
 }
 
-// x: fp32 [n, in]; q: int8 [out, in]; scales: fp32 [out, in / group]; y: fp32 [n, out].
+// x: fp32 [n, in]; q: int8 [out, in]; scales: fp32 [out, in / group]; y: fp32 [n, out]; rows [o0, o1).
 //   y[i, o] = sum_g scales[o, g] * sum_{k in group g} q[o, k] * x[i, k]
-// The scale is applied once per group instead of per element. Threads split the output rows in
-// contiguous blocks; all tokens are processed against a row while it is hot in L1 (four at a time),
-// so each weight row is read from memory once per call whatever n is.
-void matmul_int8(const float* x, const int8_t* q, const float* scales, int group, int64_t n, int64_t in,
-                 int64_t out, float* y) {
+// The scale is applied once per group instead of per element.
+void block_int8(const float* x, const int8_t* q, const float* scales, int group, int64_t n, int64_t in,
+                int64_t out, int64_t o0, int64_t o1, float* y) {
   const int64_t n_groups = in / group;
-#pragma omp parallel for schedule(static)
-  for (int64_t o = 0; o < out; ++o) {
+  for (int64_t o = o0; o < o1; ++o) {
     const int8_t* qo = q + o * in;
     const float* so = scales + o * n_groups;
     int64_t i = 0;
@@ -75,14 +210,34 @@ void matmul_int8(const float* x, const int8_t* q, const float* scales, int group
 
 }  // namespace
 
-// x: fp32 [n, in]; weight: fp32 [out, in] (scales empty) or int8 [out, in] with scales fp32
-// [out, in / group_size]; y: fp32 [n, out].
+// x: fp32 [n, in]; weight: fp32 / fp16 / bf16 [out, in] (scales empty) or int8 [out, in] with scales
+// fp32 [out, in / group_size]; y: fp32 [n, out].
 void matmul(const Tensor& x, const Tensor& weight, const Tensor& scales, int group_size, Tensor& y) {
   const int64_t n = x.dim(0), in = x.dim(1), out = weight.dim(0);
-  if (weight.dtype() == base::DType::kInt8) {
-    matmul_int8(x.ptr<float>(), weight.ptr<int8_t>(), scales.ptr<float>(), group_size, n, in, out, y.ptr<float>());
-  } else {
-    matmul_fp32(x.ptr<float>(), weight.ptr<float>(), n, in, out, y.ptr<float>());
+  const float* xp = x.ptr<float>();
+  float* yp = y.ptr<float>();
+  // No more threads than rows, and none that would get less than kWorkPerThread multiply-adds.
+  const int nt = (int)std::min<int64_t>(threads_for(n * in * out), out);
+  switch (weight.dtype()) {
+    case DType::kFp32: {
+      const float* w = weight.ptr<float>();
+      for_row_blocks(out, nt, [&](int64_t o0, int64_t o1) { block_fp32(xp, w, n, in, out, o0, o1, yp); });
+      break;
+    }
+    case DType::kFp16:
+      matmul_16<DType::kFp16>(xp, weight.ptr_u16(), n, in, out, nt, yp);
+      break;
+    case DType::kBf16:
+      matmul_16<DType::kBf16>(xp, weight.ptr_u16(), n, in, out, nt, yp);
+      break;
+    default: {  // int8 (the dispatcher admits nothing else)
+      const int8_t* q = weight.ptr<int8_t>();
+      const float* s = scales.ptr<float>();
+      for_row_blocks(out, nt, [&](int64_t o0, int64_t o1) {
+        block_int8(xp, q, s, group_size, n, in, out, o0, o1, yp);
+      });
+      break;
+    }
   }
 }
 
