@@ -105,7 +105,7 @@ base::Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vec
   im.stop = false;
   return run([&](int rank) -> base::Status {
     sampler::Sampler smp;
-    KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp));
+    KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp, max_seq_len()));
     std::vector<float> logits(config().vocab_size);
     auto cb = [&](int32_t tok) {
       if (world == 1) return on_token(tok);
