@@ -5,9 +5,12 @@
 #include <editline/readline.h>
 // clang-format on
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdlib>
 
 #include "app_common.h"
@@ -29,15 +32,25 @@ void on_line(char* text) {
   g_done = true;
 }
 
-// Waits until stdin can be read. False when Ctrl-C came first (the poll is interrupted by the signal
-// handler, which sets the flag; poll() is never restarted after a signal).
+// Waits until stdin can be read. False when Ctrl-C came first. SIGINT is blocked while the flag is
+// checked and unblocked only inside ppoll(), atomically: a Ctrl-C that lands between the check and
+// the wait still interrupts the wait (with plain poll() it would be lost until the next key).
 bool wait_readable() {
-  while (true) {
+  sigset_t sigint, unblocked;
+  sigemptyset(&sigint);
+  sigaddset(&sigint, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigint, &unblocked);
+  sigdelset(&unblocked, SIGINT);
+  bool ready = false;
+  while (!interrupted()) {
     pollfd p{0, POLLIN, 0};
-    const int r = poll(&p, 1, -1);
-    if (r > 0) return true;
-    if (r < 0 && errno == EINTR && interrupted()) return false;
+    if (ppoll(&p, 1, nullptr, &unblocked) > 0) {
+      ready = true;
+      break;
+    }
   }
+  pthread_sigmask(SIG_UNBLOCK, &sigint, nullptr);
+  return ready;
 }
 }  // namespace
 
