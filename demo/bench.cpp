@@ -272,7 +272,8 @@ struct Row {
   bool cuda_graph = false;
   double load_ms = 0, prefill_ms = 0, decode_ms = 0;
   double gb_per_token = 0, achieved_gbs = 0, copy_gbs = 0;
-  double weights_gib = 0, kv_gib = 0, ws_gib = 0, memory_gib = 0;  // memory: device in use, or process RSS
+  // memory: device memory in use by the model (GPU), or this process's resident memory after the run (CPU)
+  double weights_gib = 0, kv_gib = 0, ws_gib = 0, memory_gib = 0;
   double comm_ms = -1;
   double prefill_tps() const { return prompt_len * 1e3 / prefill_ms; }
   double decode_tps() const { return gen * 1e3 / decode_ms; }
@@ -492,7 +493,7 @@ int run() {
         base_row.weights_gib = weight_bytes / kGiB;
         base_row.kv_gib = kv_block / kGiB;
         base_row.ws_gib = ws / kGiB;
-        base_row.memory_gib = (cuda ? device_used_bytes(cuda) - used0 : process_rss_bytes()) / kGiB;
+        base_row.memory_gib = cuda ? (device_used_bytes(cuda) - used0) / kGiB : 0;
         if (auto s = measure_comm_ms(*runner, cfg, &base_row.comm_ms); !s.ok()) return app::fail(1, s.message());
         for (int p : prompts) {
           for (int g : gens) {
@@ -501,6 +502,9 @@ int run() {
             r.gen = g;
             if (auto s = time_run(*runner, cfg, p, g, &r.prefill_ms, &r.decode_ms); !s.ok())
               return app::fail(1, s.message());
+            // On the CPU after the runs, when every weight page has been read (mapped tensors become
+            // resident as they are first used).
+            if (!cuda) r.memory_gib = process_rss_bytes() / kGiB;
             // Bytes read per decode token: every weight once, plus the KV cache up to the mean position.
             const double mean_pos = p + (g - 1) / 2.0;
             const double kv_bytes = 2.0 * cfg.n_layers * mean_pos * cfg.kv_dim() * base::dtype_size(opts.act_dtype);

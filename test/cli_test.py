@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 bin_dir, src_dir, models = sys.argv[1:4]
 if not os.path.isdir(models):
     print(f"SKIP: needs {models} (test data beside the checkout); it is absent")
@@ -363,6 +365,31 @@ with tempfile.TemporaryDirectory() as tmp:
     expect_error("llama_bench bad -o", ["--shape", "tiny", "-o", "xml"], 2, "-o/--output", program=bench)
     expect_error("llama_bench bad list", ["--shape", "tiny", "-p", "4,x"], 2, "--prompt_len takes integers",
                  program=bench)
+
+    # 16-bit weights stay 16-bit on the CPU: a 57 MB fp16 file takes about its size in memory, not
+    # twice (fp32 widening). A random llama2.c checkpoint, exported to fp16 with tools/export.py.
+    dim, hidden, layers, heads, vocab, seq = 768, 2048, 4, 12, 512, 64
+    floats = vocab * dim + layers * (2 * dim + 4 * dim * dim + 3 * dim * hidden) + dim + seq * (dim // heads)
+    l2c, fp16_file = os.path.join(tmp, "big_l2c.bin"), os.path.join(tmp, "big_fp16.bin")
+    with open(l2c, "wb") as f:
+        f.write(struct.pack("<7i", dim, hidden, layers, heads, heads, vocab, seq))
+        rng_bytes = (np.random.default_rng(0).standard_normal(floats, dtype=np.float32) * 0.02).astype("<f4")
+        f.write(rng_bytes.tobytes())
+    del rng_bytes
+    subprocess.run([sys.executable, os.path.join(src_dir, "tools", "export.py"), "-q", "--llama2c", l2c, "--tokenizer",
+                    tok512, "--dtype", "fp16", fp16_file], check=True)
+    os.remove(l2c)
+    r = run(["-m", fp16_file, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-o", "json"], program=bench)
+    try:
+        row = json.loads(r.stdout)[0]
+    except (ValueError, IndexError):
+        row = {}
+    size = os.path.getsize(fp16_file) / 2**30
+    check("fp16 weights stay fp16 on the CPU (memory about the file size)",
+          row and row["weights"] == "fp16" and abs(row["weights_gib"] - size) < 0.1 * size and
+          row["memory_gib"] < size * 1.15 + 0.04,
+          f"file {size:.3f} GiB, row {row}, stderr {r.stderr[-300:]}")
+    os.remove(fp16_file)
 
 if failures:
     print("\nFAILED:\n  " + "\n  ".join(failures))
