@@ -12,13 +12,11 @@
 #include <gflags/gflags.h>
 #include <unistd.h>
 
-#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <iterator>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,7 +43,6 @@ DEFINE_string(system, "", "system prompt for --chat");
 DEFINE_string(reverse_prompt, "", "stop when the output contains this text, which is not printed");
 DEFINE_bool(tokenize, false, "print the token ids of --prompt (tokenizer of --model, or --tokenizer alone) and exit");
 DEFINE_bool(detokenize, false, "print the text of the space-separated token ids in --prompt and exit");
-DECLARE_int32(max_seq_len);
 
 namespace {
 
