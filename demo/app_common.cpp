@@ -1,13 +1,19 @@
 #include "app_common.h"
 
+#include <fcntl.h>
 #include <gflags/gflags.h>
 #include <glog/logging.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
 #include <cuda_runtime.h>
@@ -18,20 +24,19 @@
 DEFINE_string(model, "", "model file: the project's .bin format (tools/export.py) or a llama2.c checkpoint");
 DEFINE_string(tokenizer, "", "tokenizer file (.model); default: the one embedded in --model");
 DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
-DEFINE_int32(tp, 1, "tensor-parallel ranks (GPUs)");
+DEFINE_string(tp, "1", "tensor-parallel ranks (GPUs); llama_bench takes a comma list");
 DEFINE_string(allreduce, "auto", "all-reduce between GPUs with --tp: auto, custom (the one-shot peer kernel) or nccl");
 DEFINE_int32(max_seq_len, 0, "context length to allocate the KV cache for (0 = the model's)");
 DEFINE_bool(cuda_graph, true, "capture the decode step once as a CUDA graph and replay it (off: plain launches, for debugging)");
+DEFINE_int32(threads, 0, "CPU threads (0: the cores this process may use, from its affinity mask)");
 DEFINE_string(dtype, "", "activation and KV-cache dtype: fp32, fp16 or bf16 (default: fp32 on cpu, bf16 on cuda)");
-
-DECLARE_bool(help);
-DECLARE_bool(helpshort);
 
 namespace app {
 
 namespace {
 std::atomic<bool> g_interrupted{false};
 const char* g_prog = "llama_infer";
+ParsedArgs g_args;
 
 void on_sigint(int) {
   if (g_interrupted.exchange(true)) _exit(130);  // second Ctrl-C: leave now
@@ -44,7 +49,25 @@ bool has_gpu() {
   return false;
 #endif
 }
+
+std::string basename_of(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p.substr(p.find_last_of('/') + 1);
+}
+
+std::string dirname_of(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
+}
+
+bool is_file(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
 }  // namespace
+
+const char* prog_name() { return g_prog; }
 
 int fail(int code, const std::string& message) {
   std::fflush(stdout);
@@ -52,60 +75,101 @@ int fail(int code, const std::string& message) {
   return code;
 }
 
-void init(int* argc, char*** argv, const char* usage) {
-  static const std::string prog = [&] {
-    const std::string p = (*argv)[0];
-    return p.substr(p.find_last_of('/') + 1);
-  }();
+ArgSpec with_common_aliases(std::vector<Alias> program, std::set<std::string> repeatable) {
+  ArgSpec spec;
+  spec.aliases = {{"-m", "model"}, {"-t", "threads"}};
+  spec.aliases.insert(spec.aliases.end(), program.begin(), program.end());
+  spec.repeatable = std::move(repeatable);
+  return spec;
+}
+
+void init(int argc, char** argv, const char* usage, const ArgSpec& spec) {
+  static const std::string prog = basename_of(argv[0]);
   g_prog = prog.c_str();
-  gflags::SetUsageMessage(usage);
-  gflags::ParseCommandLineNonHelpFlags(argc, argv, true);
-  if (FLAGS_help || FLAGS_helpshort) {
-    // Only our own flags, not those of the libraries.
-    std::printf("%s: %s\n\nflags:\n", g_prog, usage);
-    std::vector<gflags::CommandLineFlagInfo> flags;
-    gflags::GetAllFlags(&flags);
-    for (const auto& f : flags) {
-      if (f.filename.find("demo/") == std::string::npos) continue;
-      std::string def = f.default_value.empty() ? "\"\"" : f.default_value;
-      if (f.type == "double") {  // gflags prints 0.80000000000000004
-        char buf[32];
-        std::snprintf(buf, sizeof(buf), "%g", std::stod(def));
-        def = buf;
-      }
-      std::printf("  --%s (%s) default: %s\n      %s\n", f.name.c_str(), f.type.c_str(), def.c_str(),
-                  f.description.c_str());
-    }
+  const std::string err = parse_args(argc, argv, spec, &g_args);
+  if (!err.empty()) std::exit(fail(2, err));
+  if (g_args.help) {
+    std::fputs(help_text(g_prog, usage, spec).c_str(), stdout);
     std::exit(0);
   }
-  if (*argc > 1) std::exit(fail(2, std::string("unexpected argument '") + (*argv)[1] + "' (flags take the form --name=value or --name value)"));
+  if (g_args.version) {
+    std::fputs(version_text(g_prog).c_str(), stdout);
+    std::exit(0);
+  }
+  if (FLAGS_threads < 0) std::exit(fail(2, "--threads must be 0 (the usable cores) or more"));
   FLAGS_logtostderr = true;
   FLAGS_minloglevel = 2;  // errors only: the library reports through Status
   google::InitGoogleLogging(g_prog);
   std::signal(SIGINT, on_sigint);
+  kernel::set_cpu_threads(FLAGS_threads);
+}
+
+const ParsedArgs& args() { return g_args; }
+
+std::string refuse_if_given(std::initializer_list<const char*> flags, const std::string& why) {
+  for (const char* f : flags)
+    if (g_args.was_given(f)) return std::string("--") + f + " " + why;
+  return "";
 }
 
 bool interrupted() { return g_interrupted.load(); }
+void clear_interrupt() { g_interrupted = false; }
 
 uint64_t clock_seed() {
   return (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
 }
 
-void print_stats(const runtime::GenerateStats& s) {
+void print_stats(const runtime::GenerateStats& s, uint64_t seed) {
   std::fprintf(stderr,
                "[stats] prompt tokens %d, generated %d, time to first token %.1f ms, prefill %.1f tok/s, "
-               "decode %.1f tok/s, stop: %s\n",
+               "decode %.1f tok/s, stop: %s, seed %llu\n",
                s.prompt_tokens, s.generated_tokens, s.prefill_ms, s.prefill_tok_per_s(), s.decode_tok_per_s(),
-               s.stop_reason.c_str());
+               s.stop_reason.c_str(), (unsigned long long)seed);
+}
+
+std::string foreign_model_hint(const std::string& path) {
+  const std::string convert = "python3 tools/export.py --hf ";
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return "";
+  if (S_ISDIR(st.st_mode)) {
+    if (!is_file(path + "/config.json")) return "";
+    return path + " is a Hugging Face model folder; convert it first: " + convert + path + " " +
+           basename_of(path) + ".bin";
+  }
+  char head[16] = {0};
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return "";
+  const ssize_t got = ::read(fd, head, sizeof(head));
+  ::close(fd);
+  if (got < 9) return "";
+  const std::string folder = dirname_of(path);
+  const std::string from_folder = is_file(folder + "/config.json")
+                                      ? "convert its Hugging Face folder: " + convert + folder + " " + basename_of(folder) + ".bin"
+                                      : "convert the Hugging Face folder it came from (config.json, *.safetensors, "
+                                        "tokenizer): " + convert + "FOLDER OUT.bin";
+  if (std::memcmp(head, "GGUF", 4) == 0)
+    return path + " is a GGUF file (llama.cpp's format), which llama_infer does not read; " + from_folder;
+  // safetensors: a little-endian u64 header length, then the JSON header itself.
+  if (head[8] == '{' && (head[7] == 0 && head[6] == 0))
+    return path + " is a safetensors file; llama_infer reads its own format: " + from_folder;
+  if (std::memcmp(head, "PK\x03\x04", 4) == 0)
+    return path + " looks like a PyTorch checkpoint (a zip archive), which llama_infer does not read; " + from_folder;
+  return "";
 }
 
 std::string open_model_file(std::unique_ptr<model::ModelFile>* file) {
   if (FLAGS_model.empty()) return "--model is required (see --help)";
+  if (auto hint = foreign_model_hint(FLAGS_model); !hint.empty()) return hint;
   const base::Status s = model::ModelFile::open(FLAGS_model, file);
   return s.ok() ? "" : s.message();
 }
 
-std::string device_options(model::ModelOptions* opts) {
+bool uses_cpu() {
+  if (FLAGS_device.empty()) return !has_gpu();
+  return FLAGS_device == "cpu";
+}
+
+std::string device_options(model::ModelOptions* opts, const std::string& dtype_flag) {
   const std::string device = FLAGS_device.empty() ? (has_gpu() ? "cuda" : "cpu") : FLAGS_device;
   if (device == "cpu") {
     opts->device = base::DeviceType::kCPU;
@@ -118,11 +182,19 @@ std::string device_options(model::ModelOptions* opts) {
   } else {
     return "--device must be cpu or cuda (got '" + device + "')";
   }
-  const std::string dtype = FLAGS_dtype.empty() ? (opts->device == base::DeviceType::kCPU ? "fp32" : "bf16") : FLAGS_dtype;
+  const bool cpu = opts->device == base::DeviceType::kCPU;
+  if (cpu) {
+    if (auto e = refuse_if_given({"cuda_graph", "allreduce"}, "does nothing on the CPU (it is for --device cuda)");
+        !e.empty())
+      return e;
+  } else {
+    if (auto e = refuse_if_given({"threads"}, "does nothing with --device cuda (it sets the CPU kernels' threads)"); !e.empty())
+      return e;
+  }
+  const std::string dtype = dtype_flag.empty() ? (cpu ? "fp32" : "bf16") : dtype_flag;
   if (!base::parse_dtype(dtype, &opts->act_dtype) || opts->act_dtype == base::DType::kInt8 ||
       opts->act_dtype == base::DType::kInt32)
     return "--dtype must be fp32, fp16 or bf16 (got '" + dtype + "')";
-  if (FLAGS_tp < 1) return "--tp must be at least 1";
   runtime::AllReduce ar;
   if (!runtime::parse_all_reduce(FLAGS_allreduce, &ar))
     return "--allreduce must be auto, custom or nccl (got '" + FLAGS_allreduce + "')";
@@ -132,9 +204,15 @@ std::string device_options(model::ModelOptions* opts) {
   return "";
 }
 
+int tp_flag() {
+  char* end = nullptr;
+  const long v = std::strtol(FLAGS_tp.c_str(), &end, 10);
+  return end != FLAGS_tp.c_str() && *end == '\0' && v >= 1 && v <= 4096 ? (int)v : 0;
+}
+
 runtime::TpOptions tp_options() {
   runtime::TpOptions tp;
-  tp.world = FLAGS_tp;
+  tp.world = tp_flag();
   runtime::parse_all_reduce(FLAGS_allreduce, &tp.all_reduce);  // checked by device_options()
   return tp;
 }
@@ -159,7 +237,8 @@ std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::
 int open_engine(Engine* e) {
   model::ModelOptions opts;
   if (FLAGS_model.empty()) return fail(2, "--model is required (see --help)");
-  if (auto err = device_options(&opts); !err.empty()) return fail(2, err);
+  if (auto err = device_options(&opts, FLAGS_dtype); !err.empty()) return fail(2, err);
+  if (tp_flag() < 1) return fail(2, "--tp must be one number, at least 1 (got '" + FLAGS_tp + "')");
   if (auto err = open_model_file(&e->file); !err.empty()) return fail(1, err);
   if (auto err = open_tokenizer(e->file.get(), &e->tokenizer); !err.empty())
     return fail(e->file->tokenizer_type() == model::TokenizerType::kNone && FLAGS_tokenizer.empty() ? 2 : 1, err);

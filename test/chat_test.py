@@ -8,12 +8,12 @@ usage: chat_test.py BIN_DIR SOURCE_DIR MODELS_DIR     (exit 77 = skipped: MODELS
 """
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chat_model import export_chat_model  # noqa: E402
 
 bin_dir, src_dir, models = sys.argv[1:4]
 if not os.path.isdir(models):
@@ -21,38 +21,6 @@ if not os.path.isdir(models):
     sys.exit(77)
 exe = os.path.join(bin_dir, "llama_infer")
 fixture = json.load(open(os.path.join(src_dir, "test", "fixtures", "chat_ids.json")))["llama3"]["cases"]
-
-
-def write_hf_model(folder):
-    """Llama-3-shaped: GQA, rope theta 500000, tied embeddings, 128256 tokens; 1 layer, width 32."""
-    V, D, F, H, KV, hd = 128256, 32, 64, 4, 2, 8
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": D,
-           "intermediate_size": F, "num_hidden_layers": 1, "num_attention_heads": H,
-           "num_key_value_heads": KV, "head_dim": hd, "vocab_size": V, "max_position_embeddings": 256,
-           "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": True, "hidden_act": "silu",
-           "bos_token_id": 128000, "eos_token_id": [128001, 128009]}
-    json.dump(cfg, open(os.path.join(folder, "config.json"), "w"))
-    rng = np.random.default_rng(0)
-    t = {"model.embed_tokens.weight": rng.normal(0, 0.5, (V, D)),
-         "model.norm.weight": np.ones(D),
-         "model.layers.0.input_layernorm.weight": np.ones(D),
-         "model.layers.0.post_attention_layernorm.weight": np.ones(D),
-         "model.layers.0.self_attn.q_proj.weight": rng.normal(0, 0.3, (H * hd, D)),
-         "model.layers.0.self_attn.k_proj.weight": rng.normal(0, 0.3, (KV * hd, D)),
-         "model.layers.0.self_attn.v_proj.weight": rng.normal(0, 0.3, (KV * hd, D)),
-         "model.layers.0.self_attn.o_proj.weight": rng.normal(0, 0.3, (D, H * hd)),
-         "model.layers.0.mlp.gate_proj.weight": rng.normal(0, 0.3, (F, D)),
-         "model.layers.0.mlp.up_proj.weight": rng.normal(0, 0.3, (F, D)),
-         "model.layers.0.mlp.down_proj.weight": rng.normal(0, 0.3, (D, F))}
-    header, blobs, at = {}, [], 0
-    for name, a in t.items():
-        b = a.astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [at, at + len(b)]}
-        blobs.append(b)
-        at += len(b)
-    h = json.dumps(header).encode()
-    with open(os.path.join(folder, "model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 failures = []
@@ -65,10 +33,7 @@ def check(name, ok, detail=""):
 
 
 with tempfile.TemporaryDirectory() as tmp:
-    write_hf_model(tmp)
-    model = os.path.join(tmp, "chat3.bin")
-    subprocess.run([sys.executable, os.path.join(src_dir, "tools", "export.py"), "-q", "--hf", tmp, "--tokenizer",
-                    os.path.join(models, "llama3", "tokenizer.model"), "--dtype", "fp16", model], check=True)
+    model = export_chat_model(tmp, src_dir, models)
     base = [exe, "--model", model, "--device", "cpu", "--chat", "--temperature", "0", "--n", "6"]
 
     # Two turns through a pipe: one reply line each; the second turn feeds the previous reply's

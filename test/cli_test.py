@@ -6,12 +6,15 @@ usage: cli_test.py BIN_DIR SOURCE_DIR MODELS_DIR      (exit 77 = skipped: MODELS
 """
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 bin_dir, src_dir, models = sys.argv[1:4]
 if not os.path.isdir(models):
@@ -24,12 +27,17 @@ base = ["--model", stories, "--tokenizer", tok512, "--device", "cpu"]
 failures = []
 
 
-def run(args, stdin=None):
-    return subprocess.run([exe] + args, capture_output=True, text=True, input=stdin, timeout=120)
+def run(args, stdin=None, program=None, prefix=()):
+    """Runs a program; stdin is empty (not this script's) unless text is given: a prompt piped on stdin
+    is used as the prompt."""
+    cmd = list(prefix) + [program or exe] + args
+    if stdin is None:
+        return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, input=stdin, timeout=120)
 
 
-def expect_error(name, args, code=None, needle=None):
-    r = run(args)
+def expect_error(name, args, code=None, needle=None, program=None, stdout_empty=False):
+    r = run(args, program=program)
     lines = r.stderr.strip().splitlines()
     problems = []
     if r.returncode == 0:
@@ -46,10 +54,19 @@ def expect_error(name, args, code=None, needle=None):
     for bad in ("Check failed", "terminate called", "Segmentation", "*** "):
         if bad in r.stderr:
             problems.append(f"stderr shows a crash ({bad})")
+    if stdout_empty and r.stdout:
+        problems.append(f"stdout should be empty, got {r.stdout[:100]!r}")
     if problems:
         failures.append(f"{name}: {'; '.join(problems)}\n    stderr: {r.stderr.strip()[:300]}")
     else:
         print(f"ok   {name}: exit {r.returncode}: {r.stderr.strip()}")
+
+
+def check(name, ok, detail=""):
+    if ok:
+        print(f"ok   {name}")
+    else:
+        failures.append(f"{name}: {detail}")
 
 
 def write_kv_hungry_model(path):
@@ -155,11 +172,28 @@ with tempfile.TemporaryDirectory() as tmp:
     expect_error("--tp not dividing the heads", base + ["--tp", "3"], 1, "does not divide the query heads (8)")
     expect_error("--max_seq_len negative", base + ["--max_seq_len", "-5"], 2, "--max_seq_len")
     expect_error("--top_k negative", base + ["--top_k", "-1"], 2, "--top_k")
-    expect_error("flag without its value", base + ["--model"], None, "missing its argument")
-    expect_error("unknown flag", base + ["--bogus", "1"], None, "bogus")
+    expect_error("flag without its value", base + ["--model"], 2, "--model needs a value")
+    expect_error("unknown flag", base + ["--bogus", "1"], 2, "unknown flag '--bogus'")
+    expect_error("misspelt flag gets a suggestion", base + ["--temprature", "1"], 2, "did you mean --temperature?")
+    expect_error("misspelt short flag gets a suggestion", base + ["-temp", "1"], 2, "did you mean --temp?")
+    expect_error("unknown short flag", base + ["-x"], 2, "unknown flag '-x'")
+    expect_error("integer flag given a word", base + ["-n", "many"], 2, "invalid value 'many' for -n")
     expect_error("stray argument", base + ["extra"], 2, "extra")
-    expect_error("prompt longer than the context", base + ["--max_seq_len", "8", "--prompt", "Once upon a time " * 10], 1,
-                 "context")
+    expect_error("--n -2", base + ["-n", "-2"], 2, "--n must be at least 1, or -1")
+    expect_error("--threads negative", base + ["-t", "-1"], 2, "--threads")
+    expect_error("prompt longer than the context, said before any echo",
+                 base + ["--max_seq_len", "8", "--prompt", "Once upon a time " * 10], 1,
+                 "but the context holds 8: shorten it by at least", stdout_empty=True)
+    expect_error("prompt longer than the model's whole context",
+                 base + ["-p", "Once upon a time " * 200], 1, "is the model's whole context", stdout_empty=True)
+    # Flags that do nothing in the mode given are refused, not ignored.
+    expect_error("--system without --chat", base + ["--system", "Be brief."], 2, "--system is for --chat")
+    expect_error("sampling flag with --tokenize", ["--tokenizer", tok512, "--tokenize", "-p", "hi", "--temp", "0"], 2,
+                 "--temperature does nothing with --tokenize")
+    expect_error("-p and -f together", base + ["-p", "hi", "-f", stories], 2, "give the prompt once")
+    expect_error("--cuda_graph on the CPU", base + ["--cuda_graph=false"], 2, "--cuda_graph does nothing on the CPU")
+    expect_error("--repeat_last_n without a penalty", base + ["--repeat-last-n", "32"], 2, "without --repeat_penalty")
+    expect_error("missing prompt file", base + ["-f", "/nonexistent/prompt.txt"], 1, "/nonexistent/prompt.txt")
 
     # --device cuda where no GPU can be used: a CPU-only build says so, a CUDA build on a machine
     # without a GPU says that none is visible. (On a GPU machine this run simply works.)
@@ -227,6 +261,141 @@ with tempfile.TemporaryDirectory() as tmp:
         failures.append(f"context limit: exit {r.returncode}, stderr {r.stderr!r}")
     else:
         print("ok   generation stops at the context limit")
+
+    # llama.cpp's short forms give exactly the run of the long ones.
+    long_form = run(["--model", stories, "--tokenizer", tok512, "--device", "cpu", "--prompt", case["prompt"],
+                     "--n", "40", "--temperature", "0.8", "--seed", "7", "--max_seq_len", "256", "--threads", "1",
+                     "--top_k", "20", "--top_p", "0.95"])
+    short_form = run(["-m", stories, "--tokenizer", tok512, "--device", "cpu", "-p", case["prompt"], "-n", "40",
+                      "--temp", "0.8", "-s", "7", "-c", "256", "-t", "1", "--top-k", "20", "--top-p", "0.95"])
+    check("short and long spellings give the same run", long_form.returncode == 0 and long_form.stdout and
+          long_form.stdout == short_form.stdout, f"{long_form.stdout!r} vs {short_form.stdout!r} {short_form.stderr}")
+    check("the seed is printed with the stats", "seed 7" in long_form.stderr, long_form.stderr)
+    # --seed 0 draws one from the clock and prints it; that seed repeats the run.
+    first = run(base + ["-p", "Once upon a time", "-n", "30"])
+    seed = first.stderr.rsplit("seed ", 1)[-1].strip() if "seed " in first.stderr else ""
+    again = run(base + ["-p", "Once upon a time", "-n", "30", "-s", seed]) if seed.isdigit() else first
+    check("the printed clock seed repeats the run", seed.isdigit() and seed != "0" and again.stdout == first.stdout,
+          f"seed {seed!r}: {first.stdout!r} vs {again.stdout!r}")
+
+    # -n -1: until the end of the text or a full context.
+    r = run(base + ["-p", "Once", "-n", "-1", "--temp", "0", "-c", "64"])
+    check("-n -1 runs to the end of text or of the context",
+          r.returncode == 0 and ("stop: context" in r.stderr or "stop: eos" in r.stderr), r.stderr)
+
+    # The prompt from a file, from stdin with -f -, and piped on stdin without -f (it is used).
+    prompt_file = os.path.join(tmp, "prompt.txt")
+    with open(prompt_file, "w") as f:
+        f.write(case["prompt"] + "\n")
+    greedy = base + ["--temp", "0", "-n", str(len(case["generated_ids"]))]
+    for name, args, stdin in (("-f FILE", ["-f", prompt_file], None), ("-f -", ["-f", "-"], case["prompt"] + "\n"),
+                              ("a prompt piped on stdin", [], case["prompt"] + "\n")):
+        r = run(greedy + args, stdin=stdin)
+        check(f"prompt from {name}", r.returncode == 0 and r.stdout == want, f"{r.stdout!r} {r.stderr}")
+
+    # -r: the output stops before the first stop string, which is not printed; it may be repeated.
+    text = case["text"]
+    words = [w for w in text.split() if len(w) > 3]
+    stop_a, stop_b = words[2], words[1]
+    r = run(greedy + ["-p", case["prompt"], "-r", stop_a, "--reverse-prompt", stop_b])
+    cut = case["prompt"] + text[:min(text.find(stop_a), text.find(stop_b))] + "\n"
+    check("-r stops before the first stop string, unprinted", r.returncode == 0 and r.stdout == cut and
+          "stop: stop string" in r.stderr, f"{r.stdout!r} want {cut!r} {r.stderr}")
+
+    # A repetition penalty changes what greedy decoding picks (it runs on the host logits).
+    r = run(greedy + ["-p", case["prompt"], "--repeat-penalty", "1.5", "--repeat-last-n", "64"])
+    check("--repeat-penalty changes the greedy text", r.returncode == 0 and r.stdout != want and
+          r.stdout.startswith(case["prompt"]), r.stdout)
+
+    # Files of other tools are recognised, with the command that converts them.
+    gguf = os.path.join(tmp, "model.gguf")
+    with open(gguf, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"\0" * 64)
+    hf = os.path.join(tmp, "Llama-hf")
+    os.mkdir(hf)
+    with open(os.path.join(hf, "config.json"), "w") as f:
+        f.write("{}")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    with open(os.path.join(hf, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    expect_error("GGUF file", ["-m", gguf, "--device", "cpu"], 1, "GGUF file (llama.cpp's format)")
+    expect_error("Hugging Face folder", ["-m", hf, "--device", "cpu"], 1,
+                 f"convert it first: python3 tools/export.py --hf {hf} Llama-hf.bin")
+    expect_error("safetensors file", ["-m", os.path.join(hf, "model.safetensors"), "--device", "cpu"], 1,
+                 f"python3 tools/export.py --hf {hf} Llama-hf.bin")
+
+    # --help shows both spellings; --version the build.
+    r = run(["--help"])
+    check("--help lists short and long spellings", r.returncode == 0 and "-m, --model" in r.stdout and
+          "-c, --ctx-size, --max_seq_len" in r.stdout and "-r, --reverse-prompt, --reverse_prompt" in r.stdout, r.stdout)
+    r = run(["--version"])
+    check("--version names the version, commit, CUDA and NCCL", r.returncode == 0 and
+          all(k in r.stdout for k in ("llama_infer 0.", "git commit", "CUDA", "NCCL")), r.stdout)
+
+    # Threads: the default is the cores of the affinity mask; -t sets them.
+    bench = os.path.join(bin_dir, "llama_bench")
+    one_core = ["taskset", "-c", "0"] if shutil.which("taskset") else None
+    if one_core:
+        r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu"], program=bench, prefix=one_core)
+        check("one core in the affinity mask: 1 thread", "threads 1" in r.stdout, r.stdout + r.stderr)
+    else:
+        print("skip affinity check: taskset is not installed")
+    r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-t", "3"], program=bench)
+    check("llama_bench -t 3: 3 threads", "threads 3" in r.stdout, r.stdout + r.stderr)
+
+    # llama_bench: every combination of the lists, machine-readable, with the copy bandwidth and its
+    # fraction in every row, and a progress line on stderr.
+    r = run(["-m", stories, "-p", "4,8", "-n", "4,6", "-r", "1", "--device", "cpu", "-o", "json"], program=bench)
+    try:
+        rows = json.loads(r.stdout)
+    except ValueError:
+        rows = []
+    combos = sorted((x["prompt_len"], x["gen"]) for x in rows)
+    check("llama_bench -o json: one row per combination", combos == [(4, 4), (4, 6), (8, 4), (8, 6)], r.stdout)
+    check("llama_bench rows carry the copy bandwidth and its fraction",
+          rows and all(x["copy_gb_s"] > 0 and x["pct_of_copy"] > 0 and x["memory_gib"] > 0 for x in rows), r.stdout)
+    check("llama_bench progress line on stderr", "loading weights of" in r.stderr, r.stderr)
+    r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-o", "csv", "--tp", "1,2"], program=bench)
+    lines = r.stdout.strip().splitlines()
+    check("llama_bench -o csv, --tp 1,2", r.returncode == 0 and len(lines) == 3 and lines[0].startswith("model,") and
+          lines[2].split(",")[4] == "2" and lines[2].split(",")[-1] != "", r.stdout + r.stderr)
+    r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-o", "md"], program=bench)
+    check("llama_bench -o md", r.stdout.startswith("| model |") and "| --- |" in r.stdout, r.stdout)
+    r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "--tp", "2"], program=bench)
+    check("llama_bench --tp 2 text: the communication/compute split", "split       communication" in r.stdout,
+          r.stdout + r.stderr)
+    expect_error("llama_bench --shape with --model", ["--shape", "tiny", "-m", stories], 2, "exclude each other",
+                 program=bench)
+    expect_error("llama_bench --weights with --model", ["-m", stories, "--weights", "int8"], 2,
+                 "--weights describes a synthetic model", program=bench)
+    expect_error("llama_bench bad -o", ["--shape", "tiny", "-o", "xml"], 2, "-o/--output", program=bench)
+    expect_error("llama_bench bad list", ["--shape", "tiny", "-p", "4,x"], 2, "--prompt_len takes integers",
+                 program=bench)
+
+    # 16-bit weights stay 16-bit on the CPU: a 57 MB fp16 file takes about its size in memory, not
+    # twice (fp32 widening). A random llama2.c checkpoint, exported to fp16 with tools/export.py.
+    dim, hidden, layers, heads, vocab, seq = 768, 2048, 4, 12, 512, 64
+    floats = vocab * dim + layers * (2 * dim + 4 * dim * dim + 3 * dim * hidden) + dim + seq * (dim // heads)
+    l2c, fp16_file = os.path.join(tmp, "big_l2c.bin"), os.path.join(tmp, "big_fp16.bin")
+    with open(l2c, "wb") as f:
+        f.write(struct.pack("<7i", dim, hidden, layers, heads, heads, vocab, seq))
+        rng_bytes = (np.random.default_rng(0).standard_normal(floats, dtype=np.float32) * 0.02).astype("<f4")
+        f.write(rng_bytes.tobytes())
+    del rng_bytes
+    subprocess.run([sys.executable, os.path.join(src_dir, "tools", "export.py"), "-q", "--llama2c", l2c, "--tokenizer",
+                    tok512, "--dtype", "fp16", fp16_file], check=True)
+    os.remove(l2c)
+    r = run(["-m", fp16_file, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-o", "json"], program=bench)
+    try:
+        row = json.loads(r.stdout)[0]
+    except (ValueError, IndexError):
+        row = {}
+    size = os.path.getsize(fp16_file) / 2**30
+    check("fp16 weights stay fp16 on the CPU (memory about the file size)",
+          row and row["weights"] == "fp16" and abs(row["weights_gib"] - size) < 0.1 * size and
+          row["memory_gib"] < size * 1.15 + 0.04,
+          f"file {size:.3f} GiB, row {row}, stderr {r.stderr[-300:]}")
+    os.remove(fp16_file)
 
 if failures:
     print("\nFAILED:\n  " + "\n  ".join(failures))

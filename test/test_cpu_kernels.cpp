@@ -1,5 +1,5 @@
 // CPU kernels through the public kernel:: API, each against a float64 reference written here.
-// Sizes are odd (769, 770, 771; 7 tokens; 6 heads over 2 kv heads) so scalar tails and uneven OpenMP
+// Sizes are odd (769, 770, 771; 7 tokens; 6 heads over 2 kv heads) so scalar tails and uneven thread
 // splits are exercised. Tolerances are atol + rtol * |ref|; fp32 accumulation over ~800 terms of
 // magnitude <= 1 stays well inside 1e-4 unless noted.
 #include <gtest/gtest.h>
@@ -10,7 +10,11 @@
 #include <random>
 #include <vector>
 
+#include <atomic>
+#include <thread>
+
 #include "base/buffer.h"
+#include "kernels/cpu/thread_pool.h"
 #include "op/kernels.h"
 #include "heap_counter.h"
 #include "test_util.h"
@@ -172,6 +176,106 @@ TEST_P(MatmulFp32Test, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Sizes, MatmulFp32Test,
                          ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values<int64_t>(769, 770, 771)));
+
+// 16-bit weights stay 16-bit on the CPU: the kernel widens them as it reads. The reference uses the
+// same rounded weights in float64, so only the fp32 accumulation differs (well inside 1e-4 here).
+// (dtype, n_tokens, in): n = 1 is decode, 4 and 7 reach the four-token blocks and their remainder; in
+// = 769..771 and 13 reach the AVX2 loop's scalar tail, 16 none.
+class Matmul16Test : public ::testing::TestWithParam<std::tuple<DType, int64_t, int64_t>> {};
+
+TEST_P(Matmul16Test, MatchesReferenceOnTheRoundedWeights) {
+  const auto [dtype, n, in] = GetParam();
+  const int64_t out = 67;
+  Tensor x = random_cpu({n, in}, 43), y = make(DType::kFp32, {n, out});
+  Tensor w = testutil::to_dtype_cpu(random_cpu({out, in}, 44), dtype);
+  ASSERT_TRUE(kernel::matmul(x, w, Tensor(), 0, y, nullptr).ok());
+  const std::vector<double> wv = values(w);
+  EXPECT_TRUE(all_close(y, ref_matmul(x, out, [&](int64_t o, int64_t k) { return wv[o * in + k]; }), 1e-4, 1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, Matmul16Test,
+                         ::testing::Combine(::testing::Values(DType::kFp16, DType::kBf16),
+                                            ::testing::Values<int64_t>(1, 4, 7),
+                                            ::testing::Values<int64_t>(13, 16, 769, 770, 771)));
+
+// Every row is computed start to end by one thread, so for our own kernels (16-bit, int8) the thread
+// count cannot change a single bit. OpenBLAS (fp32) runs other edge kernels on other block sizes, which
+// may round differently: there the results agree within the usual tolerance. The product is large
+// enough (7 x 771 x 301) to be split over 4 threads.
+TEST(Matmul, ResultsDoNotDependOnTheThreadCount) {
+  const int64_t n = 7, in = 771, out = 301;
+  Tensor x = random_cpu({n, in}, 45), w32 = random_cpu({out, in}, 46);
+  Quantised qw = quantise(w32, 257);
+  const std::vector<std::pair<Tensor, Tensor>> weights = {
+      {w32, Tensor()}, {testutil::to_dtype_cpu(w32, DType::kFp16), Tensor()},
+      {testutil::to_dtype_cpu(w32, DType::kBf16), Tensor()}, {qw.q, qw.scales}};
+  for (const auto& [w, s] : weights) {
+    std::vector<std::vector<double>> results;
+    for (int threads : {1, 2, 4}) {
+      kernel::set_cpu_threads(threads);
+      Tensor y = make(DType::kFp32, {n, out});
+      ASSERT_TRUE(kernel::matmul(x, w, s, s.empty() ? 0 : 257, y, nullptr).ok());
+      results.push_back(values(y));
+    }
+    if (w.dtype() == DType::kFp32) {
+      for (int r : {1, 2}) {
+        std::vector<float> got(results[r].begin(), results[r].end());
+        EXPECT_TRUE(all_close(got, results[0], 1e-5, 1e-5));
+      }
+    } else {
+      EXPECT_EQ(results[0], results[1]) << base::dtype_name(w.dtype());
+      EXPECT_EQ(results[0], results[2]) << base::dtype_name(w.dtype());
+    }
+  }
+  kernel::set_cpu_threads(0);
+}
+
+// The pool runs every index exactly once, in chunks of the grain, whatever the thread count, and
+// several callers (tensor-parallel ranks) can use it at once.
+TEST(ThreadPool, RunsEveryIndexOnceInChunksOfTheGrain) {
+  for (int threads : {1, 2, 3, 8}) {
+    for (int64_t n : {1, 5, 1000, 100003}) {
+      for (int64_t grain : {1, 7, 4096}) {
+        std::vector<std::atomic<int>> hits(n);
+        std::atomic<bool> bad_chunk{false};
+        kernel::cpu::parallel_for(n, grain, threads, [&](int64_t b, int64_t e) {
+          // Chunks start on a multiple of the grain (raised for n > 65535 chunks) and are not empty.
+          if (e <= b || e > n) bad_chunk = true;
+          for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        });
+        EXPECT_FALSE(bad_chunk) << "n " << n << " grain " << grain << " threads " << threads;
+        int64_t wrong = 0;
+        for (auto& h : hits) wrong += h.load() != 1;
+        EXPECT_EQ(wrong, 0) << "n " << n << " grain " << grain << " threads " << threads;
+      }
+    }
+  }
+  std::vector<std::thread> callers;
+  std::atomic<int64_t> total{0};
+  for (int c = 0; c < 3; ++c)
+    callers.emplace_back([&] {
+      for (int rep = 0; rep < 200; ++rep)
+        kernel::cpu::parallel_for(1000, 2, [&](int64_t b, int64_t e) { total += e - b; });
+    });
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(total.load(), 3 * 200 * 1000);
+}
+
+TEST(Threads, BudgetDefaultsToTheUsableCoresAndSharesPerThread) {
+  kernel::set_cpu_threads(0);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  EXPECT_EQ(kernel::cpu_threads(), CPU_COUNT(&set));
+  kernel::set_cpu_threads(3);
+  EXPECT_EQ(kernel::cpu_threads(), 3);
+  std::thread([] {
+    kernel::set_cpu_threads_this_thread(1);
+    EXPECT_EQ(kernel::cpu_threads(), 1);
+  }).join();
+  EXPECT_EQ(kernel::cpu_threads(), 3);  // the share was the other thread's only
+  kernel::set_cpu_threads(0);
+}
 
 // (n_tokens, group_size); in = 7 groups wide plus out = 67 rows, so neither is a power of two.
 class MatmulInt8Test : public ::testing::TestWithParam<std::tuple<int64_t, int>> {};
@@ -409,7 +513,9 @@ TEST(Dispatch, RejectsMismatchedShapesAndDtypes) {
   EXPECT_FALSE(kernel::matmul(x, qw.q, Tensor(), 8, y, nullptr).ok());    // missing scales
 
   Tensor w_half = testutil::to_dtype_cpu(w, DType::kFp16);
-  EXPECT_FALSE(kernel::matmul(x, w_half, Tensor(), 0, y, nullptr).ok());  // CPU float weights are fp32
+  EXPECT_TRUE(kernel::matmul(x, w_half, Tensor(), 0, y, nullptr).ok());  // 16-bit weights on the CPU
+  Tensor w_ints = make(DType::kInt32, {8, 16});
+  EXPECT_FALSE(kernel::matmul(x, w_ints, Tensor(), 0, y, nullptr).ok());  // not a weight dtype
 
   Tensor x_half = testutil::to_dtype_cpu(x, DType::kFp16), o_half = make(DType::kFp16, {3, 16});
   EXPECT_FALSE(kernel::rmsnorm(x_half, random_cpu({16}, 5), 1e-5f, o_half, nullptr).ok());  // CPU activations fp32

@@ -4,7 +4,7 @@
 // the optimiser cannot remove it.
 #include <gtest/gtest.h>
 #include <malloc.h>
-#include <omp.h>
+#include "kernels/cpu/thread_pool.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -90,17 +90,15 @@ TEST(HeapCounter, SeesOtherThreads) {
     n = c.count();
   }
   EXPECT_GE(n, 100);
-  // OpenMP workers (the CPU kernels' threads) as well; the pool is started before the window.
-#pragma omp parallel num_threads(2)
-  { g_sink = nullptr; }
-  const int64_t omp = allocations_of([] {
-#pragma omp parallel num_threads(2)
-    {
-      g_sink = new int(omp_get_thread_num());
-      delete static_cast<int*>(g_sink);
-    }
-  });
-  EXPECT_GE(omp, 2);
+  // The CPU kernels' pool threads as well (the pool is started before the window); chunks of one item,
+  // so that both threads take part when they get the CPU.
+  auto allocate_in_chunks = [](int64_t begin, int64_t) {
+    int* volatile p = new int((int)begin);
+    delete p;
+  };
+  kernel::cpu::parallel_for(2, 1, 2, [](int64_t, int64_t) {});
+  const int64_t pooled = allocations_of([&] { kernel::cpu::parallel_for(8, 1, 2, allocate_in_chunks); });
+  EXPECT_GE(pooled, 8);
 }
 
 }  // namespace

@@ -39,6 +39,65 @@ TEST(Sampler, TopKOneAndTinyTopPAreGreedy) {
   }
 }
 
+TEST(Sampler, RejectsBadMinPAndPenalties) {
+  sampler::Sampler s;
+  sampler::SamplerConfig c{1.f, 0, 1.f, 0};
+  c.min_p = 1.5f;
+  EXPECT_FALSE(sampler::Sampler::create(c, 10, &s).ok());
+  c.min_p = 0.1f, c.repeat_penalty = 0.f;
+  EXPECT_FALSE(sampler::Sampler::create(c, 10, &s).ok());
+  c.repeat_penalty = 1.1f, c.repeat_last_n = -2;
+  EXPECT_FALSE(sampler::Sampler::create(c, 10, &s).ok());
+  c.repeat_last_n = -1;
+  EXPECT_TRUE(sampler::Sampler::create(c, 10, &s, 32).ok());
+}
+
+// min_p keeps only the tokens at least min_p times as likely as the best: with probabilities
+// proportional to e^2, e^1.9, e^0 and min_p 0.5, tokens 0 and 1 stay (ratio e^-0.1) and 2, 3 never
+// come up (ratio e^-2 < 0.5).
+TEST(Sampler, MinPDropsTheUnlikelyTokens) {
+  sampler::SamplerConfig c{1.f, 0, 1.f, 5};
+  c.min_p = 0.5f;
+  sampler::Sampler s;
+  ASSERT_TRUE(sampler::Sampler::create(c, 4, &s).ok());
+  std::map<int, int> count;
+  for (int i = 0; i < 2000; ++i) {
+    float l[4] = {2.f, 1.9f, 0.f, 0.f};
+    ++count[s.sample(l)];
+  }
+  EXPECT_EQ(count[2] + count[3], 0);
+  EXPECT_GT(count[0], 800);
+  EXPECT_GT(count[1], 700);
+}
+
+// The penalty divides positive logits and multiplies negative ones, once per distinct token of the
+// window, and forgets tokens that left the window (repeat_last_n 2 here).
+TEST(Sampler, RepeatPenaltyOverTheLastTokens) {
+  sampler::SamplerConfig c{0.f, 0, 1.f, 0};
+  c.repeat_penalty = 2.f;
+  c.repeat_last_n = 2;
+  sampler::Sampler s;
+  ASSERT_TRUE(sampler::Sampler::create(c, 4, &s).ok());
+  EXPECT_FALSE(s.is_greedy());  // needs the logits on the host
+  // Token 0 (logit 3) halves to 1.5 once it is seen, even twice; token 1 (2.0) then wins.
+  s.accept(0);
+  s.accept(0);
+  float a[4] = {3.f, 2.f, -1.f, 0.f};
+  EXPECT_EQ(s.sample(a), 1);
+  EXPECT_FLOAT_EQ(a[0], 1.5f);
+  // Negative logits grow more negative: with tokens 1 and 2 in the window, 1 -> 1.0, 2 -> -2.
+  s.accept(1);
+  s.accept(2);  // the window is now {1, 2}: token 0 has left it
+  float b[4] = {0.9f, 2.f, -1.f, 0.95f};
+  EXPECT_EQ(s.sample(b), 1);  // 2.0 / 2 = 1.0 still beats 0.95 and 0.9
+  EXPECT_FLOAT_EQ(b[0], 0.9f);
+  EXPECT_FLOAT_EQ(b[2], -2.f);
+  s.reset_history();
+  float d[4] = {3.f, 2.f, -1.f, 0.f};
+  EXPECT_EQ(s.sample(d), 0);
+  EXPECT_FLOAT_EQ(d[0], 3.f);
+}
+
 // Frequencies follow softmax(logits / T) within 4 standard deviations over 20000 draws.
 TEST(Sampler, FrequenciesFollowTheTemperedSoftmax) {
   const float logits[4] = {1.f, 2.f, 0.f, 1.5f};

@@ -15,7 +15,6 @@ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang 
       -DKUIPER_WITH_CUDA=OFF -DKUIPER_FUZZ=ON -DKUIPER_BUILD_TESTS=OFF >/dev/null
 cmake --build "$dir" -j"$(nproc)" --target "${names[@]/#/fuzz_}"
 
-export OMP_NUM_THREADS=1  # one small input at a time: OpenMP's worker threads would only cost time
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 pids=()
 for name in "${names[@]}"; do

@@ -7,7 +7,8 @@ pkgs=(build-essential cmake pkg-config python3
       libgoogle-glog-dev libgflags-dev libgtest-dev libgmock-dev
       libarmadillo-dev libopenblas-dev libsentencepiece-dev
       libpcre2-dev nlohmann-json3-dev
-      clang libclang-rt-dev libomp-dev)  # the fuzzers (tools/fuzz.sh): clang, libFuzzer, clang's OpenMP
+      libedit-dev                   # line editing and history in the interactive chat
+      clang libclang-rt-dev)        # the fuzzers (tools/fuzz.sh): clang, libFuzzer
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

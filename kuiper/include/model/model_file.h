@@ -52,6 +52,10 @@ class ModelFile {
   base::Status get(const std::string& name, const std::vector<int64_t>& shape, const TensorEntry** out) const;
   const std::vector<TensorEntry>& tensors() const { return tensors_; }
   const void* data(const TensorEntry& e) const { return base_ + e.offset; }
+  // Drops the whole pages inside `e`'s bytes from this process's memory (madvise DONTNEED): for
+  // tensors that were copied and are not read from the mapping again. A later read maps them back
+  // from the file, so this is only ever a matter of memory, never of correctness.
+  void release_pages(const TensorEntry& e) const;
   // Keeps the mapping alive for tensors that wrap it.
   std::shared_ptr<void> keepalive() const { return keepalive_; }
 

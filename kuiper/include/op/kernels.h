@@ -22,6 +22,22 @@ using tensor::ConstTensor;  // weights: read-only (a Tensor converts to one)
 using tensor::Tensor;
 using Stream = void*;  // cudaStream_t on CUDA; nullptr on CPU
 
+// CPU threads. The CPU kernels share one thread pool for the whole process (not OpenMP's: see
+// source/op/kernels/cpu/thread_pool.h); OpenBLAS is kept single-threaded and called from inside the
+// pool's jobs, so there are never two pools on the same cores (OpenBLAS's threads spinning against
+// OpenMP's made decode 25-45x slower on 2 cores).
+// Each kernel uses at most the budget, and fewer threads when its work is too small to pay for a team.
+//
+// The process budget; n <= 0 means usable_cpu_cores(). Also switches OpenBLAS to one thread.
+void set_cpu_threads(int n);
+// The calling thread's budget: its own share (set_cpu_threads_this_thread) or the process budget.
+int cpu_threads();
+// A share of the budget for the calling thread only (0: back to the process budget). TpRunner gives
+// each of its CPU rank threads budget / ranks, so that the ranks together use the budget.
+void set_cpu_threads_this_thread(int n);
+// The cores this process may run on: its affinity mask (taskset, cgroup cpusets), not the machine's.
+int usable_cpu_cores();
+
 // out[i, :] = table[tokens[i], :]
 // tokens: int32 [n]; table: [vocab, dim] in fp32/fp16/bf16; out: [n, dim] activation dtype.
 // Token ids outside [0, vocab) are an error on the CPU; on the GPU they are clamped (checked on host first).

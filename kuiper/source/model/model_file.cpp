@@ -190,6 +190,13 @@ Status ModelFile::add_entry(TensorEntry e) {
   return Status::Ok();
 }
 
+void ModelFile::release_pages(const TensorEntry& e) const {
+  if (base_ == nullptr) return;
+  const uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  const uint64_t begin = (e.offset + page - 1) / page * page, end = (e.offset + e.nbytes) / page * page;
+  if (end > begin) madvise(const_cast<uint8_t*>(base_) + begin, end - begin, MADV_DONTNEED);
+}
+
 const TensorEntry* ModelFile::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];

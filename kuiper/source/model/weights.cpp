@@ -62,7 +62,7 @@ float load_float(const uint8_t* p, DType t) {
   }
 }
 
-// Copies a piece from the mapping into host memory `dst`, converting float dtypes to fp32.
+// Copies a piece from the mapping into host memory `dst` (same dtype, or float dtypes widened to fp32).
 void copy_piece_host(const ModelFile& f, const Piece& p, uint8_t* dst) {
   const TensorEntry& e = *p.entry;
   const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
@@ -190,6 +190,9 @@ class Planner {
                        (uint64_t)p.dst_row0 * d.cols * base::dtype_size(d.dtype);
         if (spec_.device == DeviceType::kCPU) copy_piece_host(file_, p, dst);
         else KP_RETURN_IF_ERROR(copy_piece_device(file_, p, dst, spec_.device_id));
+        // The copy is what is used from now on: let go of the file pages it was read from, so that
+        // they do not stay in this process's memory beside it.
+        file_.release_pages(*p.entry);
       }
       done += p.bytes();
       if (progress) progress(done, all);
@@ -222,8 +225,9 @@ class Planner {
              bool keep_fp32) {
     if (keep_fp32 && e->dtype != DType::kFp32)
       return base::BadModelFile(file_.path() + ": " + e->name + " must be fp32");
-    // The CPU kernels take fp32 float weights: fp16 / bf16 files are widened once here.
-    const DType dtype = spec_.device == DeviceType::kCPU && e->dtype != DType::kInt8 ? DType::kFp32 : e->dtype;
+    // Weights keep the file's dtype on every device: the CPU kernels widen fp16 / bf16 as they read
+    // them, so a model takes about its file size in RAM (widened once at load, fp16 took twice that).
+    const DType dtype = e->dtype;
     if (d->rows == 0) {
       d->dtype = dtype;
       d->cols = nc;

@@ -18,15 +18,18 @@ base::Status generate(model::LlamaModel& model, sampler::Sampler& sampler, const
   stats->prompt_tokens = (int32_t)prompt.size();
   if (prompt.empty()) return base::InvalidArgument("empty prompt: nothing to condition on");
   if (pos + (int32_t)prompt.size() > model.max_seq_len())
-    return base::InvalidArgument("the prompt (" + std::to_string(prompt.size()) + " tokens) does not fit in the context of " +
-                                 std::to_string(model.max_seq_len() - pos) + " positions; raise --max_seq_len or shorten it");
+    return base::InvalidArgument("the prompt (" + std::to_string(prompt.size()) + " tokens) does not fit in the " +
+                                 std::to_string(model.max_seq_len() - pos) + " positions left in the context");
   const std::vector<int32_t>& eos = model.config().eos_ids;
-  const bool greedy = sampler.config().temperature == 0.f;
+  // Plain argmax runs on the device and only the token id comes back; penalties need the logits.
+  const bool greedy = sampler.is_greedy();
+  for (int32_t t : prompt) sampler.accept(t);
 
   auto t0 = std::chrono::steady_clock::now();
   KP_RETURN_IF_ERROR(model.prefill(prompt, pos, logits));
   pos += (int32_t)prompt.size();
   int32_t token = sampler.sample(logits);
+  sampler.accept(token);
   stats->prefill_ms = ms_since(t0);
   stats->stop_reason = "length";
 
@@ -52,6 +55,7 @@ base::Status generate(model::LlamaModel& model, sampler::Sampler& sampler, const
     } else {
       KP_RETURN_IF_ERROR(model.forward(&token, 1, pos, logits));
       token = sampler.sample(logits);
+      sampler.accept(token);
     }
     ++pos;
   }

@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "comm/cpu_communicator.h"
+#include "op/kernels.h"
 #include "comm/host_barrier.h"
 
 #ifdef KUIPER_WITH_CUDA
@@ -186,10 +187,13 @@ Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions&
 
   // Rank threads: each binds its GPU once, for good.
   if (world > 1) {
+    // CPU ranks share the process's thread budget: each rank's kernels get an equal part of it.
+    const int cpu_share = std::max(1, kernel::cpu_threads() / world);
     auto bind = [&](int rank) -> Status {
 #ifdef KUIPER_WITH_CUDA
       if (opts.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.devices[rank]));
 #endif
+      if (opts.device == base::DeviceType::kCPU) kernel::set_cpu_threads_this_thread(cpu_share);
       (void)rank;
       return Status::Ok();
     };
@@ -230,8 +234,14 @@ Status TpRunner::run(RankFn fn) {
     if (!im.first_error.ok()) return im.first_error;  // spent by an earlier failure
   }
   im.threads->run(fn);
+  // Every rank refused for the same reason (a --tp that does not divide the model, say): that is the
+  // run's error as it is, naming no rank.
+  const base::Status& s0 = im.threads->status(0);
+  bool same = !s0.ok() && s0.code() != base::StatusCode::kCommError;
+  for (int r = 1; r < im.world && same; ++r) same = im.threads->status(r).message() == s0.message();
   std::lock_guard<std::mutex> lock(im.mu);
-  return im.first_error;  // set by Impl::fail from the first rank that failed
+  if (same) im.first_error = s0;
+  return im.first_error;  // else set by Impl::fail from the first rank that failed
 }
 
 Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vector<int32_t>& prompt, int32_t pos,
@@ -242,7 +252,7 @@ Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vector<in
   std::vector<GenerateStats> st(world);
   return run([&](int rank) -> Status {
     sampler::Sampler smp;
-    KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp));
+    KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp, max_seq_len()));
     std::vector<float> logits(config().vocab_size);
     Status barrier_status;
     auto cb = [&](int32_t tok) {

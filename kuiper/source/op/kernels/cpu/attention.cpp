@@ -1,11 +1,10 @@
 // KV-cache append and causal grouped-query attention over the cache.
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "thread_pool.h"
 
 namespace kernel::cpu {
 
@@ -19,11 +18,11 @@ void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cach
   std::memcpy(vc, v.data(), v.nbytes());
 }
 
-// One score row of max_seq_len floats per worker, for at most one worker per (token, head).
-// Sized from omp_get_max_threads() at the time of the call; attention() uses no more workers than the
-// scratch has rows (parallel_chunks' max_workers), so a later change of the thread count stays safe.
+// One score row of max_seq_len floats per thread, for at most one thread per (token, head). Sized from
+// the thread budget at the time of the call (at least the usable cores); attention() runs with no more
+// threads than the scratch has rows, so a later change of the thread count stays safe.
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int /*head_dim*/, int64_t max_seq_len) {
-  const int64_t slots = std::min<int64_t>(n_tokens * n_heads, omp_get_max_threads());
+  const int64_t slots = std::min<int64_t>(n_tokens * n_heads, std::max(cpu_threads(), usable_cpu_cores()));
   return slots * max_seq_len;
 }
 
@@ -45,11 +44,16 @@ void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, in
   float* op = out.ptr<float>();
   float* scores_all = scratch.ptr<float>();
   const int64_t work = n * n_heads;
-  const int64_t slots = std::max<int64_t>(1, scratch.numel() / max_seq);  // score rows, one per worker
-
-  parallel_chunks(work, slots, [&](int worker, int64_t begin, int64_t end) {
-    float* scores = scores_all + (int64_t)worker * max_seq;
-    for (int64_t w = begin; w < end; ++w) {
+  // Multiply-adds: two passes (q.k and p.v) over the cache rows each query sees.
+  const int64_t madds = work * (pos + n) * 2 * head_dim;
+  // Chunks of (token, head) items, a few per thread, each with its own scratch row: no more chunks
+  // than the scratch has rows.
+  const int64_t rows = std::max<int64_t>(1, scratch.numel() / max_seq);
+  const int n_threads = (int)std::min<int64_t>(rows, threads_for(madds));
+  const int64_t chunk = std::max((work + rows - 1) / rows, (work + 4 * n_threads - 1) / (4 * n_threads));
+  parallel_for(work, chunk, n_threads, [&](int64_t w0, int64_t w1) {
+    float* scores = scores_all + (w0 / chunk) * max_seq;
+    for (int64_t w = w0; w < w1; ++w) {
       const int64_t i = w / n_heads;
       const int h = (int)(w % n_heads);
       const int64_t kv_off = (int64_t)(h / group) * head_dim;

@@ -1,47 +1,23 @@
 // CPU kernels (fp32 activations). Called through kernel:: in op/kernels.h, which has already checked
-// shapes, dtypes and devices, so these assume valid arguments. Parallelised with OpenMP over rows or
-// heads (parallel_for, below); matmul with fp32 weights goes through OpenBLAS as one GEMM for the
-// whole batch.
+// shapes, dtypes and devices, so these assume valid arguments. Parallelised over rows or heads on the
+// thread pool (thread_pool.h), with threads_for() threads; matmul with fp32 weights calls
+// single-threaded OpenBLAS on each thread's block of output rows (prefill); fp16 / bf16 / int8 weights
+// are widened inside the kernel. Weights arrive read-only (ConstTensor).
 #pragma once
-
-#include <omp.h>
-
-#include <algorithm>
-#include <cstdint>
 
 #include "op/kernels.h"
 
 namespace kernel::cpu {
 
-// Splits [0, n) into at most `max_workers` contiguous chunks and runs body(worker, begin, end) for each,
-// one chunk per OpenMP thread (worker < max_workers, e.g. to pick a scratch row). Every parallel region
-// of the CPU kernels goes through here, because of two properties of libgomp that would otherwise make
-// the decode loop allocate on the heap for every op of every token:
-//  - a region that runs on one thread (`omp parallel if (false)`, num_threads(1), one core) gets a
-//    freshly allocated team each time; here such work runs on the calling thread, outside OpenMP;
-//  - only the last team is kept for reuse, and only for a region of the same size; here every region
-//    has the full team (omp_get_max_threads()), and threads without a chunk just return.
-template <typename F> void parallel_chunks(int64_t n, int64_t max_workers, F&& body) {
-  const int64_t workers = std::min<int64_t>({n, max_workers, (int64_t)omp_get_max_threads()});
-  if (workers <= 1) {
-    if (n > 0) body(0, 0, n);
-    return;
-  }
-#pragma omp parallel
-  {
-    const int64_t team = std::min<int64_t>(workers, omp_get_num_threads());  // a team may come up short
-    const int64_t w = omp_get_thread_num();
-    if (w < team) body((int)w, n * w / team, n * (w + 1) / team);
-  }
-}
-
-// body(i) for every i in [0, n): over OpenMP's threads when `parallel` (contiguous blocks, like
-// schedule(static)), else on the calling thread.
-template <typename F> void parallel_for(int64_t n, bool parallel, F&& body) {
-  parallel_chunks(n, parallel ? n : 1, [&](int, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) body(i);
-  });
-}
+// Work (multiply-adds, or element operations) that one more thread must get to be worth waking: a job
+// below 2 * kWorkPerThread runs on the calling thread alone. Measured on the shared 2-core test
+// machine (docs/benchmarks.md, CPU): splitting storyteller's largest products (197K multiply-adds,
+// ~30 us) over 2 threads made decode 1.8x slower (median 616 vs 1100 tok/s), because a job cannot
+// finish while a thread holding one of its chunks is descheduled; a 7B model's products (16M-45M)
+// gain from every thread.
+constexpr int64_t kWorkPerThread = 1 << 17;
+// Threads for `work`: 1 when it is small, else up to cpu_threads(), kWorkPerThread each at least.
+int threads_for(int64_t work);
 
 void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out);
 void rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out);

@@ -4,11 +4,9 @@
 #include <cstring>
 
 #include "cpu_kernels.h"
+#include "thread_pool.h"
 
 namespace kernel::cpu {
-
-// Below this many elements an OpenMP team costs more than it saves.
-constexpr int64_t kParallelMin = 1 << 14;
 
 // gate, up, out: fp32 [n, hidden]. out = gate / (1 + exp(-gate)) * up.
 void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
@@ -16,7 +14,10 @@ void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* g = gate.ptr<float>();
   const float* u = up.ptr<float>();
   float* o = out.ptr<float>();
-  parallel_for(len, len >= kParallelMin, [&](int64_t j) { o[j] = g[j] / (1.f + std::exp(-g[j])) * u[j]; });
+  // An exp() is worth several multiply-adds.
+  parallel_for(len, threads_for(8 * len), [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) o[j] = g[j] / (1.f + std::exp(-g[j])) * u[j];
+  });
 }
 
 // a, b, out: fp32, same shape; out may alias a.
@@ -25,7 +26,9 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
   const float* ap = a.ptr<float>();
   const float* bp = b.ptr<float>();
   float* o = out.ptr<float>();
-  parallel_for(len, len >= kParallelMin, [&](int64_t j) { o[j] = ap[j] + bp[j]; });
+  parallel_for(len, threads_for(len), [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) o[j] = ap[j] + bp[j];
+  });
 }
 
 // x: fp32 [rows, cols], in place. softmax(x)_j = exp(x_j - max x) / sum exp(x - max x); subtracting
@@ -33,16 +36,18 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 void softmax(Tensor& x) {
   const int64_t rows = x.dim(0), cols = x.dim(1);
   float* xp = x.ptr<float>();
-  parallel_for(rows, rows > 1, [&](int64_t r) {
-    float* row = xp + r * cols;
-    const float max_v = *std::max_element(row, row + cols);
-    float sum = 0.f;
-    for (int64_t j = 0; j < cols; ++j) {
-      row[j] = std::exp(row[j] - max_v);
-      sum += row[j];
+  parallel_for(rows, threads_for(8 * rows * cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = xp + r * cols;
+      const float max_v = *std::max_element(row, row + cols);
+      float sum = 0.f;
+      for (int64_t j = 0; j < cols; ++j) {
+        row[j] = std::exp(row[j] - max_v);
+        sum += row[j];
+      }
+      const float inv = 1.f / sum;
+      for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
     }
-    const float inv = 1.f / sum;
-    for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
   });
 }
 
@@ -51,12 +56,14 @@ void argmax(const Tensor& x, Tensor& out) {
   const int64_t rows = x.dim(0), cols = x.dim(1);
   const float* xp = x.ptr<float>();
   int32_t* o = out.ptr<int32_t>();
-  parallel_for(rows, rows > 1, [&](int64_t r) {
-    const float* row = xp + r * cols;
-    int64_t best = 0;
-    for (int64_t j = 1; j < cols; ++j)
-      if (row[j] > row[best]) best = j;
-    o[r] = (int32_t)best;
+  parallel_for(rows, threads_for(rows * cols), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = xp + r * cols;
+      int64_t best = 0;
+      for (int64_t j = 1; j < cols; ++j)
+        if (row[j] > row[best]) best = j;
+      o[r] = (int32_t)best;
+    }
   });
 }
 
@@ -75,12 +82,14 @@ void convert(const Tensor& in, Tensor& out) {
   uint16_t* out_h = out_f ? nullptr : out.ptr_u16();
   float (*widen)(uint16_t) = in.dtype() == DType::kFp16 ? base::half_to_float : base::bf16_to_float;
   uint16_t (*narrow)(float) = out.dtype() == DType::kFp16 ? base::float_to_half : base::float_to_bf16;
-  parallel_for(len, len >= kParallelMin, [&](int64_t j) {
-    const float v = in_f ? in_f[j] : widen(in_h[j]);
-    if (out_f) {
-      out_f[j] = v;
-    } else {
-      out_h[j] = narrow(v);
+  parallel_for(len, threads_for(len), [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      const float v = in_f ? in_f[j] : widen(in_h[j]);
+      if (out_f) {
+        out_f[j] = v;
+      } else {
+        out_h[j] = narrow(v);
+      }
     }
   });
 }
@@ -92,14 +101,16 @@ namespace kernel::cpu {
 // Same values as the CUDA kernel: hash_uniform(seed, i) scaled, rounded to the tensor's dtype.
 void fill_random(Tensor& t, uint64_t seed, float scale) {
   const int64_t n = t.numel();
-  parallel_for(n, true, [&](int64_t i) {
-    const float u = hash_uniform(seed, (uint64_t)i);
-    switch (t.dtype()) {
-      case base::DType::kFp32: t.ptr<float>()[i] = u * scale; break;
-      case base::DType::kFp16: t.ptr_u16()[i] = base::float_to_half(u * scale); break;
-      case base::DType::kBf16: t.ptr_u16()[i] = base::float_to_bf16(u * scale); break;
-      case base::DType::kInt8: t.ptr<int8_t>()[i] = (int8_t)std::lrint(u * 127.f); break;
-      default: break;
+  parallel_for(n, threads_for(8 * n), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float u = hash_uniform(seed, (uint64_t)i);
+      switch (t.dtype()) {
+        case base::DType::kFp32: t.ptr<float>()[i] = u * scale; break;
+        case base::DType::kFp16: t.ptr_u16()[i] = base::float_to_half(u * scale); break;
+        case base::DType::kBf16: t.ptr_u16()[i] = base::float_to_bf16(u * scale); break;
+        case base::DType::kInt8: t.ptr<int8_t>()[i] = (int8_t)std::lrint(u * 127.f); break;
+        default: break;
+      }
     }
   });
 }

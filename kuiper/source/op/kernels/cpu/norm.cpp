@@ -1,7 +1,8 @@
-// RMSNorm and the fused residual add + RMSNorm, one token row per parallel_for iteration.
+// RMSNorm and the fused residual add + RMSNorm, token rows split over the thread pool.
 #include <cmath>
 
 #include "cpu_kernels.h"
+#include "thread_pool.h"
 
 namespace kernel::cpu {
 namespace {
@@ -24,7 +25,9 @@ void rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out)
   const float* xp = x.ptr<float>();
   const float* w = weight.ptr<float>();
   float* o = out.ptr<float>();
-  parallel_for(n, n > 1, [&](int64_t i) { rmsnorm_row(xp + i * dim, w, eps, dim, o + i * dim); });
+  parallel_for(n, n > 1 ? threads_for(2 * n * dim) : 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) rmsnorm_row(xp + i * dim, w, eps, dim, o + i * dim);
+  });
 }
 
 // residual (in/out), delta, out: fp32 [n, dim]; weight: fp32 [dim].
@@ -35,11 +38,13 @@ void add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weigh
   const float* d = delta.ptr<float>();
   const float* w = weight.ptr<float>();
   float* o = out.ptr<float>();
-  parallel_for(n, n > 1, [&](int64_t i) {
-    float* ri = r + i * dim;
-    const float* di = d + i * dim;
-    for (int64_t j = 0; j < dim; ++j) ri[j] += di[j];
-    rmsnorm_row(ri, w, eps, dim, o + i * dim);
+  parallel_for(n, n > 1 ? threads_for(2 * n * dim) : 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* ri = r + i * dim;
+      const float* di = d + i * dim;
+      for (int64_t j = 0; j < dim; ++j) ri[j] += di[j];
+      rmsnorm_row(ri, w, eps, dim, o + i * dim);
+    }
   });
 }
 

@@ -1,5 +1,6 @@
 // Rotary position embedding on interleaved pairs, driven by the model's precomputed cos/sin table.
 #include "cpu_kernels.h"
+#include "thread_pool.h"
 
 namespace kernel::cpu {
 namespace {
@@ -27,10 +28,12 @@ void rope(Tensor& q, Tensor& k, int32_t pos, const Tensor& cos_sin, int head_dim
   float* qp = q.ptr<float>();
   float* kp = k.ptr<float>();
   const float* table = cos_sin.ptr<float>();
-  parallel_for(n, n > 1, [&](int64_t i) {
-    const float* cs = table + (pos + i) * head_dim;  // head_dim / 2 pairs of (cos, sin)
-    rotate_row(qp + i * q_width, q_width, cs, head_dim);
-    rotate_row(kp + i * k_width, k_width, cs, head_dim);
+  parallel_for(n, n > 1 ? threads_for(2 * n * (q_width + k_width)) : 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* cs = table + (pos + i) * head_dim;  // head_dim / 2 pairs of (cos, sin)
+      rotate_row(qp + i * q_width, q_width, cs, head_dim);
+      rotate_row(kp + i * k_width, k_width, cs, head_dim);
+    }
   });
 }
 
