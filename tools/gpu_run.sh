@@ -20,7 +20,7 @@ run_tests() {
   python3 test/export_hf_fixtures.py "$KUIPER_HF_EXPORTS" --shared "$KUIPER_SHARED_DIR" > /tmp/hf_exports.log 2>&1 ||
     { echo "hf exports failed:"; tail -5 /tmp/hf_exports.log; }
   # Every program under `timeout`: a hang costs minutes, not the whole call.
-  for t in test_cuda_kernels test_gpu_model test_multi_gpu test_peer_comm; do
+  for t in test_cuda_kernels test_gpu_model test_multi_gpu test_peer_comm test_out_of_memory; do
     echo "== $t"
     timeout 240 $bin/$t --gtest_brief=1 2>&1 | tail -25 || rc=1
   done
