@@ -4,6 +4,7 @@
 #include <gflags/gflags.h>
 #include <glog/logging.h>
 #include <sys/stat.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -38,7 +39,17 @@ std::atomic<bool> g_interrupted{false};
 const char* g_prog = "llama_infer";
 ParsedArgs g_args;
 
+pthread_t g_main_thread;
+
+// Ctrl-C is for the main thread, the one that waits for input in ppoll(). The kernel may deliver it to
+// any thread that does not block it (OpenBLAS's, a rank's), and then the main thread's wait would not
+// end: such a thread passes the signal on to the main thread (pthread_kill is async-signal-safe), where
+// it stays pending while the main thread blocks SIGINT and interrupts its next ppoll().
 void on_sigint(int) {
+  if (!pthread_equal(pthread_self(), g_main_thread)) {
+    pthread_kill(g_main_thread, SIGINT);
+    return;
+  }
   if (g_interrupted.exchange(true)) _exit(130);  // second Ctrl-C: leave now
 }
 
@@ -100,6 +111,7 @@ void init(int argc, char** argv, const char* usage, const ArgSpec& spec) {
   FLAGS_logtostderr = true;
   FLAGS_minloglevel = 2;  // errors only: the library reports through Status
   google::InitGoogleLogging(g_prog);
+  g_main_thread = pthread_self();
   std::signal(SIGINT, on_sigint);
   kernel::set_cpu_threads(FLAGS_threads);
 }

@@ -22,7 +22,12 @@
 namespace {
 // Constant-initialised, so it is ready before the first allocation of the process.
 std::atomic<int64_t> g_allocations{0};
-inline void count_one() { g_allocations.fetch_add(1, std::memory_order_relaxed); }
+// The same for the calling thread alone (constant-initialised thread-local storage: no allocation).
+thread_local int64_t t_allocations = 0;
+inline void count_one() {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  ++t_allocations;
+}
 }  // namespace
 
 #ifdef KP_HEAP_COUNTER_ASAN
@@ -103,6 +108,8 @@ void* pvalloc(size_t size) noexcept {
 namespace testutil {
 
 int64_t heap_allocations() { return g_allocations.load(std::memory_order_relaxed); }
+
+int64_t heap_allocations_this_thread() { return t_allocations; }
 
 bool heap_counter_works() {
   // Called through a volatile pointer: the compiler cannot see (and so cannot drop) the allocation.

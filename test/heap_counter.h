@@ -43,6 +43,9 @@ class HeapCounter {
 //
 // `probe`, when given, runs as the window opens (before the count starts) and as it closes (after the
 // count ends), e.g. to read the GPU's free memory; whatever it allocates is outside the window.
+// Heap allocations made so far by the calling thread alone.
+int64_t heap_allocations_this_thread();
+
 class DecodeWindow {
  public:
   explicit DecodeWindow(int steps, std::function<void()> probe = nullptr) : steps_(steps), probe_(std::move(probe)) {}
@@ -51,8 +54,10 @@ class DecodeWindow {
     if (seen_ == 1) {
       if (probe_) probe_();
       start_ = heap_allocations();
+      start_thread_ = heap_allocations_this_thread();
     } else if (seen_ == steps_ + 1) {
       end_ = heap_allocations();
+      end_thread_ = heap_allocations_this_thread();
       if (probe_) probe_();
     }
     ++seen_;
@@ -60,12 +65,14 @@ class DecodeWindow {
   // All total_tokens() tokens were seen (the window really spanned `steps` decode steps).
   bool complete() const { return seen_ == total_tokens(); }
   int64_t allocations() const { return end_ - start_; }
+  // Those of the thread that called on_token() (the thread running the decode loop, with one rank).
+  int64_t allocations_this_thread() const { return end_thread_ - start_thread_; }
 
  private:
   int steps_;
   std::function<void()> probe_;
   int seen_ = 0;
-  int64_t start_ = 0, end_ = 0;
+  int64_t start_ = 0, end_ = 0, start_thread_ = 0, end_thread_ = 0;
 };
 
 }  // namespace testutil
