@@ -1,7 +1,6 @@
 #include "comm/nccl_handler.h"
 
-#include <chrono>
-#include <thread>
+#include "stream_watch.h"
 
 namespace comm {
 
@@ -26,6 +25,19 @@ struct NcclHandler::Rank final : Communicator {
   base::CudaStream comm_stream;
   base::CudaEvent done;     // recorded on the compute stream when the partial result is complete
   base::CudaEvent reduced;  // recorded on the comm stream when the collective has finished
+
+  // compute: [record done]  ->  comm: [wait done]   (a collective queued next sees the partial result)
+  Status fork(cudaStream_t compute) {
+    CUDA_CHECK(cudaEventRecord(done.get(), compute));
+    CUDA_CHECK(cudaStreamWaitEvent(comm_stream.get(), done.get(), 0));
+    return Status::Ok();
+  }
+  // comm: [record reduced]  ->  compute: [wait reduced]   (covers every collective queued before)
+  Status join(cudaStream_t compute) {
+    CUDA_CHECK(cudaEventRecord(reduced.get(), comm_stream.get()));
+    CUDA_CHECK(cudaStreamWaitEvent(compute, reduced.get(), 0));
+    return Status::Ok();
+  }
 
   int rank() const override { return index; }
   int world_size() const override { return handler->world_size(); }
@@ -122,36 +134,29 @@ Status NcclHandler::abort_status() const {
   return Status(base::StatusCode::kCommError, why_);
 }
 
-// compute: [record done]      comm: [wait done] ncclAllReduce      (the host returns at once)
+// fork, then ncclAllReduce on the comm stream (the host returns at once)
 Status NcclHandler::all_reduce_start(int rank, const void* send, void* recv, size_t count, DType dtype,
                                      cudaStream_t stream) {
   if (aborted()) return abort_status();
   Rank& r = *ranks_.at(rank);
-  CUDA_CHECK(cudaEventRecord(r.done.get(), stream));
-  CUDA_CHECK(cudaStreamWaitEvent(r.comm_stream.get(), r.done.get(), 0));
+  KP_RETURN_IF_ERROR(r.fork(stream));
   NCCL_CHECK(ncclAllReduce(send, recv, count, nccl_type(dtype), ncclSum, r.comm, r.comm_stream.get()));
   return Status::Ok();
 }
 
-// comm: [record reduced]      compute: [wait reduced]   (covers every all-reduce started before)
+// join: the compute stream waits for every all-reduce started before
 Status NcclHandler::all_reduce_finish(int rank, cudaStream_t stream) {
   if (aborted()) return abort_status();
-  Rank& r = *ranks_.at(rank);
-  CUDA_CHECK(cudaEventRecord(r.reduced.get(), r.comm_stream.get()));
-  CUDA_CHECK(cudaStreamWaitEvent(stream, r.reduced.get(), 0));
-  return Status::Ok();
+  return ranks_.at(rank)->join(stream);
 }
 
 Status NcclHandler::all_gather(int rank, const void* send, void* recv, size_t count, DType dtype,
                                cudaStream_t stream) {
   if (aborted()) return abort_status();
   Rank& r = *ranks_.at(rank);
-  CUDA_CHECK(cudaEventRecord(r.done.get(), stream));
-  CUDA_CHECK(cudaStreamWaitEvent(r.comm_stream.get(), r.done.get(), 0));
+  KP_RETURN_IF_ERROR(r.fork(stream));
   NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), r.comm, r.comm_stream.get()));
-  CUDA_CHECK(cudaEventRecord(r.reduced.get(), r.comm_stream.get()));
-  CUDA_CHECK(cudaStreamWaitEvent(stream, r.reduced.get(), 0));
-  return Status::Ok();
+  return r.join(stream);
 }
 
 // No lock is held around ncclCommAbort: a rank can be blocked inside NCCL (waiting for a peer that
@@ -168,36 +173,20 @@ void NcclHandler::abort(const std::string& why) {
 }
 
 Status NcclHandler::wait(int rank, cudaStream_t stream) {
-  using Clock = std::chrono::steady_clock;
-  const auto t0 = Clock::now();
-  const auto deadline = t0 + std::chrono::milliseconds(timeout_ms_);
   Rank& r = *ranks_.at(rank);
-  for (;;) {
+  auto check = [&]() -> Status {
     if (aborted()) return abort_status();
-    const cudaError_t q = cudaStreamQuery(stream);
-    if (q == cudaSuccess) return Status::Ok();
-    if (q != cudaErrorNotReady) {
-      const Status err = base::cuda_error(q, "cudaStreamQuery (waiting for the stream)", __FILE__, __LINE__);
-      abort("rank " + std::to_string(rank) + ": " + err.message());
-      return err;
-    }
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(r.comm, &async);
-    if (async != ncclSuccess && async != ncclInProgress) {
-      abort("rank " + std::to_string(rank) + ": NCCL reported '" + ncclGetErrorString(async) + "'");
-      return abort_status();
-    }
-    const auto now = Clock::now();
-    if (now > deadline) {
-      abort("rank " + std::to_string(rank) + ": the GPU work of a step did not finish within " +
-            seconds_text(timeout_ms_) + " (a rank failed or hung)");
-      return abort_status();
-    }
-    // Spin for the first milliseconds (a decode step is ~1-20 ms and the token is wanted at once),
-    // then poll gently.
-    if (now - t0 < std::chrono::milliseconds(20)) std::this_thread::yield();
-    else std::this_thread::sleep_for(std::chrono::microseconds(100));
-  }
+    if (async == ncclSuccess || async == ncclInProgress) return Status::Ok();
+    abort("rank " + std::to_string(rank) + ": NCCL reported '" + ncclGetErrorString(async) + "'");
+    return abort_status();
+  };
+  auto fail = [&](const std::string& why) {
+    abort(why);
+    return abort_status();
+  };
+  return watch_stream(rank, stream, timeout_ms_, check, fail);
 }
 
 }  // namespace comm

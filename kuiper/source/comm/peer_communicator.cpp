@@ -6,13 +6,12 @@
 #include <cstdlib>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
-#include <thread>
 
 #include "base/cuda_utils.h"
 #include "op/kernels.h"
 #include "peer_kernels.h"
+#include "stream_watch.h"
 
 namespace comm {
 
@@ -331,31 +330,14 @@ void PeerCommGroup::abort(const std::string& why) {
 }
 
 Status PeerCommGroup::wait(int rank, cudaStream_t stream) {
-  using Clock = std::chrono::steady_clock;
-  const auto t0 = Clock::now();
-  const auto deadline = t0 + std::chrono::milliseconds(wait_timeout_ms());
-  for (;;) {
-    if (aborted_.load(std::memory_order_acquire)) return failure();
-    const cudaError_t q = cudaStreamQuery(stream);
-    // Read after the query: a kernel that gave up wrote its record before it completed.
-    if (status_word() != 0) return failure();
-    if (q == cudaSuccess) return Status::Ok();
-    if (q != cudaErrorNotReady) {
-      const Status err = base::cuda_error(q, "cudaStreamQuery (waiting for the stream)", __FILE__, __LINE__);
-      abort("rank " + std::to_string(rank) + ": " + err.message());
-      return err;
-    }
-    const auto now = Clock::now();
-    if (now > deadline) {
-      abort("rank " + std::to_string(rank) + ": the GPU work of a step did not finish within " +
-            seconds_text(wait_timeout_ms()) + " (a rank failed or hung)");
-      return failure();
-    }
-    // Spin for the first milliseconds (a decode step is ~1-20 ms and the token is wanted at once),
-    // then poll gently.
-    if (now - t0 < std::chrono::milliseconds(20)) std::this_thread::yield();
-    else std::this_thread::sleep_for(std::chrono::microseconds(100));
-  }
+  auto check = [&]() -> Status {
+    return aborted_.load(std::memory_order_acquire) || status_word() != 0 ? failure() : Status::Ok();
+  };
+  auto fail = [&](const std::string& why) {
+    abort(why);
+    return failure();
+  };
+  return watch_stream(rank, stream, wait_timeout_ms(), check, fail);
 }
 
 }  // namespace comm

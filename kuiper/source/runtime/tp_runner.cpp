@@ -57,6 +57,7 @@ struct TpRunner::Impl {
   // Called on the failing rank's thread: the first failure is the run's answer, and every other rank
   // is stopped now (its collectives and waits fail) instead of waiting for a peer that will not come.
   void fail(int rank, const Status& s) {
+    std::string why;
     {
       std::lock_guard<std::mutex> lock(mu);
       if (first_error.ok())
@@ -64,14 +65,10 @@ struct TpRunner::Impl {
         first_error = s.code() == base::StatusCode::kCommError
                           ? s
                           : Status(s.code(), "rank " + std::to_string(rank) + ": " + s.message());
+      why = first_error.message();
     }
-    const std::string why = first_error_message();
     if (comms[rank] != nullptr) comms[rank]->abort(why);
     barrier->abort(why);
-  }
-  std::string first_error_message() {
-    std::lock_guard<std::mutex> lock(mu);
-    return first_error.message();
   }
 };
 
@@ -153,14 +150,12 @@ Status TpRunner::make_comms(const model::ModelOptions& opts, const TpOptions& tp
     KP_RETURN_IF_ERROR(comm::PeerCommGroup::create(im.devices, kPeerCapacityBytes, &im.peer_group));
     for (int i = 0; i < tp.world; ++i) im.comms[i] = im.peer_group->rank(i);
     im.all_reduce = "custom";
-    set_timeout_ms(tp.timeout_ms);
     return Status::Ok();
   }
   for (int r = 0; r < tp.world; ++r)
     if (im.devices[r] != r) return base::InvalidArgument("with NCCL, rank r runs on GPU r");
   comm::NcclHandler& nccl = comm::NcclHandler::instance();
   KP_RETURN_IF_ERROR(nccl.init(tp.world));
-  nccl.set_timeout_ms(tp.timeout_ms);
   for (int i = 0; i < tp.world; ++i) im.comms[i] = nccl.communicator(i);
   im.all_reduce = "nccl";
   return Status::Ok();
@@ -184,6 +179,7 @@ Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions&
   im.streams.resize(world);
 #endif
   KP_RETURN_IF_ERROR(r->make_comms(opts, tp));
+  r->set_timeout_ms(tp.timeout_ms);  // the barriers and whichever communicator make_comms chose
 
   // Rank threads: each binds its GPU once, for good.
   if (world > 1) {
