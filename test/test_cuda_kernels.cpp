@@ -403,6 +403,103 @@ TEST_F(CudaKernels, MatmulInt8Weights) {
   }
 }
 
+// matmul_swiglu: the fused GEMVs (vector GEMV for float weights and int8 with group % 16 == 0, the
+// tensor-core one for int8 with group % 64 == 0, n <= 4) and the unfused path (n 5; int8 group 8: the
+// scalar GEMV) against swiglu(x W1^T, x W3^T) in double. hidden 300: partial blocks in both kernels.
+// The kernels round gate and up to the activation dtype before swiglu, as the separate kernels would,
+// hence three roundings in the tolerance.
+TEST_F(CudaKernels, MatmulSwiglu) {
+  KP_SKIP_WITHOUT_GPU();
+  const int64_t in = 1024, hidden = 300;
+  struct Case {
+    DType w;
+    int group;
+  };
+  const Case cases[] = {{DType::kFp16, 0}, {DType::kBf16, 0}, {DType::kInt8, 64}, {DType::kInt8, 32}, {DType::kInt8, 8}};
+  for (const Case& c : cases) {
+    Tensor wh, sh;  // host weights (and scales for int8)
+    std::vector<double> w(2 * hidden * in);
+    if (c.w == DType::kInt8) {
+      ASSERT_OK(Tensor::create(DType::kInt8, {2 * hidden, in}, base::CPUAllocator::get(), &wh));
+      ASSERT_OK(Tensor::create(DType::kFp32, {2 * hidden, in / c.group}, base::CPUAllocator::get(), &sh));
+      std::mt19937_64 rng(2100 + c.group);
+      std::uniform_int_distribution<int> qd(-127, 127);
+      std::uniform_real_distribution<float> sd(0.0003f, 0.001f);
+      for (int64_t i = 0; i < wh.numel(); ++i) wh.ptr<int8_t>()[i] = (int8_t)qd(rng);
+      for (int64_t i = 0; i < sh.numel(); ++i) sh.ptr<float>()[i] = sd(rng);
+      for (int64_t o = 0; o < 2 * hidden; ++o)
+        for (int64_t k = 0; k < in; ++k)
+          w[o * in + k] = (double)wh.ptr<int8_t>()[o * in + k] * sh.ptr<float>()[o * (in / c.group) + k / c.group];
+    } else {
+      wh = testutil::to_dtype_cpu(testutil::random_cpu({2 * hidden, in}, 2200, -0.1f, 0.1f), c.w);
+      w = values_of(wh);
+    }
+    const Tensor wg = testutil::to_gpu(wh), sg = sh.empty() ? Tensor() : testutil::to_gpu(sh);
+    const DType acts[] = {c.w == DType::kInt8 ? DType::kFp16 : c.w, DType::kBf16};
+    for (DType dt : acts)
+      for (int64_t n : {1, 2, 4, 5}) {
+        SCOPED_TRACE(std::string("w ") + base::dtype_name(c.w) + " group " + std::to_string(c.group) + " x " +
+                     base::dtype_name(dt) + " n " + std::to_string(n));
+        if (c.w != DType::kInt8 && dt != c.w) continue;  // float weights run in their own dtype
+        const Data x = make_data({n, in}, 2300 + n, dt);
+        Tensor out = poisoned(dt, {n, hidden}), gu = poisoned(dt, {n, 2 * hidden});
+        settle();
+        ASSERT_OK(kernel::matmul_swiglu(x.gpu, wg, sg, c.group, gu, out, stream()));
+        finish();
+        const std::vector<double> y = matmul_ref(x.v, w, n, in, 2 * hidden);
+        std::vector<double> ref(n * hidden);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < hidden; ++j) {
+            const double g = y[i * 2 * hidden + j], u = y[i * 2 * hidden + hidden + j];
+            ref[i * hidden + j] = g / (1.0 + std::exp(-g)) * u;
+          }
+        const Tol tol = matmul_tol(dt);
+        EXPECT_TRUE(testutil::all_close(out, ref, 3 * tol.atol, 3 * tol.rtol));
+      }
+  }
+}
+
+// rope_kv_append gives bit for bit what rope then kv_append give (those are checked against float64
+// references above): rotated q and k, and the cache rows [pos, pos + n) with every other row untouched.
+TEST_F(CudaKernels, RopeKvAppendEqualsRopeThenAppend) {
+  KP_SKIP_WITHOUT_GPU();
+  const int max_seq = 16;
+  struct Case {
+    int n_heads, n_kv_heads, hd, n, pos;
+  };
+  const Case cases[] = {{4, 2, 8, 1, 0}, {4, 2, 64, 3, 5}, {4, 1, 128, 1, 15}, {8, 8, 64, 4, 12}};
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(base::dtype_name(dt)) + " heads " + std::to_string(c.n_heads) + "/" +
+                   std::to_string(c.n_kv_heads) + " hd " + std::to_string(c.hd) + " n " + std::to_string(c.n) +
+                   " pos " + std::to_string(c.pos));
+      std::vector<double> cs;
+      const Tensor cos_sin = make_cos_sin(max_seq, c.hd, &cs);
+      const int64_t qw = (int64_t)c.n_heads * c.hd, kw = (int64_t)c.n_kv_heads * c.hd;
+      Data q1 = make_data({c.n, qw}, 2400, dt), q2 = make_data({c.n, qw}, 2400, dt);
+      Data k1 = make_data({c.n, kw}, 2401, dt), k2 = make_data({c.n, kw}, 2401, dt);
+      const Data v = make_data({c.n, kw}, 2402, dt);
+      Tensor kc1 = poisoned(dt, {max_seq, kw}), vc1 = poisoned(dt, {max_seq, kw});
+      Tensor kc2 = poisoned(dt, {max_seq, kw}), vc2 = poisoned(dt, {max_seq, kw});
+      const Tensor pos = int32_gpu({c.pos});
+      settle();
+      ASSERT_OK(kernel::rope_kv_append(q1.gpu, k1.gpu, v.gpu, kc1, vc1, pos, cos_sin, c.hd, stream()));
+      ASSERT_OK(kernel::rope(q2.gpu, k2.gpu, pos, cos_sin, c.hd, stream()));
+      ASSERT_OK(kernel::kv_append(k2.gpu, v.gpu, kc2, vc2, pos, stream()));
+      finish();
+      const std::pair<const Tensor*, const Tensor*> pairs[] = {{&q1.gpu, &q2.gpu}, {&k1.gpu, &k2.gpu}, {&kc1, &kc2},
+                                                               {&vc1, &vc2}};
+      for (const auto& [a, b] : pairs) {
+        Tensor ha, hb;
+        ASSERT_OK(Tensor::create(dt, a->shape(), base::CPUAllocator::get(), &ha));
+        ASSERT_OK(Tensor::create(dt, b->shape(), base::CPUAllocator::get(), &hb));
+        ASSERT_OK(a->copy_to(ha));
+        ASSERT_OK(b->copy_to(hb));
+        EXPECT_EQ(std::memcmp(ha.data(), hb.data(), ha.nbytes()), 0) << a->shape_string();
+      }
+    }
+}
+
 // A misaligned activation row must take the scalar GEMV and still be right.
 TEST_F(CudaKernels, MatmulMisalignedActivations) {
   KP_SKIP_WITHOUT_GPU();

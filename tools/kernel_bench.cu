@@ -158,6 +158,11 @@ int main(int argc, char** argv) {
       bench_matmul(s, "gemv", DType::kFp16, w, 1, 22016, 4096);  // w13
       bench_matmul(s, "gemv", DType::kFp16, w, 1, 4096, 11008);  // w2
     }
+    bench_matmul(s, "gemv", DType::kFp16, DType::kInt8, 1, 32000, 4096);   // llama2-7b classifier
+    bench_matmul(s, "gemv", DType::kBf16, DType::kInt8, 1, 10240, 8192);   // llama3-70b wqkv
+    bench_matmul(s, "gemv", DType::kBf16, DType::kInt8, 1, 8192, 8192);    // wo
+    bench_matmul(s, "gemv", DType::kBf16, DType::kInt8, 1, 57344, 8192);   // w13
+    bench_matmul(s, "gemv", DType::kBf16, DType::kInt8, 1, 8192, 28672);   // w2
     bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 6144, 4096);   // llama3-8b wqkv
     bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 28672, 4096);  // w13
     bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 4096, 14336);  // w2

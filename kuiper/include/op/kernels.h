@@ -60,6 +60,13 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& wei
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               Stream stream);
 
+// out = swiglu(x W1^T, x W3^T) for the stacked w13 = [W1; W3]: [2 hidden, in] (weights and scales as in
+// matmul); x: [n, in]; out: [n, hidden]; gu: [n, 2 hidden] scratch of the activation dtype.
+// On the GPU with n <= 4 one GEMV computes the gate and up of each feature together and writes only
+// out (gu untouched); otherwise matmul into gu, then swiglu of its halves, row by row.
+Status matmul_swiglu(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size, Tensor& gu,
+                     Tensor& out, Stream stream);
+
 // Rotary position embedding, applied in place to q and k, interleaved pairs (x[2j], x[2j+1]) of each
 // head (Meta / llama2.c layout; Hugging Face checkpoints are un-permuted by the exporter):
 //   (a, b) -> (a cos t - b sin t, a sin t + b cos t),  t = (pos + i) * inv_freq[j]
@@ -72,6 +79,11 @@ Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int 
 // k, v: [n, n_kv_heads * head_dim]; k_cache, v_cache: [max_seq_len, n_kv_heads * head_dim] (cache dtype).
 Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
                  Stream stream);
+
+// rope() of q and k, then kv_append() of the rotated k and of v, with the arguments of both: one kernel
+// on the GPU (decode runs it every layer), the two calls on the CPU. k is rotated in place too.
+Status rope_kv_append(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
+                      const Tensor& cos_sin, int head_dim, Stream stream);
 
 // Causal grouped-query attention of n queries at positions pos..pos+n-1 over the cache rows
 // [0, pos + i] (query i sees its own and earlier positions):

@@ -47,6 +47,10 @@ class MatmulLayer {
                                      const tensor::ConstTensor& norm_weight, float eps, tensor::Tensor& normed,
                                      void* stream) const;
 
+  // A stacked [W1; W3] gate/up layer (column-parallel or replicated): out [n, out_local / 2] =
+  // swiglu(x W1^T, x W3^T), in one GEMV in decode; gu [n, out_local] is scratch for the unfused path.
+  base::Status forward_swiglu(const tensor::Tensor& x, tensor::Tensor& gu, tensor::Tensor& out, void* stream) const;
+
   int64_t in_features() const { return weight_.dim(1); }   // local
   int64_t out_features() const { return weight_.dim(0); }  // local
   const tensor::ConstTensor& weight() const { return weight_; }

@@ -197,9 +197,8 @@ Status LlamaModel::attention_block(int layer, int32_t n) {
     KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
     KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
   }
-  KP_RETURN_IF_ERROR(kernel::rope(q, k, ws_.pos, ws_.cos_sin, c.head_dim, s));
   Tensor kc = kv_cache_.key(layer), vc = kv_cache_.value(layer);
-  KP_RETURN_IF_ERROR(kernel::kv_append(k, v, kc, vc, ws_.pos, s));
+  KP_RETURN_IF_ERROR(kernel::rope_kv_append(q, k, v, kc, vc, ws_.pos, ws_.cos_sin, c.head_dim, s));
   KP_RETURN_IF_ERROR(kernel::attention(q, kc, vc, ws_.pos, weights_.n_heads_local, weights_.n_kv_heads_local,
                                        c.head_dim, ws_.scratch, att, s));
   // x += att Wo^T (summed over ranks); xb = rmsnorm(x) for the FFN.
@@ -211,16 +210,17 @@ Status LlamaModel::ffn_block(int layer, int32_t n) {
   const LayerWeights& L = weights_.layers[layer];
   void* s = opts_.stream;
   Tensor xb = ws_.xb.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
-  Tensor gate, up;
-  if (n == 1) {  // one pass over the stacked weights
-    gate = ws_.g1, up = ws_.u1;
-    KP_RETURN_IF_ERROR(L.w13.forward(xb, ws_.gu1, s));
+  Tensor gate;  // swiglu(gate, up), [n, hidden_local]
+  if (n == 1) {  // one pass over the stacked weights, swiglu in the GEMV's epilogue on GPUs
+    gate = ws_.g1;
+    KP_RETURN_IF_ERROR(L.w13.forward_swiglu(xb, ws_.gu1, gate, s));
   } else {
-    gate = ws_.h1.slice_rows(0, n), up = ws_.h3.slice_rows(0, n);
+    gate = ws_.h1.slice_rows(0, n);
+    Tensor up = ws_.h3.slice_rows(0, n);
     KP_RETURN_IF_ERROR(L.w1.forward(xb, gate, s));
     KP_RETURN_IF_ERROR(L.w3.forward(xb, up, s));
+    KP_RETURN_IF_ERROR(kernel::swiglu(gate, up, gate, s));
   }
-  KP_RETURN_IF_ERROR(kernel::swiglu(gate, up, gate, s));
   // x += h W2^T (summed over ranks); xb = rmsnorm(x) with the next layer's norm (or the final one).
   Tensor x = ws_.x.slice_rows(0, n);
   const tensor::ConstTensor& next_norm = layer + 1 < config_.n_layers ? weights_.layers[layer + 1].attention_norm : weights_.norm;

@@ -58,4 +58,10 @@ base::Status MatmulLayer::forward_into_residual(const tensor::Tensor& x, tensor:
   return kernel::add_rmsnorm(residual, y, norm_weight, eps, normed, stream);
 }
 
+base::Status MatmulLayer::forward_swiglu(const tensor::Tensor& x, tensor::Tensor& gu, tensor::Tensor& out,
+                                         void* stream) const {
+  if (tp_.mode == TpMode::kRow) return base::Internal(name_ + ": a row-parallel layer has no swiglu epilogue");
+  return kernel::matmul_swiglu(x, weight_, scales_, group_size_, gu, out, stream);
+}
+
 }  // namespace op

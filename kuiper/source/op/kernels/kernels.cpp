@@ -128,15 +128,11 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& wei
               cuda::add_rmsnorm(residual, delta, weight, eps, out, cu(stream)));
 }
 
-Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
-              Stream stream) {
-  const char* op = "matmul";
-  KP_RETURN_IF_ERROR(same_device(op, x, weight, y));
-  KP_RETURN_IF_ERROR(activation_dtype(op, x));
-  KP_REQUIRE(x.dtype() == y.dtype(), "x and y dtypes differ");
-  KP_RETURN_IF_ERROR(rows_match(op, x, y));
-  KP_REQUIRE(weight.ndim() == 2 && weight.dim(1) == x.dim(1) && weight.dim(0) == y.dim(1),
-                             "shapes do not chain: x " + desc(x) + " W " + desc(weight) + " y " + desc(y));
+namespace {
+// The weight side of a matmul: W [out, in] matches x [n, in], and int8 scales match W.
+Status check_weight(const char* op, const Tensor& x, const ConstTensor& weight, const ConstTensor& scales,
+                    int group_size) {
+  KP_REQUIRE(weight.ndim() == 2 && weight.dim(1) == x.dim(1), "W " + desc(weight) + " does not take x " + desc(x));
   if (weight.dtype() == DType::kInt8) {
     KP_RETURN_IF_ERROR(same_device(op, x, scales));
     KP_REQUIRE(group_size > 0 && weight.dim(1) % group_size == 0,
@@ -147,6 +143,20 @@ Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& sca
   } else {
     KP_REQUIRE(is_float(weight.dtype()), "unsupported weight dtype " + desc(weight));
   }
+  return Status::Ok();
+}
+}  // namespace
+
+Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
+              Stream stream) {
+  const char* op = "matmul";
+  KP_RETURN_IF_ERROR(same_device(op, x, weight, y));
+  KP_RETURN_IF_ERROR(activation_dtype(op, x));
+  KP_REQUIRE(x.dtype() == y.dtype(), "x and y dtypes differ");
+  KP_RETURN_IF_ERROR(rows_match(op, x, y));
+  KP_REQUIRE(weight.ndim() == 2 && weight.dim(1) == x.dim(1) && weight.dim(0) == y.dim(1),
+                             "shapes do not chain: x " + desc(x) + " W " + desc(weight) + " y " + desc(y));
+  KP_RETURN_IF_ERROR(check_weight(op, x, weight, scales, group_size));
   KP_DISPATCH(x, cpu::matmul(x, weight, scales, group_size, y),
               cuda::matmul(x, weight, scales, group_size, y, cu(stream)));
 }
@@ -186,6 +196,33 @@ Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_ca
   }
   KP_DISPATCH(k, cpu::kv_append(k, v, k_cache, v_cache, host_pos(pos)),
               cuda::kv_append(k, v, k_cache, v_cache, pos, cu(stream)));
+}
+
+Status rope_kv_append(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
+                      const Tensor& cos_sin, int head_dim, Stream stream) {
+  if (q.device_type() == DeviceType::kCPU) {  // the checks of both calls, then both calls
+    KP_RETURN_IF_ERROR(rope(q, k, pos, cos_sin, head_dim, stream));
+    return kv_append(k, v, k_cache, v_cache, pos, stream);
+  }
+  const char* op = "rope_kv_append";
+  KP_RETURN_IF_ERROR(same_device(op, q, k, v, k_cache, v_cache, cos_sin));
+  KP_RETURN_IF_ERROR(activation_dtype(op, q));
+  KP_RETURN_IF_ERROR(check_pos(op, pos, q));
+  KP_RETURN_IF_ERROR(rows_match(op, q, k));
+  KP_RETURN_IF_ERROR(same_shape(op, k, v));
+  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
+  KP_REQUIRE(head_dim > 0 && head_dim % 2 == 0 && q.dim(1) % head_dim == 0 && k.dim(1) % head_dim == 0,
+             "head_dim must be even and divide the q and k widths");
+  KP_REQUIRE(cos_sin.dtype() == DType::kFp32 && cos_sin.ndim() == 3 && cos_sin.dim(1) == head_dim / 2 &&
+                 cos_sin.dim(2) == 2,
+             "cos_sin must be fp32 [max_seq_len, head_dim/2, 2]");
+  KP_REQUIRE(k_cache.ndim() == 2 && k.dim(1) == k_cache.dim(1) && k_cache.dtype() == k.dtype(),
+             "k " + desc(k) + " does not fit cache " + desc(k_cache));
+#ifdef KUIPER_WITH_CUDA
+  return cuda::rope_kv_append(q, k, v, k_cache, v_cache, pos, cos_sin, head_dim, cu(stream));
+#else
+  return base::Unsupported("this build has no CUDA support (KUIPER_WITH_CUDA off)");
+#endif
 }
 
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len,
@@ -233,6 +270,35 @@ Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream) 
   KP_RETURN_IF_ERROR(same_shape(op, gate, up));
   KP_RETURN_IF_ERROR(same_shape(op, gate, out));
   KP_DISPATCH(gate, cpu::swiglu(gate, up, out), cuda::swiglu(gate, up, out, cu(stream)));
+}
+
+Status matmul_swiglu(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size, Tensor& gu,
+                     Tensor& out, Stream stream) {
+  const char* op = "matmul_swiglu";
+  KP_RETURN_IF_ERROR(same_device(op, x, w13, gu, out));
+  KP_REQUIRE(w13.ndim() == 2 && w13.dim(0) % 2 == 0 && out.ndim() == 2 && out.dim(1) * 2 == w13.dim(0),
+             "w13 " + desc(w13) + " must be [2 hidden, in] for out " + desc(out));
+  KP_REQUIRE(gu.ndim() == 2 && gu.dim(1) == w13.dim(0), "gu must be [n, 2 hidden]: " + desc(gu));
+  KP_RETURN_IF_ERROR(rows_match(op, x, out));
+  KP_RETURN_IF_ERROR(rows_match(op, x, gu));
+  KP_REQUIRE(out.dtype() == x.dtype() && gu.dtype() == x.dtype(), "x, gu and out dtypes differ");
+#ifdef KUIPER_WITH_CUDA
+  if (x.device_type() == DeviceType::kCUDA) {
+    KP_RETURN_IF_ERROR(activation_dtype(op, x));
+    KP_RETURN_IF_ERROR(check_weight(op, x, w13, scales, group_size));
+    bool fused = false;
+    KP_RETURN_IF_ERROR(cuda::matmul_swiglu_fused(x, w13, scales, group_size, out, cu(stream), &fused));
+    if (fused) return Status::Ok();
+  }
+#endif
+  KP_RETURN_IF_ERROR(matmul(x, w13, scales, group_size, gu, stream));
+  const int64_t hidden = out.dim(1);
+  for (int64_t i = 0; i < x.dim(0); ++i) {  // gate and up halves of row i are contiguous
+    Tensor row = gu.slice_rows(i, i + 1).view({2, hidden});
+    Tensor o = out.slice_rows(i, i + 1);
+    KP_RETURN_IF_ERROR(swiglu(row.slice_rows(0, 1), row.slice_rows(1, 2), o, stream));
+  }
+  return Status::Ok();
 }
 
 Status add(const Tensor& a, const Tensor& b, Tensor& out, Stream stream) {

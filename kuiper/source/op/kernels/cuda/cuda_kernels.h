@@ -18,7 +18,13 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& wei
 // dequantise-then-GEMM / tiled kernel (int8).
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream);
+// out = swiglu(x W1^T, x W3^T) in one GEMV when the decode GEMV serves x (n <= 4, aligned); *fused
+// says whether it ran (else the caller takes the unfused path).
+Status matmul_swiglu_fused(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size,
+                           Tensor& out, cudaStream_t stream, bool* fused);
 Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, cudaStream_t stream);
+Status rope_kv_append(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
+                      const Tensor& cos_sin, int head_dim, cudaStream_t stream);
 Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
                  cudaStream_t stream);
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos,

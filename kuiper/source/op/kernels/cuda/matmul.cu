@@ -20,7 +20,10 @@
 //    sizes): a shared-memory tiled GEMM that dequantises W while loading its tiles. Correct, not fast.
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <string>
 #include <memory>
 #include <unordered_map>
 
@@ -114,23 +117,39 @@ __device__ __forceinline__ uint4 load_weights16(const void* p) {
   return r;
 }
 
+// silu(gate) * up of two fp32 sums, each rounded to T first: what swiglu() computes from a stored
+// gate and up.
+template <typename T> __device__ __forceinline__ float swiglu_of(float gate, float up) {
+  const float g = to_float(from_float<T>(gate)), u = to_float(from_float<T>(up));
+  return g / (1.f + expf(-g)) * u;
+}
+
 // Vector GEMV for NT tokens. x: T [NT, in]; w: WT [out, in]; scales: fp32 [out, in / group_size] (int8
 // only, else unused); y: T [NT, out]. Block = kGemvWarps warps, warp w of block b computes row
 // b * kGemvWarps + w. Requires in % kVec16<WT> == 0, x and w 16-byte aligned, and for int8
 // group_size % 16 == 0 (a 16-weight chunk then never straddles two groups).
 // Lane l reads the row's 16-byte chunks l, l + 32, ..., kGemvUnroll of them per step, all issued before
 // the first is used. For float weights the first step's loads are issued before pdl_wait().
-template <typename T, typename WT, int NT>
+//
+// kSwiglu: w is a stacked [W1; W3] ([2 hidden, in], out = 2 hidden) and y = swiglu(x W1^T, x W3^T) is
+// [NT, hidden]: the block's first half of warps computes gate features j, the second half the up
+// features hidden + j of the same j, and they meet in shared memory (gate and up are rounded to T
+// first, as the separate swiglu kernel would read them).
+template <typename T, typename WT, int NT, bool kSwiglu = false>
 static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     gemv_vec_kernel(const T* __restrict__ x, const WT* __restrict__ w, const float* __restrict__ scales,
                     int group_size, T* __restrict__ y, int in, int out) {
   constexpr int kW = kVec16<WT>;  // weights per 16-byte load
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
   constexpr int kStep = kGemvUnroll * kWarpSize;  // chunks per step of the warp
-  const int lane = threadIdx.x % kWarpSize;
-  const int o = blockIdx.x * kGemvWarps + threadIdx.x / kWarpSize;
-  const bool row_ok = o < out;
-  const WT* wrow = w + (int64_t)(row_ok ? o : 0) * in;
+  constexpr int kHalf = kGemvWarps / 2;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int hidden = out / 2;
+  const int j = blockIdx.x * kHalf + warp % kHalf;  // kSwiglu: the feature of this warp
+  const bool row_ok = kSwiglu ? j < hidden : blockIdx.x * kGemvWarps + warp < out;
+  const int o = kSwiglu ? (warp < kHalf ? 0 : hidden) + (row_ok ? j : 0)
+                        : (row_ok ? blockIdx.x * kGemvWarps + warp : 0);
+  const WT* wrow = w + (int64_t)o * in;
   const int n_chunks = in / kW;
 
   // Not for int8: the prefetch took its NT = 1 kernel from 40 to 46 registers and int8 decode from
@@ -142,7 +161,7 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
     for (int u = 0; u < kGemvUnroll; ++u) wv[u] = load_weights16(wrow + (int64_t)(lane + u * kWarpSize) * kW);
   }
   pdl_wait();
-  if (!row_ok) return;  // whole warp leaves together; there are no block barriers
+  if (!kSwiglu && !row_ok) return;  // whole warp leaves together; only kSwiglu has a block barrier
   const float* srow = kInt8 ? scales + (int64_t)o * (in / group_size) : nullptr;
 
   float acc[NT];
@@ -185,7 +204,16 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
   pdl_trigger();
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = warp_sum(acc[t]);
-  if (lane == 0) {
+  if constexpr (kSwiglu) {
+    __shared__ float sum[kGemvWarps][NT];
+    if (lane == 0) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t) sum[warp][t] = acc[t];
+    }
+    __syncthreads();
+    if (warp < kHalf && lane < NT && row_ok)
+      y[(int64_t)lane * hidden + j] = from_float<T>(swiglu_of<T>(sum[warp][lane], sum[warp + kHalf][lane]));
+  } else if (lane == 0) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) y[(int64_t)t * out + o] = from_float<T>(acc[t]);
   }
@@ -492,6 +520,128 @@ static __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
   }
 }
 
+
+// int8 GEMV on the tensor cores (decode: n <= kGemvMaxTokens, fp16/bf16 activations, in % 64 == 0,
+// group_size % 64 == 0). Why: the warp-per-row GEMV spends ~3 instructions per int8 weight (convert,
+// widen x, FMA), and its int8 -> fp32 conversions alone, at 16 per clock per SM, cap it at ~4.2 TB/s on
+// an H200: it ran int8 decode at 58% of the bandwidth limit. Here a weight costs ~1.25 instructions
+// (byte permutes and one f16x2 subtract per pair, exact as in int8x4_to_pairs) and the products run on
+// the tensor cores, where x needs no conversion at all.
+//
+// A block owns kQRows = 16 output rows (one m16 tile, A = W) and its kWarps warps split k into 64-wide
+// steps, warp w taking steps w, w + kWarps, ... (so each row is still read front to back). In one step
+// lane (g = lane / 4, t = lane % 4) loads the 16 bytes at k = 64 s + 16 t of rows g and g + 8: word i of
+// them feeds the 4 k-slots (2t, 2t + 1, 2t + 8, 2t + 9) of MMA i. B = x^T: lane g < NT supplies token
+// g's 16 halves at the same k (two 16-byte loads, already the B registers), other lanes zeros. A step is
+// one 64-wide group slice of each row (group_size % 64 == 0), so its fp32 partial is scaled once.
+// The warps' partial sums meet in shared memory.
+constexpr int kQRows = 16;   // output rows per block
+constexpr int kQUnroll = 4;  // steps in flight per warp: 2 x 16 bytes each per lane
+
+// kSwiglu (w = [W1; W3], out = 2 hidden, y: [NT, hidden] = swiglu(x W1^T, x W3^T)): the tile's rows g
+// are the gate features j0 + g and its rows g + 8 the up features hidden + j0 + g, 8 features a block.
+template <typename T, int NT, int kWarps, bool kSwiglu = false>
+static __global__ void __launch_bounds__(kWarps* kWarpSize)
+    gemv_int8_mma_kernel(const T* __restrict__ x, const int8_t* __restrict__ w, const float* __restrict__ scales,
+                         int group_size, T* __restrict__ y, int in, int out) {
+  static_assert(NT <= 8, "one n8 tile of tokens");
+  __shared__ float red[kWarps][kQRows][NT];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int hidden = out / 2;
+  const int o0 = blockIdx.x * (kSwiglu ? kQRows / 2 : kQRows);
+  // Rows past the end are clamped to the last one: loaded, never stored.
+  const int ra = kSwiglu ? min(o0 + g, hidden - 1) : min(o0 + g, out - 1);
+  const int rb = kSwiglu ? hidden + ra : min(o0 + g + 8, out - 1);
+  const int8_t* wa = w + (int64_t)ra * in + 16 * t;                     // int8 [in] of row g, this lane's 16 bytes
+  const int8_t* wb = w + (int64_t)rb * in + 16 * t;                     // int8 [in] of row g + 8
+  const int n_steps = in / 64, n_groups = in / group_size;
+  const float* sa = scales + (int64_t)ra * n_groups;  // fp32 [n_groups] of row g
+  const float* sb = scales + (int64_t)rb * n_groups;
+  const bool has_x = g < NT;
+  const T* xr = x + (int64_t)(has_x ? g : 0) * in + 16 * t;  // T [in] of token g, this lane's 16 values
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};  // C fragment: (row g, tokens 2t, 2t+1), (row g+8, tokens 2t, 2t+1)
+  auto compute = [&](const uint4& va, const uint4& vb, int step) {
+    uint32_t xv[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+    if (has_x) {
+      const uint4 x0 = *reinterpret_cast<const uint4*>(xr + step * 64);
+      const uint4 x1 = *reinterpret_cast<const uint4*>(xr + step * 64 + 8);
+      xv[0] = x0.x, xv[1] = x0.y, xv[2] = x0.z, xv[3] = x0.w, xv[4] = x1.x, xv[5] = x1.y, xv[6] = x1.z, xv[7] = x1.w;
+    }
+    const uint32_t a_words[4] = {va.x, va.y, va.z, va.w}, b_words[4] = {vb.x, vb.y, vb.z, vb.w};
+    float p[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      uint32_t a[4];  // A rows (g, g+8) x k-slots (2t, 2t+1 | 2t+8, 2t+9) <- bytes (0, 1 | 2, 3) of word i
+      int8x4_to_pairs<T>(a_words[i], a[0], a[2]);
+      int8x4_to_pairs<T>(b_words[i], a[1], a[3]);
+      mma_16816<T>(p, a, xv[2 * i], xv[2 * i + 1]);
+    }
+    const int grp = step * 64 / group_size;
+    const float sca = __ldg(sa + grp), scb = __ldg(sb + grp);
+    acc[0] = fmaf(p[0], sca, acc[0]);
+    acc[1] = fmaf(p[1], sca, acc[1]);
+    acc[2] = fmaf(p[2], scb, acc[2]);
+    acc[3] = fmaf(p[3], scb, acc[3]);
+  };
+
+  uint4 va[kQUnroll], vb[kQUnroll];
+  int s = warp;
+  const bool first_full = s + (kQUnroll - 1) * kWarps < n_steps;
+  if (first_full) {  // weights only: allowed before pdl_wait()
+#pragma unroll
+    for (int u = 0; u < kQUnroll; ++u) {
+      va[u] = load_weights16(wa + (s + u * kWarps) * 64);
+      vb[u] = load_weights16(wb + (s + u * kWarps) * 64);
+    }
+  }
+  pdl_wait();
+  if (first_full) {
+#pragma unroll
+    for (int u = 0; u < kQUnroll; ++u) compute(va[u], vb[u], s + u * kWarps);
+    s += kQUnroll * kWarps;
+  }
+  for (; s + (kQUnroll - 1) * kWarps < n_steps; s += kQUnroll * kWarps) {
+#pragma unroll
+    for (int u = 0; u < kQUnroll; ++u) {
+      va[u] = load_weights16(wa + (s + u * kWarps) * 64);
+      vb[u] = load_weights16(wb + (s + u * kWarps) * 64);
+    }
+#pragma unroll
+    for (int u = 0; u < kQUnroll; ++u) compute(va[u], vb[u], s + u * kWarps);
+  }
+  for (; s < n_steps; s += kWarps) compute(load_weights16(wa + s * 64), load_weights16(wb + s * 64), s);
+  pdl_trigger();
+
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int n = 2 * t + j;
+    if (n < NT) {
+      red[warp][g][n] = acc[j];
+      red[warp][g + 8][n] = acc[2 + j];
+    }
+  }
+  __syncthreads();
+  auto row_sum = [&](int r, int n) {
+    float v = 0.f;
+#pragma unroll
+    for (int wi = 0; wi < kWarps; ++wi) v += red[wi][r][n];
+    return v;
+  };
+  if constexpr (kSwiglu) {
+    for (int e = threadIdx.x; e < (kQRows / 2) * NT; e += kWarps * kWarpSize) {
+      const int r = e % (kQRows / 2), n = e / (kQRows / 2);
+      if (o0 + r < hidden) y[(int64_t)n * hidden + o0 + r] = from_float<T>(swiglu_of<T>(row_sum(r, n), row_sum(r + 8, n)));
+    }
+  } else {
+    for (int e = threadIdx.x; e < kQRows * NT; e += kWarps * kWarpSize) {
+      const int r = e % kQRows, n = e / kQRows;
+      if (o0 + r < out) y[(int64_t)n * out + o0 + r] = from_float<T>(row_sum(r, n));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Launchers.
 
@@ -504,19 +654,109 @@ template <typename T, typename WT> struct MatmulArgs {
   int n, in, out;
 };
 
-template <typename T, typename WT> Status launch_gemv(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
+// Which int8 decode GEMV runs: the tensor-core one (default) or the warp-per-row one, set by
+// KUIPER_INT8_GEMV=mma|vec for measurements; KUIPER_INT8_GEMV_WARPS=2|4|8 pins the block size.
+enum class Int8Gemv { kMma, kVec };
+Int8Gemv int8_gemv_choice() {
+  static const Int8Gemv choice = [] {
+    const char* e = std::getenv("KUIPER_INT8_GEMV");
+    return e != nullptr && std::string(e) == "vec" ? Int8Gemv::kVec : Int8Gemv::kMma;
+  }();
+  return choice;
+}
+
+// Blocks of gemv_int8_mma_kernel<T, NT, kWarps, S> resident on the whole GPU at once (computed once).
+template <typename T, int NT, int kWarps, bool S> int int8_mma_resident_blocks() {
+  static const int blocks = [] {
+    int per_sm = 0, dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_int8_mma_kernel<T, NT, kWarps, S>, kWarps * kWarpSize,
+                                                  0);
+    return std::max(1, per_sm * sms);
+  }();
+  return blocks;
+}
+
+// Warps per block. A block streams 16 whole rows, so it runs long, and a grid whose last wave is only
+// partly full leaves most SMs idle at the end: the Llama-3-70B w2 (8192 x 28672, 512 blocks) ran 1.3
+// waves of 8-warp blocks at 71% of the copy bandwidth. Take the block size whose last wave is fullest
+// (fewer warps: more blocks resident), preferring more warps (more bytes in flight per row) on ties.
+template <typename T, int NT, bool S> int int8_mma_warps(int64_t blocks) {
+  static const int pinned = [] {
+    const char* e = std::getenv("KUIPER_INT8_GEMV_WARPS");
+    return e != nullptr ? std::atoi(e) : 0;
+  }();
+  if (pinned == 2 || pinned == 4 || pinned == 8) return pinned;
+  const int resident[3] = {int8_mma_resident_blocks<T, NT, 8, S>(), int8_mma_resident_blocks<T, NT, 4, S>(),
+                           int8_mma_resident_blocks<T, NT, 2, S>()};
+  const int warps[3] = {8, 4, 2};
+  int best = 8;
+  double best_fill = -1.0;
+  for (int i = 0; i < 3; ++i) {
+    const int64_t waves = (blocks + resident[i] - 1) / resident[i];
+    const double fill = (double)blocks / (double)(waves * resident[i]);  // busy fraction of the slots
+    if (fill > best_fill + 0.02) best_fill = fill, best = warps[i];
+  }
+  return best;
+}
+
+template <typename T, int NT, bool S>
+Status launch_gemv_int8_mma_nt(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
+  const int64_t blocks = S ? ceil_div(a.out / 2, kQRows / 2) : ceil_div(a.out, kQRows);
+  const dim3 grid((unsigned)blocks);
+  switch (int8_mma_warps<T, NT, S>(blocks)) {
+    case 2: return launch_kernel(gemv_int8_mma_kernel<T, NT, 2, S>, grid, 2 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 4: return launch_kernel(gemv_int8_mma_kernel<T, NT, 4, S>, grid, 4 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    default: return launch_kernel(gemv_int8_mma_kernel<T, NT, 8, S>, grid, 8 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+  }
+}
+
+template <typename T, bool S> Status launch_gemv_int8_mma(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
+  switch (a.n) {
+    case 1: return launch_gemv_int8_mma_nt<T, 1, S>(a, stream);
+    case 2: return launch_gemv_int8_mma_nt<T, 2, S>(a, stream);
+    case 3: return launch_gemv_int8_mma_nt<T, 3, S>(a, stream);
+    case 4: return launch_gemv_int8_mma_nt<T, 4, S>(a, stream);
+    default: return base::Internal("matmul: int8 GEMV called with " + std::to_string(a.n) + " tokens");
+  }
+}
+
+// True when the tensor-core int8 GEMV takes these arguments (see gemv_int8_mma_kernel).
+template <typename T, typename WT> bool int8_gemv_mma_ok(const MatmulArgs<T, WT>& a) {
+  if constexpr (!std::is_same_v<WT, int8_t> || std::is_same_v<T, float>) {
+    return false;
+  } else {
+    return int8_gemv_choice() != Int8Gemv::kVec && a.in % 64 == 0 && a.group_size % 64 == 0 &&
+           is_aligned(a.x, 16) && is_aligned(a.w, 16);
+  }
+}
+
+// True when the vector GEMV takes these arguments (else the scalar one).
+template <typename T, typename WT> bool gemv_vec_ok(const MatmulArgs<T, WT>& a) {
   constexpr int kW = kVec16<WT>;
-  const bool vec = a.in % kW == 0 && is_aligned(a.x, 16) && is_aligned(a.w, 16) &&
-                   (!std::is_same_v<WT, int8_t> || a.group_size % kW == 0);
-  const dim3 grid((unsigned)ceil_div(a.out, kGemvWarps)), block(kGemvWarps * kWarpSize);
-  if (!vec)
+  return a.in % kW == 0 && is_aligned(a.x, 16) && is_aligned(a.w, 16) &&
+         (!std::is_same_v<WT, int8_t> || a.group_size % kW == 0);
+}
+
+// S (swiglu): see gemv_vec_kernel / gemv_int8_mma_kernel; a.out is then 2 hidden, and the caller has
+// checked gemv_fusable().
+template <typename T, typename WT, bool S = false> Status launch_gemv(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
+  if constexpr (std::is_same_v<WT, int8_t> && !std::is_same_v<T, float>) {
+    if (int8_gemv_mma_ok(a)) return launch_gemv_int8_mma<T, S>(a, stream);
+  }
+  const dim3 block(kGemvWarps * kWarpSize);
+  const dim3 grid((unsigned)(S ? ceil_div(a.out / 2, kGemvWarps / 2) : ceil_div(a.out, kGemvWarps)));
+  if (!gemv_vec_ok(a)) {
+    if constexpr (S) return base::Internal("matmul_swiglu: no fused scalar GEMV");
     return launch_kernel(gemv_scalar_kernel<T, WT>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y,
                          a.n, a.in, a.out);
+  }
   switch (a.n) {
-    case 1: return launch_kernel(gemv_vec_kernel<T, WT, 1>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
-    case 2: return launch_kernel(gemv_vec_kernel<T, WT, 2>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
-    case 3: return launch_kernel(gemv_vec_kernel<T, WT, 3>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
-    case 4: return launch_kernel(gemv_vec_kernel<T, WT, 4>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 1: return launch_kernel(gemv_vec_kernel<T, WT, 1, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 2: return launch_kernel(gemv_vec_kernel<T, WT, 2, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 3: return launch_kernel(gemv_vec_kernel<T, WT, 3, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 4: return launch_kernel(gemv_vec_kernel<T, WT, 4, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
     default: return base::Internal("matmul: GEMV called with " + std::to_string(a.n) + " tokens");
   }
 }
@@ -600,7 +840,36 @@ Status matmul_typed(const Tensor& x, const ConstTensor& weight, const ConstTenso
   }
 }
 
+// The fused swiglu GEMV when it applies (n <= kGemvMaxTokens, a vector or tensor-core GEMV path).
+template <typename T, typename WT>
+Status matmul_swiglu_typed(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size,
+                           Tensor& out, cudaStream_t stream, bool* fused) {
+  constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
+  MatmulArgs<T, WT> a{static_cast<const T*>(x.data()), static_cast<const WT*>(w13.data()),
+                      kInt8 ? scales.ptr<float>() : nullptr, kInt8 ? group_size : 1, static_cast<T*>(out.data()),
+                      (int)x.dim(0), (int)x.dim(1), (int)w13.dim(0)};
+  *fused = a.n <= kGemvMaxTokens && (int8_gemv_mma_ok(a) || gemv_vec_ok(a));
+  return *fused ? launch_gemv<T, WT, true>(a, stream) : Status::Ok();
+}
+
 }  // namespace
+
+Status matmul_swiglu_fused(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size,
+                           Tensor& out, cudaStream_t stream, bool* fused) {
+  *fused = false;
+  if (x.dim(0) == 0 || x.dim(1) > INT_MAX || w13.dim(0) > INT_MAX) return Status::Ok();
+  return dispatch_float(x.dtype(), "matmul_swiglu", [&](auto tag) -> Status {
+    using T = typename decltype(tag)::type;
+    switch (w13.dtype()) {
+      case base::DType::kFp32: return matmul_swiglu_typed<T, float>(x, w13, scales, group_size, out, stream, fused);
+      case base::DType::kFp16: return matmul_swiglu_typed<T, __half>(x, w13, scales, group_size, out, stream, fused);
+      case base::DType::kBf16:
+        return matmul_swiglu_typed<T, __nv_bfloat16>(x, w13, scales, group_size, out, stream, fused);
+      case base::DType::kInt8: return matmul_swiglu_typed<T, int8_t>(x, w13, scales, group_size, out, stream, fused);
+      default: return Status::Ok();
+    }
+  });
+}
 
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream) {
