@@ -22,7 +22,7 @@
 // and at short contexts a single chunk writes the output itself. Otherwise each chunk stores its
 // partial (m, l, o) to scratch and flash_combine_kernel merges them:
 //   M = max_c m_c;  out = sum_c 2^(m_c - M) o_c / sum_c 2^(m_c - M) l_c.
-// S is picked on the host from the cache length and the SM count (about two blocks per SM at full length).
+// S is picked on the host from the cache length and the SM count (up to two blocks per SM, one wave).
 #include <algorithm>
 #include <climits>
 #include <string>
@@ -444,8 +444,10 @@ template <typename T> FlashParams<T> params_of(const AttentionCall& a, int head_
   return p;
 }
 
-// Chunks per sequence for decode: about two blocks per SM when the cache is full, no more than the
-// cache has tiles, at most kMaxSplits (which bounds the scratch).
+// Chunks per sequence for decode: as many as keep the grid within two blocks per SM (one wave: the
+// shared memory allows two at head_dim 128; rounding up to 9 chunks for 32 KV heads would leave 24 of
+// 288 blocks for a second wave), no more than the cache has tiles, at most kMaxSplits (which bounds
+// the scratch).
 int decode_splits(int64_t max_len, int64_t blocks_per_split) {
   static const int sms = [] {
     int dev = 0, n = 0;
@@ -455,7 +457,7 @@ int decode_splits(int64_t max_len, int64_t blocks_per_split) {
     }
     return n;
   }();
-  int64_t s = ceil_div(2 * (int64_t)sms, blocks_per_split);
+  int64_t s = 2 * (int64_t)sms / blocks_per_split;
   s = std::min<int64_t>(s, std::min<int64_t>(kMaxSplits, ceil_div(max_len, kDecodeKeys)));
   return (int)std::max<int64_t>(s, 1);
 }
