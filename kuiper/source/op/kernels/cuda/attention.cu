@@ -3,8 +3,8 @@
 //  - the tensor-core kernels (flash_attention.cu) for fp16 / bf16 with head_dim 64 or 128: flash
 //    prefill for n > 1 queries, split-K decode for one query per sequence;
 //  - the CUDA-core kernels (attention_simt.cu) for everything else (fp32, other head sizes, views
-//    that are not 16-byte aligned), and for every call when KUIPER_ATTENTION=simt (to time the two
-//    families against each other in one build: tools/kernel_bench.cu).
+//    that are not 16-byte aligned), and where KUIPER_ATTENTION says so (simt_forced: to time the two
+//    families against each other in one build, per kernel in tools/kernel_bench.cu or end to end).
 // The three entry points differ only in where the keys live: attention() reads a contiguous cache,
 // attention_paged() one sequence's pages, attention_decode_batch() a batch of sequences' pages.
 #include <climits>
@@ -45,19 +45,21 @@ static __global__ void kv_append_kernel(const Word* __restrict__ k, const Word* 
   }
 }
 
-// True when KUIPER_ATTENTION=simt: every call takes the CUDA-core kernels. Read once per process.
-bool simt_only() {
-  static const bool simt = [] {
+// KUIPER_ATTENTION (read once per process) sends calls that the tensor-core kernels could serve to the
+// CUDA-core ones instead: "simt" every call, "simt_decode" decode only, "simt_prefill" prefill only.
+// Anything else (or unset): tensor cores wherever they apply.
+bool simt_forced(bool prefill) {
+  static const std::string mode = [] {
     const char* env = std::getenv("KUIPER_ATTENTION");
-    return env != nullptr && std::string(env) == "simt";
+    return std::string(env != nullptr ? env : "");
   }();
-  return simt;
+  return mode == "simt" || mode == (prefill ? "simt_prefill" : "simt_decode");
 }
 
 Status run(const AttentionCall& a, cudaStream_t stream) {
   if (a.n == 0 || a.batch == 0) return Status::Ok();
   KP_CHECK_ARG(a.starts.max_len >= a.n, "attention: more queries than cache rows");
-  const bool flash = !simt_only() && flash_attention_supports(a.dtype, a.head_dim) && is_aligned(a.q, 16) &&
+  const bool flash = !simt_forced(a.n > 1) && flash_attention_supports(a.dtype, a.head_dim) && is_aligned(a.q, 16) &&
                      is_aligned(a.k_cache, 16) && is_aligned(a.v_cache, 16) && is_aligned(a.out, 4);
   if (!flash) return simt_attention(a, stream);
   return a.n > 1 ? flash_prefill(a, stream) : flash_decode(a, stream);
