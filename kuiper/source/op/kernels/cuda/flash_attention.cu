@@ -169,7 +169,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[kTiles][4], float (&m)
 
 // ---------------------------------------------------------------------------------------------------
 // Prefill. p.q, p.out: T [n, n_heads * HD] (16-byte aligned rows); caches through p.rows (sequence 0).
-// grid = (n_kv_heads, ceil(n * group / 64)), block = 4 warps, dynamic shared memory = PrefillSmem bytes:
+// grid = (n_kv_heads, ceil(n * group / 64)), block = 4 warps, dynamic shared memory = kPrefillSmem bytes:
 // Q [64][HD], then two stages of K [64][HD] and V [64][HD], all swizzled.
 template <int HD> constexpr int kPrefillSmem = (kPrefillRows + 4 * kPrefillKeys) * HD * 2;
 
