@@ -37,7 +37,7 @@
 #include <cuda_runtime.h>
 #endif
 
-DEFINE_string(shape, "", "synthetic model: llama2-7b, llama2-13b, llama3-8b, llama3-70b, tiny (instead of --model)");
+DEFINE_string(shape, "", "synthetic model: llama2-7b, llama2-13b, llama3-8b, llama3.1-8b, llama3-70b, tiny (instead of --model)");
 DEFINE_string(weights, "fp16", "weight dtype of a synthetic model: fp32, fp16, bf16 or int8 (comma list)");
 DEFINE_int32(group_size, 64, "int8 group size of a synthetic model");
 DEFINE_string(prompt_len, "16", "prompt tokens (prefill) (comma list)");
@@ -67,13 +67,16 @@ const app::ArgSpec& spec() {
 }
 
 bool named_shape(const std::string& name, model::ModelConfig* c) {
-  struct S { int dim, hidden, layers, heads, kv, vocab, ctx; float theta; model::Family fam; };
+  // rope_factor > 0: Llama 3.1's RoPE frequency scaling (factor 8 over an original context of 8192),
+  // for long-context runs (e.g. --prompt_len 32640 --gen 128).
+  struct S { int dim, hidden, layers, heads, kv, vocab, ctx; float theta; model::Family fam; float rope_factor = 0.f; };
   static const std::map<std::string, S> shapes = {
       {"tiny", {64, 172, 5, 8, 4, 512, 512, 10000.f, model::Family::kLlama2}},
       {"llama2-7b", {4096, 11008, 32, 32, 32, 32000, 4096, 10000.f, model::Family::kLlama2}},
       {"llama2-13b", {5120, 13824, 40, 40, 40, 32000, 4096, 10000.f, model::Family::kLlama2}},
       {"llama3-8b", {4096, 14336, 32, 32, 8, 128256, 8192, 500000.f, model::Family::kLlama3}},
       {"llama3-70b", {8192, 28672, 80, 64, 8, 128256, 8192, 500000.f, model::Family::kLlama3}},
+      {"llama3.1-8b", {4096, 14336, 32, 32, 8, 128256, 131072, 500000.f, model::Family::kLlama3, 8.f}},
   };
   auto it = shapes.find(name);
   if (it == shapes.end()) return false;
@@ -88,6 +91,13 @@ bool named_shape(const std::string& name, model::ModelConfig* c) {
   c->vocab_size = s.vocab;
   c->max_seq_len = s.ctx;
   c->rope_theta = s.theta;
+  if (s.rope_factor > 0.f) {
+    c->rope_scaling.enabled = true;
+    c->rope_scaling.factor = s.rope_factor;
+    c->rope_scaling.low_freq_factor = 1.f;
+    c->rope_scaling.high_freq_factor = 4.f;
+    c->rope_scaling.original_max_position = 8192;
+  }
   c->bos_id = 1;
   c->eos_ids = {2};
   return true;
@@ -430,7 +440,7 @@ int run() {
     model::ModelConfig cfg;
     if (!FLAGS_shape.empty()) {
       if (!named_shape(FLAGS_shape, &cfg))
-        return app::fail(2, "unknown --shape '" + FLAGS_shape + "' (llama2-7b, llama2-13b, llama3-8b, llama3-70b, tiny)");
+        return app::fail(2, "unknown --shape '" + FLAGS_shape + "' (llama2-7b, llama2-13b, llama3-8b, llama3.1-8b, llama3-70b, tiny)");
       base::parse_dtype(w, &cfg.weight_dtype);
       cfg.group_size = cfg.weight_dtype == base::DType::kInt8 ? FLAGS_group_size : 0;
       if (auto s = model::ModelFile::synthetic(cfg, &file); !s.ok()) return app::fail(2, s.message());

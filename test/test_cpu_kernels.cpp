@@ -4,6 +4,8 @@
 // magnitude <= 1 stays well inside 1e-4 unless noted.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <tuple>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -407,6 +409,149 @@ TEST_P(AttentionTest, CausalGqaOverCacheMatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(0, 9),
                                             ::testing::Values(8, 64), ::testing::Values(2, 6)));
+
+// Causal GQA reference: query i of a sequence (position first + i) over the sequence's rows [0, first + i].
+// q: [n, n_heads * hd]; k, v: the sequence's rows [len, n_kv_heads * hd].
+std::vector<double> attention_ref(const std::vector<double>& q, const std::vector<double>& k,
+                                  const std::vector<double>& v, int64_t first, int64_t n, int n_heads, int n_kv_heads,
+                                  int hd) {
+  const int group = n_heads / n_kv_heads;
+  const int64_t q_width = (int64_t)n_heads * hd, kv_width = (int64_t)n_kv_heads * hd;
+  std::vector<double> ref(n * q_width, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int h = 0; h < n_heads; ++h) {
+      const int64_t len = first + i + 1, kv_off = (int64_t)(h / group) * hd;
+      std::vector<double> s(len);
+      double max_s = -INFINITY, sum = 0;
+      for (int64_t t = 0; t < len; ++t) {
+        double dot = 0;
+        for (int d = 0; d < hd; ++d) dot += q[i * q_width + h * hd + d] * k[t * kv_width + kv_off + d];
+        s[t] = dot / std::sqrt((double)hd);
+        max_s = std::max(max_s, s[t]);
+      }
+      for (double& e : s) sum += (e = std::exp(e - max_s));
+      for (int64_t t = 0; t < len; ++t)
+        for (int d = 0; d < hd; ++d) ref[i * q_width + h * hd + d] += s[t] / sum * v[t * kv_width + kv_off + d];
+    }
+  return ref;
+}
+
+// Sequences' K and V rows scattered over a pool of pages [n_pages, page_size, kv_dim] at shuffled page
+// ids; rows no sequence owns (two spare pages, the tails of last pages) are NaN, and table entries
+// past a sequence's pages name a spare page, so a read outside the sequence shows in the output.
+struct Pages {
+  Tensor k, v;                 // fp32 [n_pages, page_size, kv_dim]
+  Tensor table;                // int32 [batch, max_pages]
+};
+
+Pages scatter_pages(const std::vector<Tensor>& ks, const std::vector<Tensor>& vs, int64_t page_size, uint64_t seed) {
+  const int64_t batch = (int64_t)ks.size(), kv_dim = ks[0].dim(1);
+  int64_t total = 2, max_pages = 0;
+  std::vector<int64_t> pages;
+  for (const Tensor& k : ks) {
+    pages.push_back((k.dim(0) + page_size - 1) / page_size);
+    total += pages.back();
+    max_pages = std::max(max_pages, pages.back() + 1);
+  }
+  std::vector<int32_t> perm(total);
+  for (int64_t i = 0; i < total; ++i) perm[i] = (int32_t)i;
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));
+  Pages p{make(DType::kFp32, {total, page_size, kv_dim}), make(DType::kFp32, {total, page_size, kv_dim}),
+          make(DType::kInt32, {batch, max_pages})};
+  std::fill(p.k.ptr<float>(), p.k.ptr<float>() + p.k.numel(), std::numeric_limits<float>::quiet_NaN());
+  std::fill(p.v.ptr<float>(), p.v.ptr<float>() + p.v.numel(), std::numeric_limits<float>::quiet_NaN());
+  int32_t* table = p.table.ptr<int32_t>();
+  std::fill(table, table + p.table.numel(), perm[total - 1]);
+  int64_t next = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t j = 0; j < pages[b]; ++j) table[b * max_pages + j] = perm[next++];
+    for (int64_t t = 0; t < ks[b].dim(0); ++t) {
+      const int64_t row = (int64_t)table[b * max_pages + t / page_size] * page_size + t % page_size;
+      std::memcpy(p.k.ptr<float>() + row * kv_dim, ks[b].ptr<float>() + t * kv_dim, kv_dim * sizeof(float));
+      std::memcpy(p.v.ptr<float>() + row * kv_dim, vs[b].ptr<float>() + t * kv_dim, kv_dim * sizeof(float));
+    }
+  }
+  return p;
+}
+
+// (n_tokens, pos, page_size): one sequence's prefill chunk or decode step through a page table.
+class AttentionPagedTest : public ::testing::TestWithParam<std::tuple<int64_t, int, int>> {};
+
+TEST_P(AttentionPagedTest, MatchesReference) {
+  const auto [n, pos, page_size] = GetParam();
+  const int n_heads = 6, n_kv_heads = 2, hd = 8;
+  const int64_t kv_dim = n_kv_heads * hd;
+  const Tensor k = random_cpu({pos + n, kv_dim}, 91), v = random_cpu({pos + n, kv_dim}, 92);
+  Pages pages = scatter_pages({k}, {v}, page_size, 93);
+  const int64_t max_len = pages.table.numel() * page_size;
+  Tensor q = random_cpu({n, n_heads * hd}, 94, -3.f, 3.f), out = make(DType::kFp32, {n, n_heads * hd});
+  Tensor scratch =
+      make(DType::kFp32, {kernel::attention_scratch_floats(n, n_heads, hd, max_len, base::DeviceType::kCPU)});
+  Tensor table = pages.table.view({pages.table.numel()});
+  ASSERT_TRUE(kernel::attention_paged(q, pages.k, pages.v, table, ints({pos}), n_heads, n_kv_heads, hd, scratch, out,
+                                      nullptr)
+                  .ok());
+  EXPECT_TRUE(all_close(out, attention_ref(values(q), values(k), values(v), pos, n, n_heads, n_kv_heads, hd), 1e-5,
+                        1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionPagedTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(0, 9, 30),
+                                            ::testing::Values(1, 4, 5)));
+
+// Sequences of lengths 1, 5, 16 and 23 in one pool, one query each (each sequence's last token).
+TEST(Attention, DecodeBatchMatchesReferencePerSequence) {
+  const int n_heads = 4, n_kv_heads = 2, hd = 8;
+  const int64_t kv_dim = n_kv_heads * hd, width = n_heads * hd;
+  const std::vector<int32_t> lens = {1, 5, 16, 23};
+  const int64_t batch = (int64_t)lens.size();
+  std::vector<Tensor> ks, vs;
+  for (int32_t len : lens) {
+    ks.push_back(random_cpu({len, kv_dim}, 100 + len));
+    vs.push_back(random_cpu({len, kv_dim}, 200 + len));
+  }
+  for (int64_t page_size : {1, 4, 6}) {
+    SCOPED_TRACE("page_size " + std::to_string(page_size));
+    Pages pages = scatter_pages(ks, vs, page_size, 95);
+    const int64_t max_len = pages.table.dim(1) * page_size;
+    Tensor q = random_cpu({batch, width}, 96, -3.f, 3.f), out = make(DType::kFp32, {batch, width});
+    Tensor scratch = make(DType::kFp32, {kernel::attention_batch_scratch_floats(batch, n_heads, hd, max_len,
+                                                                                base::DeviceType::kCPU)});
+    ASSERT_TRUE(kernel::attention_decode_batch(q, pages.k, pages.v, pages.table, ints(lens), n_heads, n_kv_heads, hd,
+                                               scratch, out, nullptr)
+                    .ok());
+    const std::vector<double> qv = values(q);
+    std::vector<double> ref;
+    for (int64_t b = 0; b < batch; ++b) {
+      const std::vector<double> qb(qv.begin() + b * width, qv.begin() + (b + 1) * width);
+      const std::vector<double> rb = attention_ref(qb, values(ks[b]), values(vs[b]), lens[b] - 1, 1, n_heads, n_kv_heads, hd);
+      ref.insert(ref.end(), rb.begin(), rb.end());
+    }
+    EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-4));
+  }
+}
+
+TEST(Attention, PagedRejectsBadTablesAndLengths) {
+  const int hd = 8;
+  Tensor q = random_cpu({2, 2 * hd}, 1), out = make(DType::kFp32, {2, 2 * hd});
+  Tensor kp = random_cpu({3, 4, hd}, 2), vp = random_cpu({3, 4, hd}, 3);
+  Tensor scratch = make(DType::kFp32, {64});
+  Tensor table = make(DType::kInt32, {2, 2});
+  for (int i = 0; i < 4; ++i) table.ptr<int32_t>()[i] = i % 3;
+  EXPECT_TRUE(kernel::attention_decode_batch(q, kp, vp, table, ints({3, 8}), 2, 1, hd, scratch, out, nullptr).ok());
+  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({3, 9}), 2, 1, hd, scratch, out, nullptr).ok());  // 9 > 2 pages of 4
+  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({0, 1}), 2, 1, hd, scratch, out, nullptr).ok());  // empty sequence
+  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({1}), 2, 1, hd, scratch, out, nullptr).ok());     // one length for two
+  table.ptr<int32_t>()[3] = 3;  // only pages 0..2 exist
+  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({3, 8}), 2, 1, hd, scratch, out, nullptr).ok());
+  Tensor one = q.slice_rows(0, 1), one_out = out.slice_rows(0, 1);
+  Tensor row = make(DType::kInt32, {2});
+  row.ptr<int32_t>()[0] = 0, row.ptr<int32_t>()[1] = 1;
+  EXPECT_TRUE(kernel::attention_paged(one, kp, vp, row, ints({7}), 2, 1, hd, scratch, one_out, nullptr).ok());
+  EXPECT_FALSE(kernel::attention_paged(one, kp, vp, row, ints({8}), 2, 1, hd, scratch, one_out, nullptr).ok());  // 8 + 1 > 8
+  Tensor flat = random_cpu({12, hd}, 4);
+  EXPECT_FALSE(kernel::attention_paged(one, flat, flat, row, ints({0}), 2, 1, hd, scratch, one_out, nullptr).ok());
+}
 
 TEST(Attention, RejectsBadHeadsAndSmallScratch) {
   const int64_t max_seq = 16;

@@ -658,7 +658,9 @@ TEST_F(CudaKernels, AttentionPrefillLongContext) {
   for (DType dt : kActDtypes) check_attention(stream(), dt, 8, 2, 128, 64, 3000, 4096, 1700);
 }
 
-// Decode: the keys [0, pos] split over a cluster of 8 blocks (a cache of 4096 rows), each block's warps
+// Decode. fp32 and head_dim 8 .. 32 take the CUDA-core kernel, fp16 / bf16 at 64 and 128 the tensor-core
+// one (AttentionFlashDecode has its own edges). The CUDA-core kernel splits the keys [0, pos] over a
+// cluster of 8 blocks (a cache of 4096 rows), each block's warps
 // taking batches of 8 or 16 keys (fp32 / 16-bit, head_dim 128) up to 256 (head_dim 8). Positions where
 // some blocks or warps get no key (0, 1, 31), where chunks end mid-batch (127 .. 129, 2047, 2048), a long
 // context and the last row. Heads per block: 1 (MHA), 2 (group 2; group 3: two blocks, one half
@@ -686,6 +688,219 @@ TEST_F(CudaKernels, AttentionDecodeShortCache) {
         check_attention(stream(), dt, 4, 4, 64, 1, pos, max_seq, 1900 + pos);
         check_attention(stream(), dt, 8, 2, 128, 1, pos, max_seq, 1950 + pos);
       }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core attention (fp16 / bf16, head_dim 64 and 128: flash_attention.cu) and the paged layouts.
+
+const DType kFlashDtypes[] = {DType::kFp16, DType::kBf16};
+
+// Tolerance of attention outputs (convex combinations of v in [-1, 1]). The tensor-core kernels round
+// the softmax weights to the activation dtype before P V (FlashAttention-2 does the same), which adds
+// about half an ulp of relative error per weight; averaged over the keys it stays inside these.
+Tol attention_tol(DType dt) {
+  return dt == DType::kFp32 ? Tol{2e-5, 1e-4} : dt == DType::kFp16 ? Tol{2e-3, 2e-3} : Tol{1e-2, 1e-2};
+}
+
+// Prefill chunks through the flash kernel: n = 2 .. 2048 queries, chunks after a context (pos > 0,
+// tile-aligned or not), MHA and groups 3, 4 and 8, both head sizes. Row blocks are 64 (query, head)
+// rows and key tiles 64 keys, so n * group around multiples of 64 and pos + n around multiples of 64
+// are the causal edges: a tile that some rows of a block see and others do not.
+TEST_F(CudaKernels, AttentionFlashPrefill) {
+  KP_SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv_heads, hd, n, pos, max_seq;
+  };
+  const Case cases[] = {
+      {4, 4, 64, 2, 0, 64},       {4, 4, 128, 17, 0, 64},     {4, 4, 128, 64, 0, 128},
+      {4, 4, 64, 65, 0, 128},     {2, 2, 128, 130, 63, 256},  {8, 2, 128, 16, 64, 128},   // group 4
+      {8, 2, 64, 31, 100, 256},   {16, 2, 128, 8, 5, 64},     {16, 2, 64, 9, 55, 128},    // group 8
+      {6, 2, 128, 21, 11, 64},    {8, 1, 64, 200, 1000, 1280},                             // group 3, 8
+      {4, 1, 128, 512, 1536, 2048},                                                       // a chunk at 1536
+      {2, 2, 64, 2048, 0, 2048},  {8, 1, 64, 2048, 0, 2048},                             // a whole 2048 prompt
+  };
+  uint64_t seed = 3000;
+  for (DType dt : kFlashDtypes)
+    for (const Case& c : cases) check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, c.n, c.pos, c.max_seq, seed++);
+}
+
+// Decode through the split-K kernel: the chunk count is fixed by the cache length (here up to 64 with
+// a 32768-row cache) and the chunk length by the position, so positions around multiples of the
+// 64-key tile and of the chunk, and the last row, are the edges; a single chunk writes the output
+// itself, several go through the combine kernel.
+TEST_F(CudaKernels, AttentionFlashDecode) {
+  KP_SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv_heads, hd, max_seq;
+  };
+  const Case cases[] = {{32, 32, 128, 4096}, {8, 2, 64, 4096}, {32, 8, 128, 4096}, {16, 2, 128, 512},
+                        {40, 2, 64, 4096}};  // group 20: two row blocks of 16 heads, the second with 4
+  for (DType dt : kFlashDtypes)
+    for (const Case& c : cases)
+      for (int pos : {0, 15, 16, 63, 64, 65, 127, 1000, 2047, 4095})
+        if (pos < c.max_seq)
+          check_attention(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, 1, pos, c.max_seq, 3100 + pos);
+}
+
+// Llama-3-8B's attention shape at the end of a 32K context (and early in it, with the same cache).
+TEST_F(CudaKernels, AttentionFlashDecodeLongContext) {
+  KP_SKIP_WITHOUT_GPU();
+  for (DType dt : kFlashDtypes)
+    for (int pos : {16, 32767}) check_attention(stream(), dt, 32, 8, 128, 1, pos, 32768, 3200 + pos);
+}
+
+// A pool of pages holding `batch` sequences' K and V rows at scrambled page ids; every other row of the
+// pool is NaN, so reading a row outside a sequence's pages (or past its length) shows in the output.
+struct PagePool {
+  Tensor k, v;                 // dt [n_pages, page_size, kv_dim] on the GPU
+  std::vector<int32_t> table;  // [batch, max_pages]; entries past a sequence's pages name a NaN page
+  int max_pages = 0;
+};
+
+PagePool make_pool(DType dt, const std::vector<std::vector<double>>& ks, const std::vector<std::vector<double>>& vs,
+                   int64_t kv_dim, int page_size, uint64_t seed) {
+  const int batch = (int)ks.size();
+  std::vector<int> pages(batch);
+  int total = 2;  // two pages no sequence owns
+  PagePool pool;
+  for (int b = 0; b < batch; ++b) {
+    const int64_t len = (int64_t)ks[b].size() / kv_dim;
+    pages[b] = (int)((len + page_size - 1) / page_size);
+    total += pages[b];
+    pool.max_pages = std::max(pool.max_pages, pages[b] + 1);
+  }
+  std::vector<int32_t> perm(total);
+  for (int i = 0; i < total; ++i) perm[i] = i;
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(seed));
+  Tensor hk, hv;
+  EXPECT_TRUE(Tensor::create(DType::kFp32, {total, page_size, kv_dim}, base::CPUAllocator::get(), &hk).ok());
+  EXPECT_TRUE(Tensor::create(DType::kFp32, {total, page_size, kv_dim}, base::CPUAllocator::get(), &hv).ok());
+  std::fill(hk.ptr<float>(), hk.ptr<float>() + hk.numel(), std::nanf(""));
+  std::fill(hv.ptr<float>(), hv.ptr<float>() + hv.numel(), std::nanf(""));
+  pool.table.assign((size_t)batch * pool.max_pages, perm[total - 1]);
+  int next = 0;
+  for (int b = 0; b < batch; ++b) {
+    for (int j = 0; j < pages[b]; ++j) pool.table[(size_t)b * pool.max_pages + j] = perm[next++];
+    const int64_t len = (int64_t)ks[b].size() / kv_dim;
+    for (int64_t t = 0; t < len; ++t) {
+      const int64_t row = (int64_t)pool.table[(size_t)b * pool.max_pages + t / page_size] * page_size + t % page_size;
+      for (int64_t d = 0; d < kv_dim; ++d) {
+        hk.ptr<float>()[row * kv_dim + d] = (float)ks[b][t * kv_dim + d];
+        hv.ptr<float>()[row * kv_dim + d] = (float)vs[b][t * kv_dim + d];
+      }
+    }
+  }
+  pool.k = testutil::to_gpu(testutil::to_dtype_cpu(hk, dt));
+  pool.v = testutil::to_gpu(testutil::to_dtype_cpu(hv, dt));
+  return pool;
+}
+
+// attention_paged: n queries at pos .. pos + n - 1 of one sequence whose pages are scrambled.
+void check_attention_paged(kernel::Stream stream, DType dt, int n_heads, int n_kv_heads, int hd, int n, int pos,
+                           int page_size, uint64_t seed) {
+  SCOPED_TRACE(std::string("paged ") + base::dtype_name(dt) + " heads " + std::to_string(n_heads) + "/" +
+               std::to_string(n_kv_heads) + " hd " + std::to_string(hd) + " n " + std::to_string(n) + " pos " +
+               std::to_string(pos) + " page " + std::to_string(page_size));
+  const int64_t kv_dim = (int64_t)n_kv_heads * hd, live = pos + n;
+  const Data q = make_data({n, (int64_t)n_heads * hd}, seed, dt, -3.f, 3.f);
+  const Data k = make_data({live, kv_dim}, seed + 1, dt);
+  const Data v = make_data({live, kv_dim}, seed + 2, dt);
+  PagePool pool = make_pool(dt, {k.v}, {v.v}, kv_dim, page_size, seed + 3);
+  const Tensor table = int32_gpu(pool.table);
+  const int64_t max_len = (int64_t)pool.max_pages * page_size;
+  const int64_t scratch_n = kernel::attention_scratch_floats(n, n_heads, hd, max_len, base::DeviceType::kCUDA);
+  Tensor scratch = poisoned(DType::kFp32, {std::max<int64_t>(scratch_n, 1)});
+  Tensor out = poisoned(dt, {n, (int64_t)n_heads * hd});
+  const Tensor pos_t = int32_gpu({pos});
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ASSERT_OK(kernel::attention_paged(q.gpu, pool.k, pool.v, table, pos_t, n_heads, n_kv_heads, hd, scratch, out, stream));
+  ASSERT_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+  ASSERT_CUDA(cudaGetLastError());
+  const Tol tol = attention_tol(dt);
+  EXPECT_TRUE(testutil::all_close(out, attention_ref(q.v, k.v, v.v, pos, n, n_heads, n_kv_heads, hd), tol.atol,
+                                  tol.rtol));
+}
+
+// Pages of 1 (every row its own page), 7 (pages straddle the 64-key tiles) and 16 rows; prefill and
+// decode; the tensor-core kernels (fp16 / bf16, head_dim 64 / 128) and the CUDA-core ones (fp32,
+// head_dim 32).
+TEST_F(CudaKernels, AttentionPaged) {
+  KP_SKIP_WITHOUT_GPU();
+  struct Case {
+    int n_heads, n_kv_heads, hd, n, pos, page_size;
+  };
+  const Case cases[] = {{4, 4, 128, 70, 0, 16},  {8, 2, 64, 33, 100, 7}, {8, 1, 128, 1, 300, 16},
+                        {4, 4, 64, 1, 64, 1},    {8, 2, 128, 1, 1000, 7}, {8, 2, 32, 20, 40, 16},
+                        {4, 4, 32, 1, 77, 7}};
+  uint64_t seed = 3300;
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases) check_attention_paged(stream(), dt, c.n_heads, c.n_kv_heads, c.hd, c.n, c.pos, c.page_size, seed++);
+}
+
+// attention_decode_batch: sequences of different lengths (one key, a tile edge, a long one) sharing one
+// scrambled pool; each row of the output must match its own sequence's reference.
+TEST_F(CudaKernels, AttentionDecodeBatch) {
+  KP_SKIP_WITHOUT_GPU();
+  const std::vector<int> lens = {1, 17, 64, 65, 3000};
+  struct Case {
+    int n_heads, n_kv_heads, hd, page_size;
+  };
+  const Case cases[] = {{8, 2, 128, 16}, {4, 4, 64, 7}, {32, 8, 128, 64}, {8, 2, 32, 16}};
+  uint64_t seed = 3400;
+  for (DType dt : kActDtypes)
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(base::dtype_name(dt)) + " heads " + std::to_string(c.n_heads) + "/" +
+                   std::to_string(c.n_kv_heads) + " hd " + std::to_string(c.hd) + " page " + std::to_string(c.page_size));
+      const int batch = (int)lens.size();
+      const int64_t width = (int64_t)c.n_heads * c.hd, kv_dim = (int64_t)c.n_kv_heads * c.hd;
+      const Data q = make_data({batch, width}, seed++, dt, -3.f, 3.f);
+      std::vector<std::vector<double>> ks, vs;
+      for (int len : lens) {
+        ks.push_back(make_data({len, kv_dim}, seed++, dt).v);
+        vs.push_back(make_data({len, kv_dim}, seed++, dt).v);
+      }
+      PagePool pool = make_pool(dt, ks, vs, kv_dim, c.page_size, seed++);
+      Tensor table_h;
+      ASSERT_OK(Tensor::create(DType::kInt32, {batch, pool.max_pages}, base::CPUAllocator::get(), &table_h));
+      std::copy(pool.table.begin(), pool.table.end(), table_h.ptr<int32_t>());
+      const Tensor table = testutil::to_gpu(table_h);
+      const Tensor seq_lens = int32_gpu(std::vector<int32_t>(lens.begin(), lens.end()));
+      const int64_t max_len = (int64_t)pool.max_pages * c.page_size;
+      const int64_t scratch_n =
+          kernel::attention_batch_scratch_floats(batch, c.n_heads, c.hd, max_len, base::DeviceType::kCUDA);
+      Tensor scratch = poisoned(DType::kFp32, {std::max<int64_t>(scratch_n, 1)});
+      Tensor out = poisoned(dt, {batch, width});
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      ASSERT_OK(kernel::attention_decode_batch(q.gpu, pool.k, pool.v, table, seq_lens, c.n_heads, c.n_kv_heads, c.hd,
+                                               scratch, out, stream()));
+      finish();
+      std::vector<double> ref;
+      for (int b = 0; b < batch; ++b) {
+        const std::vector<double> qb(q.v.begin() + b * width, q.v.begin() + (b + 1) * width);
+        const std::vector<double> rb = attention_ref(qb, ks[b], vs[b], lens[b] - 1, 1, c.n_heads, c.n_kv_heads, c.hd);
+        ref.insert(ref.end(), rb.begin(), rb.end());
+      }
+      const Tol tol = attention_tol(dt);
+      EXPECT_TRUE(testutil::all_close(out, ref, tol.atol, tol.rtol));
+    }
+}
+
+TEST_F(CudaKernels, AttentionPagedRejectsBadTables) {
+  KP_SKIP_WITHOUT_GPU();
+  const int hd = 64;
+  const Data q = make_data({2, 2 * hd}, 3500, DType::kFp16);
+  Tensor kp = poisoned(DType::kFp16, {4, 16, hd}), vp = poisoned(DType::kFp16, {4, 16, hd});
+  Tensor scratch = poisoned(DType::kFp32, {1 << 16});
+  Tensor out = poisoned(DType::kFp16, {2, 2 * hd});
+  const Tensor pos = int32_gpu({0}), lens = int32_gpu({1, 1});
+  const Tensor float_table = poisoned(DType::kFp32, {2});
+  settle();
+  EXPECT_FALSE(kernel::attention_paged(q.gpu, kp, vp, float_table, pos, 2, 1, hd, scratch, out, stream()).ok());
+  const Tensor table3 = int32_gpu({0, 1, 2});  // 3 ids cannot be 2 sequences' tables
+  EXPECT_FALSE(kernel::attention_decode_batch(q.gpu, kp, vp, table3, lens, 2, 1, hd, scratch, out, stream()).ok());
+  Tensor flat = poisoned(DType::kFp16, {64, hd});  // not [n_pages, page_size, kv_dim]
+  const Tensor table2 = int32_gpu({0, 1});
+  EXPECT_FALSE(kernel::attention_paged(q.gpu, flat, flat, table2, pos, 2, 1, hd, scratch, out, stream()).ok());
 }
 
 TEST_F(CudaKernels, AttentionRejectsUnsupportedHeadDim) {

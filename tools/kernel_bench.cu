@@ -9,6 +9,13 @@
 // enough rotating copies of its operands that they do not stay in the 50 MB L2, replays it, and
 // reports the median over kReps replays of time per call and the bytes the call must read (weights,
 // or K/V rows [0, pos]) over that time. Inputs are random (fill_random), never zeros.
+//
+// Cases: `gemv`, `attention` (decode, the issue-6 shapes), `prefill` (int8 GEMMs), `flash` (prefill
+// attention in TFLOPS, and decode attention up to a 32K context in GB/s of K/V rows), `paged` (the
+// batched paged decode and a paged prefill chunk), or `all`. Attention takes the tensor-core kernels for
+// fp16 / bf16 at head_dim 64 / 128; KUIPER_ATTENTION=simt runs the same cases on the CUDA-core ones, so
+//   ./kernel_bench flash; KUIPER_ATTENTION=simt ./kernel_bench flash
+// times old against new in one build.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -143,6 +150,67 @@ void bench_attention(cudaStream_t s, DType dt, int n_heads, int n_kv, int hd, in
   report(name, us, 2.0 * (pos + 1) * kv_dim * base::dtype_size(dt));
 }
 
+Tensor device_ints(const std::vector<int32_t>& v) {
+  Tensor h, d;
+  CHECK_OK(Tensor::create(DType::kInt32, {(int64_t)v.size()}, base::CPUAllocator::get(), &h));
+  std::copy(v.begin(), v.end(), h.ptr<int32_t>());
+  CHECK_OK(Tensor::create(DType::kInt32, {(int64_t)v.size()}, base::CUDAAllocator::get(0), &d));
+  CHECK_OK(h.copy_to(d));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  return d;
+}
+
+// Prefill attention: n queries at positions pos .. pos + n - 1 (one cache; this is compute-bound, so
+// no rotation). Reports TFLOPS of the causal work: 4 head_dim flops per (query, head, visible key).
+void bench_prefill_attention(cudaStream_t s, DType dt, int n_heads, int n_kv, int hd, int n, int pos) {
+  const int64_t kv_dim = (int64_t)n_kv * hd, max_seq = pos + n;
+  Tensor kc = make(dt, {max_seq, kv_dim}, 300, 1.f, s), vc = make(dt, {max_seq, kv_dim}, 301, 1.f, s);
+  Tensor q = make(dt, {n, (int64_t)n_heads * hd}, 302, 3.f, s), out = make(dt, {n, (int64_t)n_heads * hd}, 303, 1.f, s);
+  const int64_t sn = std::max<int64_t>(1, kernel::attention_scratch_floats(n, n_heads, hd, max_seq, base::DeviceType::kCUDA));
+  Tensor scratch = make(DType::kFp32, {sn}, 304, 1.f, s);
+  Tensor dpos = device_ints({pos});
+  const double us = time_graph(s, [&](int) {
+    return kernel::attention(q, kc, vc, dpos, n_heads, n_kv, hd, scratch, out, s);
+  });
+  const double keys = (double)n * pos + (double)n * (n + 1) / 2;  // sum over queries of visible keys
+  const double flops = 4.0 * hd * n_heads * keys;
+  char name[128];
+  std::snprintf(name, sizeof name, "prefill attention %s %d/%d hd%d n %d pos %d", base::dtype_name(dt), n_heads, n_kv,
+                hd, n, pos);
+  std::printf("%-44s %9.2f us  %7.1f TFLOPS\n", name, us, flops / (us * 1e-6) / 1e12);
+  std::fflush(stdout);
+}
+
+// Batched paged decode: `batch` sequences of `len` tokens each in pages of `page` rows (ids scattered
+// over the pool), one query each. Reports GB/s of the K/V rows read.
+void bench_decode_batch(cudaStream_t s, DType dt, int n_heads, int n_kv, int hd, int batch, int len, int page) {
+  const int64_t kv_dim = (int64_t)n_kv * hd, pages_per_seq = (len + page - 1) / page;
+  const int64_t n_pages = batch * pages_per_seq;
+  const size_t cache_bytes = 2 * (size_t)n_pages * page * kv_dim * base::dtype_size(dt);
+  const int nb = copies_for(cache_bytes);
+  std::vector<Tensor> kc, vc;
+  for (int i = 0; i < nb; ++i) {
+    kc.push_back(make(dt, {n_pages, page, kv_dim}, 400 + i, 1.f, s));
+    vc.push_back(make(dt, {n_pages, page, kv_dim}, 500 + i, 1.f, s));
+  }
+  std::vector<int32_t> ids(n_pages);
+  for (int64_t i = 0; i < n_pages; ++i) ids[i] = (int32_t)((i * 7919) % n_pages);  // a fixed scatter
+  Tensor table = device_ints(ids);
+  Tensor tables = table.view({batch, pages_per_seq});
+  Tensor lens = device_ints(std::vector<int32_t>(batch, len));
+  Tensor q = make(dt, {batch, (int64_t)n_heads * hd}, 501, 3.f, s), out = make(dt, {batch, (int64_t)n_heads * hd}, 502, 1.f, s);
+  const int64_t sn = std::max<int64_t>(
+      1, kernel::attention_batch_scratch_floats(batch, n_heads, hd, pages_per_seq * page, base::DeviceType::kCUDA));
+  Tensor scratch = make(DType::kFp32, {sn}, 503, 1.f, s);
+  const double us = time_graph(s, [&](int i) {
+    return kernel::attention_decode_batch(q, kc[i % nb], vc[i % nb], tables, lens, n_heads, n_kv, hd, scratch, out, s);
+  });
+  char name[128];
+  std::snprintf(name, sizeof name, "decode batch %s %d/%d hd%d B %d len %d page %d", base::dtype_name(dt), n_heads,
+                n_kv, hd, batch, len, page);
+  report(name, us, 2.0 * batch * len * kv_dim * base::dtype_size(dt));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -170,6 +238,19 @@ int main(int argc, char** argv) {
   if (all || what == "attention") {
     for (int pos : {100, 1000, 3000, 4000}) bench_attention(s, DType::kFp16, 32, 32, 128, 4096, pos);
     for (int pos : {100, 3000, 8000}) bench_attention(s, DType::kBf16, 32, 8, 128, 8192, pos);
+  }
+  if (all || what == "flash") {
+    for (int n : {512, 2048}) bench_prefill_attention(s, DType::kFp16, 32, 32, 128, n, 0);  // llama2-7b
+    bench_prefill_attention(s, DType::kFp16, 32, 32, 128, 512, 1536);                       // a later chunk
+    bench_prefill_attention(s, DType::kBf16, 32, 8, 128, 2048, 0);                           // llama3-8b
+    for (int pos : {16, 1024, 8192, 32767}) bench_attention(s, DType::kBf16, 32, 8, 128, 32768, pos);
+    for (int pos : {16, 4000}) bench_attention(s, DType::kFp16, 32, 32, 128, 4096, pos);
+    for (int pos : {4000, 32767}) bench_attention(s, DType::kBf16, 64, 8, 128, 32768, pos);  // 70B, one GPU
+  }
+  if (all || what == "paged") {
+    for (int b : {8, 32}) bench_decode_batch(s, DType::kBf16, 32, 8, 128, b, 1024, 16);
+    bench_decode_batch(s, DType::kBf16, 32, 8, 128, 8, 4096, 16);
+    bench_decode_batch(s, DType::kFp16, 32, 32, 128, 8, 1024, 16);
   }
   if (all || what == "prefill") {
     for (int64_t n : {16, 512}) {

@@ -93,9 +93,33 @@ Status rope_kv_append(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_cache, Te
 // `scratch` is workspace the implementation may use (fp32, at least attention_scratch_floats()).
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos,
                  int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream);
-// fp32 elements of `scratch` that attention() needs for these sizes on `device`.
+// fp32 elements of `scratch` that attention() needs for calls of up to n_tokens queries on `device`
+// (on the GPU: the split-K partials of one decode query; prefill needs none).
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len,
                                  base::DeviceType device);
+
+// Paged attention. A paged cache holds each layer's K (and V) as pages of rows,
+// k_pages: [n_pages, page_size, n_kv_heads * head_dim], and token t of a sequence lives in row
+// t % page_size of page table[t / page_size] (a contiguous cache is the identity table). The page
+// tables live on the device of the caches; on the GPU a page id outside [0, n_pages) is clamped (the
+// host must not rely on it), on the CPU it is an error.
+//
+// One sequence: attention() for the n queries in q at positions pos .. pos + n - 1 (a prefill chunk,
+// or decode with n = 1), reading the keys through page_table: int32 [max_pages], with
+// max_pages * page_size >= pos + n. `scratch` as for attention(), sized with max_pages * page_size rows.
+Status attention_paged(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const Tensor& page_table,
+                       const Tensor& pos, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out,
+                       Stream stream);
+// Batched decode: B sequences with one query each. Sequence b holds seq_lens[b] tokens (its new one
+// included, already appended); its query is at position seq_lens[b] - 1 and sees all of them.
+// q, out: [B, n_heads * head_dim]; page_tables: int32 [B, max_pages]; seq_lens: int32 [B] on the device
+// of the caches, 1 <= seq_lens[b] <= max_pages * page_size;
+// scratch: fp32 [attention_batch_scratch_floats(B, n_heads, head_dim, max_pages * page_size, device)].
+Status attention_decode_batch(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages,
+                              const Tensor& page_tables, const Tensor& seq_lens, int n_heads, int n_kv_heads,
+                              int head_dim, Tensor& scratch, Tensor& out, Stream stream);
+int64_t attention_batch_scratch_floats(int64_t batch, int n_heads, int head_dim, int64_t max_len,
+                                       base::DeviceType device);
 
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). gate, up, out: [n, hidden].
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream);

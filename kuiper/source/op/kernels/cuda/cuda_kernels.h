@@ -30,6 +30,13 @@ Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_ca
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos,
                  int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, cudaStream_t stream);
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len);
+Status attention_paged(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const Tensor& page_table,
+                       const Tensor& pos, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out,
+                       cudaStream_t stream);
+Status attention_decode_batch(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages,
+                              const Tensor& page_tables, const Tensor& seq_lens, int n_heads, int n_kv_heads,
+                              int head_dim, Tensor& scratch, Tensor& out, cudaStream_t stream);
+int64_t attention_batch_scratch_floats(int64_t batch, int n_heads, int head_dim, int64_t max_len);
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t stream);
 Status add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t stream);
 Status softmax(Tensor& x, cudaStream_t stream);
