@@ -56,11 +56,21 @@ bool simt_forced(bool prefill) {
   return mode == "simt" || mode == (prefill ? "simt_prefill" : "simt_decode");
 }
 
+// Decode of one sequence over a contiguous cache of at most this many rows stays on the CUDA-core
+// cluster kernel: one launch and no split bookkeeping make it ~1.2 us faster at short positions (fp16
+// 32/32 heads at pos 16: 3.60 vs 4.88 us; bf16 32/8: 4.18 vs 5.38), and it is within 10% up to 4,000
+// (23.3 vs 21.1 us), beyond which split-K pulls far ahead (bf16 32/8 at 8,192: 31.3 vs 15.8 us; at
+// 32,767: 109 vs 39 us). kernel_bench flash on the H200, docs/perf_notes.md. The cache length is fixed
+// when the decode graph is captured, so the choice is too.
+constexpr int kSimtDecodeMaxRows = 4096;
+
 Status run(const AttentionCall& a, cudaStream_t stream) {
   if (a.n == 0 || a.batch == 0) return Status::Ok();
   KP_CHECK_ARG(a.starts.max_len >= a.n, "attention: more queries than cache rows");
-  const bool flash = !simt_forced(a.n > 1) && flash_attention_supports(a.dtype, a.head_dim) && is_aligned(a.q, 16) &&
-                     is_aligned(a.k_cache, 16) && is_aligned(a.v_cache, 16) && is_aligned(a.out, 4);
+  const bool short_decode = a.n == 1 && a.batch == 1 && a.rows.table == nullptr && a.starts.max_len <= kSimtDecodeMaxRows;
+  const bool flash = !simt_forced(a.n > 1) && !short_decode && flash_attention_supports(a.dtype, a.head_dim) &&
+                     is_aligned(a.q, 16) && is_aligned(a.k_cache, 16) && is_aligned(a.v_cache, 16) &&
+                     is_aligned(a.out, 4);
   if (!flash) return simt_attention(a, stream);
   return a.n > 1 ? flash_prefill(a, stream) : flash_decode(a, stream);
 }
