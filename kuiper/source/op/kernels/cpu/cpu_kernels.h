@@ -28,6 +28,14 @@ void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cach
 void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int32_t pos, int n_heads,
                int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out);
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len);
+void rope_at(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& cos_sin, int head_dim);
+void kv_append_paged(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& slots);
+void paged_decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_tables,
+                            const Tensor& seq_lens, int page_size, int n_heads, int n_kv_heads, int head_dim,
+                            Tensor& scratch, Tensor& out);
+void paged_prefill_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_table,
+                             int32_t pos, int page_size, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch,
+                             Tensor& out);
 void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void softmax(Tensor& x);
