@@ -113,6 +113,8 @@ class LlamaModel {
   int32_t max_batch_seqs() const { return limits_.max_seqs; }
   const StepLimits& step_limits() const { return limits_; }
   const KVCacheManager& kv_cache() const { return kv_cache_; }
+  // The page accounting of the cache, for the scheduler that hands out pages to step() callers.
+  PageAllocator& kv_cache_pages() { return kv_cache_.pages(); }
   const LlamaWeights& weights() const { return weights_; }
   const Workspace& workspace() const { return ws_; }
   base::DeviceAllocator* allocator() const { return alloc_; }
