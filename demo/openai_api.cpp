@@ -170,7 +170,9 @@ bool parse_request(const std::string& body, bool chat, ApiRequest* r, ApiError* 
   r->sampling.min_p = (float)min_p;
   r->sampling.top_k = (int32_t)top_k;
   r->sampling.seed = (uint64_t)seed;
-  if (!stop_field(b, r, err) || !boolean(b, "stream", &r->stream, err)) return false;
+  if (!stop_field(b, r, err) || !boolean(b, "stream", &r->stream, err) ||
+      !boolean(b, "ignore_eos", &r->ignore_eos, err))
+    return false;
   if (b.contains("stream_options") && !b["stream_options"].is_null()) {
     if (!b["stream_options"].is_object()) return bad(err, "stream_options", "'stream_options' must be an object");
     if (!boolean(b["stream_options"], "include_usage", &r->include_usage, err)) return false;

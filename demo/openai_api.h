@@ -9,7 +9,8 @@
 //   both                  max_tokens (>= 0; chat also max_completion_tokens), temperature [0, 2], top_p (0, 1],
 //                         top_k >= 0, min_p [0, 1], seed, stop (a string or up to 4), n (1), stream,
 //                         stream_options.include_usage, logprobs (completions: 0-5, the chosen token's
-//                         log-probability; chat: true / false), user
+//                         log-probability; chat: true / false), user, ignore_eos (as llama.cpp and vLLM:
+//                         generate to max_tokens, for benchmarks)
 // A field of the wrong type, a value out of range, malformed JSON: an ApiError with HTTP 400.
 #pragma once
 
@@ -46,6 +47,7 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   bool logprobs = false;
+  bool ignore_eos = false;
 };
 
 // Reads `body` (the raw request text) for the completions (chat = false) or chat endpoint; returns

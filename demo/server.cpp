@@ -184,8 +184,8 @@ void handle_generate(Server& sv, const httplib::Request& req, httplib::Response&
   r.sampling = ar.sampling;
   if (!ar.seed_given) r.sampling.seed = app::clock_seed();
   r.logprobs = ar.logprobs;
-  r.stop_ids = sv.engine.runner->config().eos_ids;
-  if (chat && sv.chat) r.stop_ids.push_back(sv.chat->end_of_turn());
+  if (!ar.ignore_eos) r.stop_ids = sv.engine.runner->config().eos_ids;
+  if (chat && sv.chat && !ar.ignore_eos) r.stop_ids.push_back(sv.chat->end_of_turn());
   auto st = std::make_shared<Stream>();
   st->stops = std::make_unique<app::StopStrings>(ar.stop);
   st->start = Clock::now();
