@@ -246,7 +246,7 @@ std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::
   return s.ok() ? "" : s.message();
 }
 
-int open_engine(Engine* e) {
+int open_engine(Engine* e, const std::function<std::string(const model::ModelConfig&, model::ModelOptions*)>& adjust) {
   model::ModelOptions opts;
   if (FLAGS_model.empty()) return fail(2, "--model is required (see --help)");
   if (auto err = device_options(&opts, FLAGS_dtype); !err.empty()) return fail(2, err);
@@ -266,6 +266,8 @@ int open_engine(Engine* e) {
       if (done == all) std::fprintf(stderr, "\n");
     };
   }
+  if (adjust)
+    if (auto err = adjust(e->file->config(), &opts); !err.empty()) return fail(2, err);
   if (auto s = runtime::TpRunner::create(*e->file, opts, tp_options(), &e->runner); !s.ok()) return fail(1, s.message());
   return 0;
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -36,7 +37,9 @@ std::string refuse_if_given(std::initializer_list<const char*> flags, const std:
 
 // Opens --model (+ --tokenizer) on --device with --tp ranks; returns 0 or the exit code after printing
 // the error.
-int open_engine(Engine* e);
+// `adjust` (optional) may change the model options once the model's configuration is known (the
+// server sizes its batch and KV cache there); it returns "" or a usage error.
+int open_engine(Engine* e, const std::function<std::string(const model::ModelConfig&, model::ModelOptions*)>& adjust = nullptr);
 // The pieces of open_engine, for programs that need only some: each returns "" or the error message.
 std::string open_model_file(std::unique_ptr<model::ModelFile>* file);
 // --device, --max_seq_len, --cuda_graph / --threads (refused where they do nothing), and `dtype` (the

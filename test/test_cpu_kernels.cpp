@@ -474,6 +474,22 @@ Pages scatter_pages(const std::vector<Tensor>& ks, const std::vector<Tensor>& vs
   return p;
 }
 
+// The paged entry points take a cache as [n_pages * page_size, kv_dim] with its page size; the tests
+// below build their pools as [n_pages, page_size, kv_dim].
+Tensor slots_of(const Tensor& pages) { return pages.view({pages.dim(0) * pages.dim(1), pages.dim(2)}); }
+base::Status attention_paged(const Tensor& q, const Tensor& kp, const Tensor& vp, const Tensor& table,
+                             const Tensor& pos, int n_heads, int n_kv_heads, int hd, Tensor& scratch, Tensor& out,
+                             kernel::Stream stream) {
+  return kernel::paged_prefill_attention(q, slots_of(kp), slots_of(vp), table, pos, (int)kp.dim(1), n_heads,
+                                         n_kv_heads, hd, scratch, out, stream);
+}
+base::Status attention_decode_batch(const Tensor& q, const Tensor& kp, const Tensor& vp, const Tensor& tables,
+                                    const Tensor& lens, int n_heads, int n_kv_heads, int hd, Tensor& scratch,
+                                    Tensor& out, kernel::Stream stream) {
+  return kernel::paged_decode_attention(q, slots_of(kp), slots_of(vp), tables, lens, (int)kp.dim(1), n_heads,
+                                        n_kv_heads, hd, scratch, out, stream);
+}
+
 // (n_tokens, pos, page_size): one sequence's prefill chunk or decode step through a page table.
 class AttentionPagedTest : public ::testing::TestWithParam<std::tuple<int64_t, int, int>> {};
 
@@ -488,7 +504,7 @@ TEST_P(AttentionPagedTest, MatchesReference) {
   Tensor scratch =
       make(DType::kFp32, {kernel::attention_scratch_floats(n, n_heads, hd, max_len, base::DeviceType::kCPU)});
   Tensor table = pages.table.view({pages.table.numel()});
-  ASSERT_TRUE(kernel::attention_paged(q, pages.k, pages.v, table, ints({pos}), n_heads, n_kv_heads, hd, scratch, out,
+  ASSERT_TRUE(attention_paged(q, pages.k, pages.v, table, ints({pos}), n_heads, n_kv_heads, hd, scratch, out,
                                       nullptr)
                   .ok());
   EXPECT_TRUE(all_close(out, attention_ref(values(q), values(k), values(v), pos, n, n_heads, n_kv_heads, hd), 1e-5,
@@ -517,7 +533,7 @@ TEST(Attention, DecodeBatchMatchesReferencePerSequence) {
     Tensor q = random_cpu({batch, width}, 96, -3.f, 3.f), out = make(DType::kFp32, {batch, width});
     Tensor scratch = make(DType::kFp32, {kernel::attention_batch_scratch_floats(batch, n_heads, hd, max_len,
                                                                                 base::DeviceType::kCPU)});
-    ASSERT_TRUE(kernel::attention_decode_batch(q, pages.k, pages.v, pages.table, ints(lens), n_heads, n_kv_heads, hd,
+    ASSERT_TRUE(attention_decode_batch(q, pages.k, pages.v, pages.table, ints(lens), n_heads, n_kv_heads, hd,
                                                scratch, out, nullptr)
                     .ok());
     const std::vector<double> qv = values(q);
@@ -538,19 +554,16 @@ TEST(Attention, PagedRejectsBadTablesAndLengths) {
   Tensor scratch = make(DType::kFp32, {64});
   Tensor table = make(DType::kInt32, {2, 2});
   for (int i = 0; i < 4; ++i) table.ptr<int32_t>()[i] = i % 3;
-  EXPECT_TRUE(kernel::attention_decode_batch(q, kp, vp, table, ints({3, 8}), 2, 1, hd, scratch, out, nullptr).ok());
-  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({3, 9}), 2, 1, hd, scratch, out, nullptr).ok());  // 9 > 2 pages of 4
-  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({0, 1}), 2, 1, hd, scratch, out, nullptr).ok());  // empty sequence
-  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({1}), 2, 1, hd, scratch, out, nullptr).ok());     // one length for two
+  EXPECT_TRUE(attention_decode_batch(q, kp, vp, table, ints({3, 8}), 2, 1, hd, scratch, out, nullptr).ok());
+  EXPECT_FALSE(attention_decode_batch(q, kp, vp, table, ints({3, 9}), 2, 1, hd, scratch, out, nullptr).ok());  // 9 > 2 pages of 4
+  EXPECT_FALSE(attention_decode_batch(q, kp, vp, table, ints({1}), 2, 1, hd, scratch, out, nullptr).ok());     // one length for two
   table.ptr<int32_t>()[3] = 3;  // only pages 0..2 exist
-  EXPECT_FALSE(kernel::attention_decode_batch(q, kp, vp, table, ints({3, 8}), 2, 1, hd, scratch, out, nullptr).ok());
+  EXPECT_FALSE(attention_decode_batch(q, kp, vp, table, ints({3, 8}), 2, 1, hd, scratch, out, nullptr).ok());
   Tensor one = q.slice_rows(0, 1), one_out = out.slice_rows(0, 1);
   Tensor row = make(DType::kInt32, {2});
   row.ptr<int32_t>()[0] = 0, row.ptr<int32_t>()[1] = 1;
-  EXPECT_TRUE(kernel::attention_paged(one, kp, vp, row, ints({7}), 2, 1, hd, scratch, one_out, nullptr).ok());
-  EXPECT_FALSE(kernel::attention_paged(one, kp, vp, row, ints({8}), 2, 1, hd, scratch, one_out, nullptr).ok());  // 8 + 1 > 8
-  Tensor flat = random_cpu({12, hd}, 4);
-  EXPECT_FALSE(kernel::attention_paged(one, flat, flat, row, ints({0}), 2, 1, hd, scratch, one_out, nullptr).ok());
+  EXPECT_TRUE(attention_paged(one, kp, vp, row, ints({7}), 2, 1, hd, scratch, one_out, nullptr).ok());
+  EXPECT_FALSE(attention_paged(one, kp, vp, row, ints({8}), 2, 1, hd, scratch, one_out, nullptr).ok());  // 8 + 1 > 8
 }
 
 TEST(Attention, RejectsBadHeadsAndSmallScratch) {

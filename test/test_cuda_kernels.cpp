@@ -796,6 +796,22 @@ PagePool make_pool(DType dt, const std::vector<std::vector<double>>& ks, const s
   return pool;
 }
 
+// The paged entry points take a cache as [n_pages * page_size, kv_dim] with its page size; the tests
+// below build their pools as [n_pages, page_size, kv_dim].
+Tensor slots_of(const Tensor& pages) { return pages.view({pages.dim(0) * pages.dim(1), pages.dim(2)}); }
+base::Status attention_paged(const Tensor& q, const Tensor& kp, const Tensor& vp, const Tensor& table,
+                             const Tensor& pos, int n_heads, int n_kv_heads, int hd, Tensor& scratch, Tensor& out,
+                             kernel::Stream stream) {
+  return kernel::paged_prefill_attention(q, slots_of(kp), slots_of(vp), table, pos, (int)kp.dim(1), n_heads,
+                                         n_kv_heads, hd, scratch, out, stream);
+}
+base::Status attention_decode_batch(const Tensor& q, const Tensor& kp, const Tensor& vp, const Tensor& tables,
+                                    const Tensor& lens, int n_heads, int n_kv_heads, int hd, Tensor& scratch,
+                                    Tensor& out, kernel::Stream stream) {
+  return kernel::paged_decode_attention(q, slots_of(kp), slots_of(vp), tables, lens, (int)kp.dim(1), n_heads,
+                                        n_kv_heads, hd, scratch, out, stream);
+}
+
 // attention_paged: n queries at pos .. pos + n - 1 of one sequence whose pages are scrambled.
 void check_attention_paged(kernel::Stream stream, DType dt, int n_heads, int n_kv_heads, int hd, int n, int pos,
                            int page_size, uint64_t seed) {
@@ -814,7 +830,7 @@ void check_attention_paged(kernel::Stream stream, DType dt, int n_heads, int n_k
   Tensor out = poisoned(dt, {n, (int64_t)n_heads * hd});
   const Tensor pos_t = int32_gpu({pos});
   ASSERT_CUDA(cudaDeviceSynchronize());
-  ASSERT_OK(kernel::attention_paged(q.gpu, pool.k, pool.v, table, pos_t, n_heads, n_kv_heads, hd, scratch, out, stream));
+  ASSERT_OK(attention_paged(q.gpu, pool.k, pool.v, table, pos_t, n_heads, n_kv_heads, hd, scratch, out, stream));
   ASSERT_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
   ASSERT_CUDA(cudaGetLastError());
   const Tol tol = attention_tol(dt);
@@ -872,7 +888,7 @@ TEST_F(CudaKernels, AttentionDecodeBatch) {
       Tensor scratch = poisoned(DType::kFp32, {std::max<int64_t>(scratch_n, 1)});
       Tensor out = poisoned(dt, {batch, width});
       ASSERT_CUDA(cudaDeviceSynchronize());
-      ASSERT_OK(kernel::attention_decode_batch(q.gpu, pool.k, pool.v, table, seq_lens, c.n_heads, c.n_kv_heads, c.hd,
+      ASSERT_OK(attention_decode_batch(q.gpu, pool.k, pool.v, table, seq_lens, c.n_heads, c.n_kv_heads, c.hd,
                                                scratch, out, stream()));
       finish();
       std::vector<double> ref;
@@ -896,12 +912,9 @@ TEST_F(CudaKernels, AttentionPagedRejectsBadTables) {
   const Tensor pos = int32_gpu({0}), lens = int32_gpu({1, 1});
   const Tensor float_table = poisoned(DType::kFp32, {2});
   settle();
-  EXPECT_FALSE(kernel::attention_paged(q.gpu, kp, vp, float_table, pos, 2, 1, hd, scratch, out, stream()).ok());
+  EXPECT_FALSE(attention_paged(q.gpu, kp, vp, float_table, pos, 2, 1, hd, scratch, out, stream()).ok());
   const Tensor table3 = int32_gpu({0, 1, 2});  // 3 ids cannot be 2 sequences' tables
-  EXPECT_FALSE(kernel::attention_decode_batch(q.gpu, kp, vp, table3, lens, 2, 1, hd, scratch, out, stream()).ok());
-  Tensor flat = poisoned(DType::kFp16, {64, hd});  // not [n_pages, page_size, kv_dim]
-  const Tensor table2 = int32_gpu({0, 1});
-  EXPECT_FALSE(kernel::attention_paged(q.gpu, flat, flat, table2, pos, 2, 1, hd, scratch, out, stream()).ok());
+  EXPECT_FALSE(attention_decode_batch(q.gpu, kp, vp, table3, lens, 2, 1, hd, scratch, out, stream()).ok());
 }
 
 TEST_F(CudaKernels, AttentionRejectsUnsupportedHeadDim) {

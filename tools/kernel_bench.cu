@@ -203,7 +203,11 @@ void bench_decode_batch(cudaStream_t s, DType dt, int n_heads, int n_kv, int hd,
       1, kernel::attention_batch_scratch_floats(batch, n_heads, hd, pages_per_seq * page, base::DeviceType::kCUDA));
   Tensor scratch = make(DType::kFp32, {sn}, 503, 1.f, s);
   const double us = time_graph(s, [&](int i) {
-    return kernel::attention_decode_batch(q, kc[i % nb], vc[i % nb], tables, lens, n_heads, n_kv, hd, scratch, out, s);
+    Tensor& kp = kc[i % nb];
+    Tensor& vp = vc[i % nb];
+    return kernel::paged_decode_attention(q, kp.view({kp.dim(0) * kp.dim(1), kp.dim(2)}),
+                                          vp.view({vp.dim(0) * vp.dim(1), vp.dim(2)}), tables, lens, page, n_heads,
+                                          n_kv, hd, scratch, out, s);
   });
   char name[128];
   std::snprintf(name, sizeof name, "decode batch %s %d/%d hd%d B %d len %d page %d", base::dtype_name(dt), n_heads,

@@ -8,6 +8,7 @@ pkgs=(build-essential cmake pkg-config python3
       libarmadillo-dev libopenblas-dev libsentencepiece-dev
       libpcre2-dev nlohmann-json3-dev
       libedit-dev                   # line editing and history in the interactive chat
+      libcpp-httplib-dev            # llama_server's HTTP (docs/serving.md says why this library)
       clang libclang-rt-dev)        # the fuzzers (tools/fuzz.sh): clang, libFuzzer
 missing=()
 for p in "${pkgs[@]}"; do
@@ -24,5 +25,10 @@ fi
 if ! python3 -c "import numpy" 2>/dev/null; then
   echo "setup: installing numpy for $(command -v python3)"
   python3 -m pip install --quiet numpy 2>/dev/null || python3 -m pip install --quiet --break-system-packages numpy
+fi
+# openai, the client the server's tests talk to llama_server with (test/server_test.py).
+if ! python3 -c "import openai" 2>/dev/null; then
+  echo "setup: installing openai for $(command -v python3)"
+  python3 -m pip install --quiet openai 2>/dev/null || python3 -m pip install --quiet --break-system-packages openai
 fi
 echo "setup: done"

@@ -17,6 +17,7 @@ enum class StatusCode {
   kCudaError,
   kCommError,        // NCCL / communicator failure
   kInternal,
+  kUnavailable,      // busy for now (a full queue): try again later
 };
 
 class Status {
@@ -41,6 +42,7 @@ inline Status BadModelFile(std::string m) { return {StatusCode::kBadModelFile, s
 inline Status OutOfMemory(std::string m) { return {StatusCode::kOutOfMemory, std::move(m)}; }
 inline Status Unsupported(std::string m) { return {StatusCode::kUnsupported, std::move(m)}; }
 inline Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+inline Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
 
 }  // namespace base
 

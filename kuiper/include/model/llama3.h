@@ -3,9 +3,16 @@
 //
 // The model wires parts together and owns none of their logic:
 //   LlamaWeights     - this rank's weights (model/weights.h), sharded as they load
-//   KVCacheManager   - the K/V cache of every layer in one block (model/kv_cache.h)
+//   KVCacheManager   - the K/V cache of every layer in one block of pages (model/kv_cache.h)
 //   Workspace        - every activation, allocated once in init_mem() (below)
-// After init_mem() nothing allocates: prefill and decode only run kernels on these buffers.
+//   StepPlan         - a batch of sequences as the flat arrays the kernels read (model/batch.h)
+// After init_mem() nothing allocates: a step only runs kernels on these buffers.
+//
+// One forward step runs a batch (step()): several sequences, each with its tokens, positions and
+// page table; decode rows share one matrix product per linear layer, prefill chunks ride along. The
+// single-sequence calls (forward, decode_greedy, prefill) are a batch of one over the identity page
+// table, which is the contiguous cache: they own the whole cache and are not mixed with step() callers
+// that hand out pages.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +22,7 @@
 
 #include "base/buffer.h"
 #include "comm/communicator.h"
+#include "model/batch.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/model_file.h"
@@ -28,7 +36,10 @@ struct ModelOptions {
   int device_id = 0;
   base::DType act_dtype = base::DType::kFp32;  // activations and KV cache (fp32 on the CPU)
   int32_t max_seq_len = 0;                      // 0: the model's own
-  int32_t max_batch_tokens = 256;               // prompt tokens per prefill call (longer prompts are chunked)
+  int32_t max_batch_tokens = 256;               // tokens per step (prefill of longer prompts is chunked)
+  int32_t max_batch_seqs = 1;                   // sequences per step (the server's parallel streams)
+  int32_t kv_capacity = 0;                      // KV cache token rows (0: max_seq_len in whole pages, one sequence)
+  int32_t page_size = 16;                       // tokens per KV page
   int rank = 0;
   int world_size = 1;
   comm::Communicator* comm = nullptr;           // collectives; null with one rank unless forced (TpRunner)
@@ -40,7 +51,7 @@ struct ModelOptions {
   std::function<void(uint64_t, uint64_t)> load_progress;
 };
 
-// Every activation of one forward call, views of one allocation. T = max_batch_tokens.
+// Every activation of one forward call, views of one allocation. T = max_batch_tokens, S = max_batch_seqs.
 struct Workspace {
   tensor::Tensor x;        // act [T, dim]        residual stream
   tensor::Tensor xb;       // act [T, dim]        normed input of a sublayer
@@ -55,12 +66,21 @@ struct Workspace {
   tensor::Tensor q1, k1, v1;
   tensor::Tensor gu1;      // act [1, 2 hidden_local]
   tensor::Tensor g1, u1;
-  tensor::Tensor logits_local;  // act [1, vocab_local]
-  tensor::Tensor logits_all;    // act [1, vocab]  gathered over ranks (a view of logits_local when world 1)
-  tensor::Tensor logits_f32;    // fp32 [1, vocab] (a view of logits_all when activations are fp32)
-  tensor::Tensor next;     // int32 [1]           argmax of the logits, computed on the device
-  tensor::Tensor tokens;   // int32 [T]
-  tensor::Tensor pos;      // int32 [1]           start position of the tokens in `tokens`
+  tensor::Tensor xl;            // act [S, dim]        normed rows of the tokens whose logits are wanted
+  tensor::Tensor logits_local;  // act [S, vocab_local]
+  tensor::Tensor logits_ranks;  // act [world, S, vocab_local] all-gathered (with a communicator and S > 1)
+  tensor::Tensor logits_all;    // act [S, vocab]  over ranks (a view of logits_local when world 1)
+  tensor::Tensor logits_f32;    // fp32 [S, vocab] (a view of logits_all when activations are fp32)
+  tensor::Tensor next;     // int32 [S]           argmax of the logits, computed on the device
+  // The step's int32 arrays, one block uploaded from the StepPlan (model/batch.h), same layout.
+  tensor::Tensor step_ints;   // int32 [StepPlan::ints]
+  tensor::Tensor tokens;      // int32 [T]
+  tensor::Tensor positions;   // int32 [T]           position of each row (positions[0]: the contiguous path's pos)
+  tensor::Tensor slots;       // int32 [T]           KV cache slot of each row
+  tensor::Tensor page_tables; // int32 [S, max_pages]
+  tensor::Tensor seq_lens;    // int32 [S]
+  tensor::Tensor chunk_pos;   // int32 [S]
+  tensor::Tensor logit_rows;  // int32 [S]
   tensor::Tensor scratch;  // fp32 attention scratch
   tensor::Tensor cos_sin;  // fp32 [max_seq_len, head_dim / 2, 2] RoPE table (constant)
   uint64_t bytes = 0;
@@ -70,6 +90,11 @@ class LlamaModel {
  public:
   // Loads the weights of this rank and allocates the KV cache and workspace.
   static base::Status create(const ModelFile& file, const ModelOptions& opts, std::unique_ptr<LlamaModel>* out);
+
+  // One step of a batch (model/batch.h): every sequence's tokens through the model, their K/V into their
+  // pages, and for each sequence that asks, the greedy next token and / or the fp32 logits into `out`
+  // (host). Decode-only steps replay a CUDA graph captured for their batch-size bucket.
+  base::Status step(const BatchSeq* seqs, int32_t n_seqs, const StepOutput& out);
 
   // Runs `n` tokens at positions [pos, pos + n) (n <= max_batch_tokens, pos + n <= max_seq_len) and,
   // when `logits` is given, writes the fp32 logits of the last token to it (host, vocab_size floats).
@@ -85,7 +110,11 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   int32_t max_seq_len() const { return max_seq_len_; }
   int32_t max_batch_tokens() const { return max_batch_tokens_; }
+  int32_t max_batch_seqs() const { return limits_.max_seqs; }
+  const StepLimits& step_limits() const { return limits_; }
   const KVCacheManager& kv_cache() const { return kv_cache_; }
+  // The page accounting of the cache, for the scheduler that hands out pages to step() callers.
+  PageAllocator& kv_cache_pages() { return kv_cache_.pages(); }
   const LlamaWeights& weights() const { return weights_; }
   const Workspace& workspace() const { return ws_; }
   base::DeviceAllocator* allocator() const { return alloc_; }
@@ -97,24 +126,34 @@ class LlamaModel {
  private:
   LlamaModel();
   base::Status init_mem();
-  // Uploads tokens and position, then runs the step (from the graph when it applies).
-  base::Status run_step(const int32_t* tokens, int32_t n, int32_t pos, bool classify);
-  // Every kernel of one step, queued on the stream with no host synchronisation (graph-capturable).
-  base::Status forward_device(int32_t n, bool classify);
-  base::Status attention_block(int layer, int32_t n);
-  base::Status ffn_block(int layer, int32_t n);
-  base::Status classifier(int32_t n);
+  // Uploads the plan's arrays, then runs the step (from a graph when it applies).
+  base::Status run_plan();
+  base::Status upload_plan();
+  // Every kernel of the planned step, queued on the stream with no host synchronisation (graph-capturable).
+  base::Status forward_device();
+  base::Status attention_block(int layer);
+  base::Status attention(int layer, tensor::Tensor& q, tensor::Tensor& k, tensor::Tensor& v);
+  base::Status ffn_block(int layer);
+  base::Status classifier();
+  // Copies the step's results to `out` for the sequences that asked.
+  base::Status fetch(const BatchSeq* seqs, const StepOutput& out);
+  // The batch of one of forward() / decode_greedy() over the identity table.
+  base::Status single(const int32_t* tokens, int32_t n, int32_t pos, bool host_logits, const StepOutput& out);
 
   ModelConfig config_;
   ModelOptions opts_;
   int32_t max_seq_len_ = 0;
   int32_t max_batch_tokens_ = 0;
+  StepLimits limits_;
+  StepPlan plan_;
+  std::vector<int32_t> identity_pages_;  // 0, 1, 2, ...: the single-sequence table
+  bool unsynced_ = false;                 // the last step's uploads may still be reading the plan
   base::DeviceAllocator* alloc_ = nullptr;
   LlamaWeights weights_;
   KVCacheManager kv_cache_;
   Workspace ws_;
   std::shared_ptr<base::Buffer> ws_block_;
-  struct Staging;  // host-side copies of tokens / position / next token (pinned on GPUs), decode graph
+  struct Staging;  // host-side step arrays and results (pinned on GPUs), the decode graphs
   std::unique_ptr<Staging> staging_;
 
  public:

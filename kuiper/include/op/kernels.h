@@ -98,28 +98,45 @@ Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, 
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len,
                                  base::DeviceType device);
 
-// Paged attention. A paged cache holds each layer's K (and V) as pages of rows,
-// k_pages: [n_pages, page_size, n_kv_heads * head_dim], and token t of a sequence lives in row
-// t % page_size of page table[t / page_size] (a contiguous cache is the identity table). The page
-// tables live on the device of the caches; on the GPU a page id outside [0, n_pages) is clamped (the
-// host must not rely on it), on the CPU it is an error.
-//
-// One sequence: attention() for the n queries in q at positions pos .. pos + n - 1 (a prefill chunk,
-// or decode with n = 1), reading the keys through page_table: int32 [max_pages], with
-// max_pages * page_size >= pos + n. `scratch` as for attention(), sized with max_pages * page_size rows.
-Status attention_paged(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const Tensor& page_table,
-                       const Tensor& pos, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out,
-                       Stream stream);
-// Batched decode: B sequences with one query each. Sequence b holds seq_lens[b] tokens (its new one
-// included, already appended); its query is at position seq_lens[b] - 1 and sees all of them.
-// q, out: [B, n_heads * head_dim]; page_tables: int32 [B, max_pages]; seq_lens: int32 [B] on the device
-// of the caches, 1 <= seq_lens[b] <= max_pages * page_size;
-// scratch: fp32 [attention_batch_scratch_floats(B, n_heads, head_dim, max_pages * page_size, device)].
-Status attention_decode_batch(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages,
-                              const Tensor& page_tables, const Tensor& seq_lens, int n_heads, int n_kv_heads,
-                              int head_dim, Tensor& scratch, Tensor& out, Stream stream);
+// fp32 elements of `scratch` that paged_decode_attention() of `batch` sequences of up to max_len
+// tokens needs on `device` to take the split-K tensor-core kernel (with less it takes the CUDA-core one).
 int64_t attention_batch_scratch_floats(int64_t batch, int n_heads, int head_dim, int64_t max_len,
                                        base::DeviceType device);
+// ---------------------------------------------------------------------------------------------------
+// The paged KV cache (model/kv_cache.h). One layer's k_cache / v_cache is [n_pages, page_size, kv_dim]
+// of the cache dtype, passed as the 2-D view [n_pages * page_size, kv_dim]: token t of a sequence lives
+// in page page_table[t / page_size], row t % page_size, i.e. at slot page_table[t / page_size] *
+// page_size + t % page_size. A contiguous single-sequence cache is the identity table (0, 1, 2, ...).
+// Page tables, lengths, positions and slots are int32 tensors on the device of q (read on the device,
+// so that one captured CUDA graph serves every step). The arithmetic of each query row is that of
+// attention() above, whatever else is in the batch (on the CPU bitwise: a sequence gives the same
+// result batched or alone).
+
+// Rotary embedding as rope(), at explicit positions: row i of q and k is rotated for positions[i].
+// positions: int32 [n].
+Status rope_at(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& cos_sin, int head_dim, Stream stream);
+
+// Writes row i of k and v to cache slot slots[i]; a negative slot writes nothing (the padding rows of a
+// batch captured for a larger bucket). k, v: [n, kv_dim]; slots: int32 [n].
+Status kv_append_paged(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& slots,
+                       Stream stream);
+
+// Decode attention of B sequences, one query row each: row b attends to positions [0, seq_lens[b]) of
+// its sequence through page_tables[b]. A row with seq_lens[b] == 0 is padding.
+// q, out: [B, n_heads * head_dim]; page_tables: int32 [>= B, max_pages]; seq_lens: int32 [>= B].
+// `scratch` as for attention() with max_seq_len = max_pages * page_size; on the GPU the split-K
+// tensor-core kernel (fp16/bf16, head_dim 64 or 128) runs when it holds attention_batch_scratch_floats(B, ...)
+// floats. A padding row's output is unspecified (finite when the cache holds finite values).
+Status paged_decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_tables,
+                              const Tensor& seq_lens, int page_size, int n_heads, int n_kv_heads, int head_dim,
+                              Tensor& scratch, Tensor& out, Stream stream);
+
+// Causal attention of one sequence's chunk of n tokens at positions [pos, pos + n) (chunked prefill):
+// query i attends to positions [0, pos + i] through page_table. Their K/V must be in the cache already
+// (kv_append_paged first). q, out: [n, n_heads * head_dim]; page_table: int32 [max_pages]; pos: int32 [1].
+Status paged_prefill_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& page_table, const Tensor& pos, int page_size, int n_heads,
+                               int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream);
 
 // out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). gate, up, out: [n, hidden].
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream);

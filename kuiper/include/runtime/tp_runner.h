@@ -74,6 +74,12 @@ class TpRunner {
   // waits for all. The first failure wins: "rank R: cause", and it stops every other rank.
   base::Status run(RankFn fn);
 
+  // One model step of a batch (model/batch.h) on every rank: the same batch everywhere, each rank's
+  // cache holding its KV heads of the same pages. `out` is filled from rank 0 (the gathered logits are
+  // bitwise the same on every rank). The pages are handed out by rank 0's PageAllocator (pages()).
+  base::Status step(const model::BatchSeq* seqs, int32_t n_seqs, const model::StepOutput& out);
+  model::PageAllocator& pages() { return models_[0]->kv_cache_pages(); }
+
   // generate() on every rank in lockstep; `on_token` is called on rank 0 only, and its "stop" answer
   // is shared with the other ranks before the next step, so all ranks stop at the same token.
   base::Status generate(const sampler::SamplerConfig& sc, const std::vector<int32_t>& prompt, int32_t pos,

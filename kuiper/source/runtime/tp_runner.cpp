@@ -240,6 +240,10 @@ Status TpRunner::run(RankFn fn) {
   return im.first_error;  // else set by Impl::fail from the first rank that failed
 }
 
+Status TpRunner::step(const model::BatchSeq* seqs, int32_t n_seqs, const model::StepOutput& out) {
+  return run([&](int rank) -> Status { return models_[rank]->step(seqs, n_seqs, rank == 0 ? out : model::StepOutput{}); });
+}
+
 Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vector<int32_t>& prompt, int32_t pos,
                           const GenerateOptions& opts, const TokenCallback& on_token, GenerateStats* stats) {
   const int world = world_size();

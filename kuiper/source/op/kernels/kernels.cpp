@@ -244,121 +244,165 @@ int64_t attention_batch_scratch_floats(int64_t batch, int n_heads, int head_dim,
   return cpu::attention_scratch_floats(batch, n_heads, head_dim, max_len);
 }
 
-namespace {
-
-// The checks every attention entry point shares. The caches are [max_seq_len, kv_dim] (contiguous) or
-// [n_pages, page_size, kv_dim] (paged); batch: sequences of one query each (1: q holds one sequence's
-// queries); max_len: rows one sequence may have.
-Status check_attention(const char* op, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                       const Tensor& scratch, const Tensor& out, int n_heads, int n_kv_heads, int head_dim,
-                       int64_t batch, int64_t max_len) {
-  KP_RETURN_IF_ERROR(same_device(op, q, k_cache, v_cache, scratch, out));
-  KP_RETURN_IF_ERROR(activation_dtype(op, q));
-  KP_RETURN_IF_ERROR(same_shape(op, q, out));
-  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
-  KP_REQUIRE(n_heads > 0 && n_kv_heads > 0 && head_dim > 0 && n_heads % n_kv_heads == 0,
-             "n_kv_heads must divide n_heads");
-  KP_REQUIRE(q.ndim() == 2 && q.dim(1) == (int64_t)n_heads * head_dim,
-             "q must be [n, n_heads * head_dim]: " + desc(q));
-  KP_REQUIRE(k_cache.dim(k_cache.ndim() - 1) == (int64_t)n_kv_heads * head_dim,
-             "cache rows must be n_kv_heads * head_dim wide: " + desc(k_cache));
-  // The CPU kernel needs one score row and uses as many threads as the scratch has rows; the CUDA one
-  // needs its full size.
-  const int64_t min_scratch =
-      q.device_type() == DeviceType::kCPU
-          ? max_len
-          : (batch > 1 ? attention_batch_scratch_floats(batch, n_heads, head_dim, max_len, q.device_type())
-                       : attention_scratch_floats(q.dim(0), n_heads, head_dim, max_len, q.device_type()));
-  KP_REQUIRE(scratch.dtype() == DType::kFp32 && scratch.numel() >= min_scratch,
-             "scratch too small: " + std::to_string(scratch.numel()) + " floats, needs " + std::to_string(min_scratch));
-  if (q.device_type() == DeviceType::kCPU) KP_REQUIRE(k_cache.dtype() == DType::kFp32, "CPU cache must be fp32");
-  return Status::Ok();
-}
-
-// A page table int32 [batch, max_pages] for paged caches [n_pages, page_size, kv_dim]; on the CPU every
-// page id is checked. Sets *max_len to max_pages * page_size.
-Status check_page_table(const char* op, const Tensor& k_pages, const Tensor& table, int64_t batch, int64_t* max_len) {
-  KP_RETURN_IF_ERROR(on_device_of(op, k_pages, table));
-  KP_REQUIRE(k_pages.ndim() == 3, "paged cache must be [n_pages, page_size, kv_dim]: " + desc(k_pages));
-  KP_REQUIRE(table.dtype() == DType::kInt32 && table.numel() > 0 && table.numel() % batch == 0 &&
-                 (table.ndim() == 1 ? batch == 1 : table.ndim() == 2 && table.dim(0) == batch),
-             "page table must be int32 [batch, max_pages]: " + desc(table));
-  *max_len = table.numel() / batch * k_pages.dim(1);
-  if (table.device_type() == DeviceType::kCPU) {
-    const int32_t* ids = table.ptr<int32_t>();
-    for (int64_t i = 0; i < table.numel(); ++i)
-      KP_REQUIRE(ids[i] >= 0 && ids[i] < k_pages.dim(0),
-                 "page id " + std::to_string(ids[i]) + " outside the " + std::to_string(k_pages.dim(0)) + " pages");
-  }
-  return Status::Ok();
-}
-
-}  // namespace
-
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos, int n_heads,
                  int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream) {
   const char* op = "attention";
-  KP_REQUIRE(k_cache.ndim() == 2, "cache must be [max_seq_len, n_kv_heads * head_dim]: " + desc(k_cache));
-  KP_RETURN_IF_ERROR(check_attention(op, q, k_cache, v_cache, scratch, out, n_heads, n_kv_heads, head_dim, 1,
-                                     k_cache.dim(0)));
+  KP_RETURN_IF_ERROR(same_device(op, q, k_cache, v_cache, scratch, out));
+  KP_RETURN_IF_ERROR(activation_dtype(op, q));
   KP_RETURN_IF_ERROR(check_pos(op, pos, q));
-  if (q.device_type() == DeviceType::kCPU)
-    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + q.dim(0) <= k_cache.dim(0), "positions beyond the cache");
-  const int32_t* first = q.device_type() == DeviceType::kCPU ? pos.ptr<int32_t>() : nullptr;
-  KP_DISPATCH(q,
-              cpu::attention(q, k_cache, v_cache, cpu::KvPageTable{}, first, 1, k_cache.dim(0), n_heads, n_kv_heads,
-                             head_dim, scratch, out),
+  KP_RETURN_IF_ERROR(same_shape(op, q, out));
+  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
+  KP_REQUIRE(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+                             "n_kv_heads must divide n_heads");
+  KP_REQUIRE(q.ndim() == 2 && q.dim(1) == (int64_t)n_heads * head_dim,
+                             "q must be [n, n_heads * head_dim]: " + desc(q));
+  KP_REQUIRE(k_cache.ndim() == 2 && k_cache.dim(1) == (int64_t)n_kv_heads * head_dim,
+                             "cache must be [max_seq_len, n_kv_heads * head_dim]: " + desc(k_cache));
+  // The CPU kernel needs one score row and uses as many threads as the scratch has rows; the CUDA one
+  // needs its full size.
+  const int64_t min_scratch = q.device_type() == DeviceType::kCPU
+                                  ? k_cache.dim(0)
+                                  : attention_scratch_floats(q.dim(0), n_heads, head_dim, k_cache.dim(0), q.device_type());
+  KP_REQUIRE(scratch.dtype() == DType::kFp32 && scratch.numel() >= min_scratch, "scratch too small");
+  if (q.device_type() == DeviceType::kCPU) {
+    KP_REQUIRE(k_cache.dtype() == DType::kFp32, "CPU cache must be fp32");
+    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + q.dim(0) <= k_cache.dim(0),
+                               "positions beyond the cache");
+  }
+  KP_DISPATCH(q, cpu::attention(q, k_cache, v_cache, host_pos(pos), n_heads, n_kv_heads, head_dim, scratch, out),
               cuda::attention(q, k_cache, v_cache, pos, n_heads, n_kv_heads, head_dim, scratch, out, cu(stream)));
 }
 
-Status attention_paged(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const Tensor& page_table,
-                       const Tensor& pos, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out,
-                       Stream stream) {
-  const char* op = "attention_paged";
-  int64_t max_len = 0;
-  KP_RETURN_IF_ERROR(check_page_table(op, k_pages, page_table, 1, &max_len));
-  KP_RETURN_IF_ERROR(
-      check_attention(op, q, k_pages, v_pages, scratch, out, n_heads, n_kv_heads, head_dim, 1, max_len));
-  KP_RETURN_IF_ERROR(check_pos(op, pos, q));
-  if (q.device_type() == DeviceType::kCPU)
-    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + q.dim(0) <= max_len, "positions beyond the page table");
-  const int32_t* first = q.device_type() == DeviceType::kCPU ? pos.ptr<int32_t>() : nullptr;
-  const cpu::KvPageTable rows{page_table.ptr<int32_t>(), page_table.numel(), k_pages.dim(1)};
-  KP_DISPATCH(q,
-              cpu::attention(q, k_pages, v_pages, rows, first, 1, max_len, n_heads, n_kv_heads, head_dim, scratch,
-                             out),
-              cuda::attention_paged(q, k_pages, v_pages, page_table, pos, n_heads, n_kv_heads, head_dim, scratch, out,
-                                    cu(stream)));
+// ---------------------------------------------------------------------------------------------------
+// The paged cache.
+namespace {
+Status int32_on(const char* op, const Tensor& t, const Tensor& like, const char* what) {
+  KP_REQUIRE(t.dtype() == DType::kInt32 && !t.empty() && t.is_contiguous(), std::string(what) + " must be int32");
+  KP_REQUIRE(t.device_type() == like.device_type() && t.device_id() == like.device_id(),
+             std::string(what) + " on another device");
+  return Status::Ok();
 }
 
-Status attention_decode_batch(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages,
-                              const Tensor& page_tables, const Tensor& seq_lens, int n_heads, int n_kv_heads,
-                              int head_dim, Tensor& scratch, Tensor& out, Stream stream) {
-  const char* op = "attention_decode_batch";
-  const int64_t batch = q.ndim() == 2 ? q.dim(0) : 0;
-  KP_REQUIRE(batch > 0, "q must be [batch, n_heads * head_dim]: " + desc(q));
-  int64_t max_len = 0;
-  KP_RETURN_IF_ERROR(check_page_table(op, k_pages, page_tables, batch, &max_len));
-  KP_RETURN_IF_ERROR(
-      check_attention(op, q, k_pages, v_pages, scratch, out, n_heads, n_kv_heads, head_dim, batch, max_len));
-  KP_RETURN_IF_ERROR(on_device_of(op, q, seq_lens));
-  KP_REQUIRE(seq_lens.dtype() == DType::kInt32 && seq_lens.numel() == batch, "seq_lens must be int32 [batch]");
-  // The CPU kernel takes each sequence's first query position, seq_lens[b] - 1.
-  std::vector<int32_t> first;
+// The shared checks of the two paged attentions; `rows_needed` is the number of table rows used.
+Status paged_attention_args(const char* op, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            int page_size, int n_heads, int n_kv_heads, int head_dim, const Tensor& scratch,
+                            int64_t max_len, const Tensor& out) {
+  KP_RETURN_IF_ERROR(same_device(op, q, k_cache, v_cache, out));
+  KP_RETURN_IF_ERROR(activation_dtype(op, q));
+  KP_RETURN_IF_ERROR(same_shape(op, q, out));
+  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
+  KP_REQUIRE(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0,
+             "n_kv_heads must divide n_heads");
+  KP_REQUIRE(q.ndim() == 2 && q.dim(1) == (int64_t)n_heads * head_dim, "q must be [n, n_heads * head_dim]: " + desc(q));
+  KP_REQUIRE(k_cache.ndim() == 2 && k_cache.dim(1) == (int64_t)n_kv_heads * head_dim,
+             "cache must be [slots, n_kv_heads * head_dim]: " + desc(k_cache));
+  KP_REQUIRE(page_size > 0 && k_cache.dim(0) % page_size == 0, "page size must divide the cache's slots");
+  if (q.device_type() == DeviceType::kCPU) {
+    KP_REQUIRE(k_cache.dtype() == DType::kFp32, "CPU cache must be fp32");
+    KP_REQUIRE(!scratch.empty() && scratch.device_type() == DeviceType::kCPU && scratch.dtype() == DType::kFp32 &&
+                   scratch.numel() >= max_len,
+               "scratch too small");
+  }
+  return Status::Ok();
+}
+
+// On the CPU every page index the rows will read is checked against the cache (the CUDA kernels
+// clamp instead: the host that fills the tables keeps them in range).
+Status pages_in_range(const char* op, const int32_t* table, int64_t len, int page_size, int64_t n_pages) {
+  for (int64_t j = 0; j * page_size < len; ++j)
+    KP_REQUIRE(table[j] >= 0 && table[j] < n_pages, "page " + std::to_string(table[j]) + " outside the cache");
+  return Status::Ok();
+}
+}  // namespace
+
+Status rope_at(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& cos_sin, int head_dim, Stream stream) {
+  const char* op = "rope_at";
+  KP_RETURN_IF_ERROR(same_device(op, q, k, cos_sin));
+  KP_RETURN_IF_ERROR(activation_dtype(op, q));
+  KP_RETURN_IF_ERROR(int32_on(op, positions, q, "positions"));
+  KP_RETURN_IF_ERROR(rows_match(op, q, k));
+  KP_REQUIRE(positions.numel() == q.dim(0), "positions must be int32 [n]");
+  KP_REQUIRE(head_dim > 0 && head_dim % 2 == 0 && q.dim(1) % head_dim == 0 && k.dim(1) % head_dim == 0,
+             "head_dim must be even and divide the q and k widths");
+  KP_REQUIRE(cos_sin.dtype() == DType::kFp32 && cos_sin.ndim() == 3 && cos_sin.dim(1) == head_dim / 2 &&
+                 cos_sin.dim(2) == 2,
+             "cos_sin must be fp32 [max_seq_len, head_dim/2, 2]");
+  if (q.device_type() == DeviceType::kCPU) {
+    const int32_t* p = positions.ptr<int32_t>();
+    for (int64_t i = 0; i < positions.numel(); ++i)
+      KP_REQUIRE(p[i] >= 0 && p[i] < cos_sin.dim(0), "position " + std::to_string(p[i]) + " beyond the rope table");
+  }
+  KP_DISPATCH(q, cpu::rope_at(q, k, positions, cos_sin, head_dim),
+              cuda::rope_at(q, k, positions, cos_sin, head_dim, cu(stream)));
+}
+
+Status kv_append_paged(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& slots,
+                       Stream stream) {
+  const char* op = "kv_append_paged";
+  KP_RETURN_IF_ERROR(same_device(op, k, v, k_cache, v_cache));
+  KP_RETURN_IF_ERROR(activation_dtype(op, k));
+  KP_RETURN_IF_ERROR(int32_on(op, slots, k, "slots"));
+  KP_RETURN_IF_ERROR(same_shape(op, k, v));
+  KP_RETURN_IF_ERROR(same_shape(op, k_cache, v_cache));
+  KP_REQUIRE(k.ndim() == 2 && k_cache.ndim() == 2 && k.dim(1) == k_cache.dim(1),
+             "k " + desc(k) + " does not fit cache " + desc(k_cache));
+  KP_REQUIRE(slots.numel() == k.dim(0), "slots must be int32 [n]");
+  KP_REQUIRE(is_float(k_cache.dtype()), "cache must be float");
+  if (k.device_type() == DeviceType::kCPU) {
+    KP_REQUIRE(k.dtype() == k_cache.dtype(), "CPU cache dtype must match k");
+    const int32_t* sl = slots.ptr<int32_t>();
+    for (int64_t i = 0; i < slots.numel(); ++i)
+      KP_REQUIRE(sl[i] < k_cache.dim(0), "slot " + std::to_string(sl[i]) + " beyond the cache");
+  }
+  KP_DISPATCH(k, cpu::kv_append_paged(k, v, k_cache, v_cache, slots),
+              cuda::kv_append_paged(k, v, k_cache, v_cache, slots, cu(stream)));
+}
+
+Status paged_decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_tables,
+                              const Tensor& seq_lens, int page_size, int n_heads, int n_kv_heads, int head_dim,
+                              Tensor& scratch, Tensor& out, Stream stream) {
+  const char* op = "paged_decode_attention";
+  KP_RETURN_IF_ERROR(int32_on(op, page_tables, q, "page_tables"));
+  KP_RETURN_IF_ERROR(int32_on(op, seq_lens, q, "seq_lens"));
+  KP_REQUIRE(page_tables.ndim() == 2 && page_tables.dim(0) >= q.dim(0) && seq_lens.numel() >= q.dim(0),
+             "page_tables must be int32 [>= B, max_pages] and seq_lens int32 [>= B]");
+  const int64_t max_len = page_tables.dim(1) * page_size;
+  KP_RETURN_IF_ERROR(paged_attention_args(op, q, k_cache, v_cache, page_size, n_heads, n_kv_heads, head_dim, scratch,
+                                          max_len, out));
   if (q.device_type() == DeviceType::kCPU) {
     const int32_t* lens = seq_lens.ptr<int32_t>();
-    for (int64_t b = 0; b < batch; ++b) {
-      KP_REQUIRE(lens[b] >= 1 && lens[b] <= max_len,
-                 "sequence length " + std::to_string(lens[b]) + " outside [1, " + std::to_string(max_len) + "]");
-      first.push_back(lens[b] - 1);
+    for (int64_t b = 0; b < q.dim(0); ++b) {
+      KP_REQUIRE(lens[b] >= 0 && lens[b] <= max_len, "sequence length " + std::to_string(lens[b]) + " out of range");
+      KP_RETURN_IF_ERROR(pages_in_range(op, page_tables.ptr<int32_t>() + b * page_tables.dim(1), lens[b], page_size,
+                                        k_cache.dim(0) / page_size));
     }
   }
-  const cpu::KvPageTable rows{page_tables.ptr<int32_t>(), page_tables.numel() / batch, k_pages.dim(1)};
   KP_DISPATCH(q,
-              cpu::attention(q, k_pages, v_pages, rows, first.data(), batch, max_len, n_heads, n_kv_heads, head_dim,
-                             scratch, out),
-              cuda::attention_decode_batch(q, k_pages, v_pages, page_tables, seq_lens, n_heads, n_kv_heads, head_dim,
-                                           scratch, out, cu(stream)));
+              cpu::paged_decode_attention(q, k_cache, v_cache, page_tables, seq_lens, page_size, n_heads, n_kv_heads,
+                                          head_dim, scratch, out),
+              cuda::paged_decode_attention(q, k_cache, v_cache, page_tables, seq_lens, page_size, n_heads, n_kv_heads,
+                                           head_dim, scratch, out, cu(stream)));
+}
+
+Status paged_prefill_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& page_table, const Tensor& pos, int page_size, int n_heads,
+                               int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, Stream stream) {
+  const char* op = "paged_prefill_attention";
+  KP_RETURN_IF_ERROR(int32_on(op, page_table, q, "page_table"));
+  KP_RETURN_IF_ERROR(check_pos(op, pos, q));
+  const int64_t max_len = page_table.numel() * page_size;
+  KP_RETURN_IF_ERROR(paged_attention_args(op, q, k_cache, v_cache, page_size, n_heads, n_kv_heads, head_dim, scratch,
+                                          max_len, out));
+  if (q.device_type() == DeviceType::kCPU) {
+    KP_REQUIRE(host_pos(pos) >= 0 && host_pos(pos) + q.dim(0) <= max_len, "positions beyond the page table");
+    KP_RETURN_IF_ERROR(pages_in_range(op, page_table.ptr<int32_t>(), host_pos(pos) + q.dim(0), page_size,
+                                      k_cache.dim(0) / page_size));
+  }
+  KP_DISPATCH(q,
+              cpu::paged_prefill_attention(q, k_cache, v_cache, page_table, host_pos(pos), page_size, n_heads,
+                                           n_kv_heads, head_dim, scratch, out),
+              cuda::paged_prefill_attention(q, k_cache, v_cache, page_table, pos, page_size, n_heads, n_kv_heads,
+                                            head_dim, out, cu(stream)));
 }
 
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, Stream stream) {

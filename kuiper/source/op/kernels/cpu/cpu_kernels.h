@@ -25,22 +25,17 @@ void add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weigh
 void matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y);
 void rope(Tensor& q, Tensor& k, int32_t pos, const Tensor& cos_sin, int head_dim);
 void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, int32_t pos);
-// Where attention reads token t of sequence b: row t of a contiguous cache (table == nullptr), or row
-// t % page_size of page table[b * stride + t / page_size] of a paged one (ids checked by the caller).
-struct KvPageTable {
-  const int32_t* table = nullptr;  // int32 [batch, stride] (host)
-  int64_t stride = 0;
-  int64_t page_size = 1;
-  int64_t row(int64_t b, int64_t t) const {
-    return table == nullptr ? t : (int64_t)table[b * stride + t / page_size] * page_size + t % page_size;
-  }
-};
-// q, out: [batch * n, n_heads * head_dim], n queries per sequence; first[b]: the position of sequence b's
-// first query (its queries see keys [0, first[b] + i]); max_len: rows a sequence may have.
-void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const KvPageTable& rows,
-               const int32_t* first, int64_t batch, int64_t max_len, int n_heads, int n_kv_heads, int head_dim,
-               Tensor& scratch, Tensor& out);
+void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int32_t pos, int n_heads,
+               int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out);
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len);
+void rope_at(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& cos_sin, int head_dim);
+void kv_append_paged(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& slots);
+void paged_decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_tables,
+                            const Tensor& seq_lens, int page_size, int n_heads, int n_kv_heads, int head_dim,
+                            Tensor& scratch, Tensor& out);
+void paged_prefill_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_table,
+                             int32_t pos, int page_size, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch,
+                             Tensor& out);
 void swiglu(const Tensor& gate, const Tensor& up, Tensor& out);
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void softmax(Tensor& x);

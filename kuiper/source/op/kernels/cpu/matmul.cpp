@@ -114,22 +114,30 @@ struct AvxDot {
     for (; k < len; ++k) acc += ScalarDot<W>::widen(w[k]) * x[k];
     return acc;
   }
-  // Each widened weight vector serves four tokens.
+  // Each widened weight vector serves four tokens. Every token's sum is formed exactly as dot() forms
+  // it (two accumulators over 16-wide steps, one 8-wide step, the same horizontal sum, the same scalar
+  // tail), so a row's result does not depend on how many rows share the call: a sequence decodes the
+  // same tokens alone or in a batch.
   KP_AVX2 static void dot4(const Elem<W>* w, const float* x, int64_t ld, int64_t len, float* d) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    const float *x0 = x, *x1 = x + ld, *x2 = x + 2 * ld, *x3 = x + 3 * ld;
+    __m256 a0[4], a1[4];
+    for (int t = 0; t < 4; ++t) a0[t] = _mm256_setzero_ps(), a1[t] = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k + 8 <= len; k += 8) {
-      const __m256 v = load8<W>(w + k);
-      a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x0 + k), a0);
-      a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x1 + k), a1);
-      a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x2 + k), a2);
-      a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x3 + k), a3);
+    for (; k + 16 <= len; k += 16) {
+      const __m256 v0 = load8<W>(w + k), v1 = load8<W>(w + k + 8);
+      for (int t = 0; t < 4; ++t) {
+        a0[t] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + t * ld + k), a0[t]);
+        a1[t] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + t * ld + k + 8), a1[t]);
+      }
     }
-    d[0] = hsum(a0), d[1] = hsum(a1), d[2] = hsum(a2), d[3] = hsum(a3);
+    if (k + 8 <= len) {
+      const __m256 v0 = load8<W>(w + k);
+      for (int t = 0; t < 4; ++t) a0[t] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + t * ld + k), a0[t]);
+      k += 8;
+    }
+    for (int t = 0; t < 4; ++t) d[t] = hsum(_mm256_add_ps(a0[t], a1[t]));
     for (; k < len; ++k) {
       const float v = ScalarDot<W>::widen(w[k]);
-      d[0] += v * x0[k], d[1] += v * x1[k], d[2] += v * x2[k], d[3] += v * x3[k];
+      for (int t = 0; t < 4; ++t) d[t] += v * x[t * ld + k];
     }
   }
 };

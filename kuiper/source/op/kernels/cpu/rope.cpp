@@ -37,4 +37,20 @@ void rope(Tensor& q, Tensor& k, int32_t pos, const Tensor& cos_sin, int head_dim
   });
 }
 
+// As rope(), with row i at positions[i] (int32 [n], in range: checked by the dispatcher).
+void rope_at(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& cos_sin, int head_dim) {
+  const int64_t n = q.dim(0), q_width = q.dim(1), k_width = k.dim(1);
+  float* qp = q.ptr<float>();
+  float* kp = k.ptr<float>();
+  const int32_t* ps = positions.ptr<int32_t>();
+  const float* table = cos_sin.ptr<float>();
+  parallel_for(n, n > 1 ? threads_for(2 * n * (q_width + k_width)) : 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float* cs = table + (int64_t)ps[i] * head_dim;
+      rotate_row(qp + i * q_width, q_width, cs, head_dim);
+      rotate_row(kp + i * k_width, k_width, cs, head_dim);
+    }
+  });
+}
+
 }  // namespace kernel::cpu

@@ -71,7 +71,10 @@ Status run(const AttentionCall& a, cudaStream_t stream) {
   const bool flash = !simt_forced(a.n > 1) && !short_decode && flash_attention_supports(a.dtype, a.head_dim) &&
                      is_aligned(a.q, 16) && is_aligned(a.k_cache, 16) && is_aligned(a.v_cache, 16) &&
                      is_aligned(a.out, 4);
-  if (!flash) return simt_attention(a, stream);
+  // Decode without room for the split-K partials takes the CUDA-core kernel, which needs none.
+  if (!flash || (a.n == 1 && a.scratch_floats < flash_decode_scratch_floats(a.batch, a.n_heads, a.head_dim,
+                                                                            a.starts.max_len)))
+    return simt_attention(a, stream);
   return a.n > 1 ? flash_prefill(a, stream) : flash_decode(a, stream);
 }
 

@@ -30,6 +30,8 @@ Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_ca
 Status attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& pos,
                  int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out, cudaStream_t stream);
 int64_t attention_scratch_floats(int64_t n_tokens, int n_heads, int head_dim, int64_t max_seq_len);
+// The attention kernels over a page table (attention.cu: tensor cores where they apply, else CUDA cores),
+// k_pages: [n_pages, page_size, kv_dim]; the paged_* entry points below call them.
 Status attention_paged(const Tensor& q, const Tensor& k_pages, const Tensor& v_pages, const Tensor& page_table,
                        const Tensor& pos, int n_heads, int n_kv_heads, int head_dim, Tensor& scratch, Tensor& out,
                        cudaStream_t stream);
@@ -37,6 +39,16 @@ Status attention_decode_batch(const Tensor& q, const Tensor& k_pages, const Tens
                               const Tensor& page_tables, const Tensor& seq_lens, int n_heads, int n_kv_heads,
                               int head_dim, Tensor& scratch, Tensor& out, cudaStream_t stream);
 int64_t attention_batch_scratch_floats(int64_t batch, int n_heads, int head_dim, int64_t max_len);
+// The paged cache (op/kernels.h, paged_attention.cu).
+Status rope_at(Tensor& q, Tensor& k, const Tensor& positions, const Tensor& cos_sin, int head_dim, cudaStream_t stream);
+Status kv_append_paged(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& slots,
+                       cudaStream_t stream);
+Status paged_decode_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& page_tables,
+                              const Tensor& seq_lens, int page_size, int n_heads, int n_kv_heads, int head_dim,
+                              Tensor& scratch, Tensor& out, cudaStream_t stream);
+Status paged_prefill_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                               const Tensor& page_table, const Tensor& pos, int page_size, int n_heads,
+                               int n_kv_heads, int head_dim, Tensor& out, cudaStream_t stream);
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t stream);
 Status add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t stream);
 Status softmax(Tensor& x, cudaStream_t stream);
