@@ -192,7 +192,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       bug("tensor " + e.name + " outside the file");
   std::unique_ptr<model::Tokenizer> tok;
   if (f->tokenizer_type() != model::TokenizerType::kNone &&
-      model::load_tokenizer_blob(f->tokenizer_type(), f->tokenizer_blob(), f->path(), &tok).ok())
+      model::load_model_tokenizer(*f, &tok).ok())
     use_tokenizer(*tok);
   use_model(*f, tok.get());
   return 0;

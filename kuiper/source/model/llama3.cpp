@@ -188,9 +188,15 @@ Status LlamaModel::attention_block(int layer, int32_t n) {
   void* s = opts_.stream;
   Tensor xb = ws_.xb.slice_rows(0, n), att = ws_.att.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
   Tensor q, k, v;
-  if (n == 1) {  // one pass over the stacked weights
+  if (n == 1) {  // one pass over the stacked weights (or the three, when they are not stacked)
     q = ws_.q1, k = ws_.k1, v = ws_.v1;
-    KP_RETURN_IF_ERROR(L.wqkv.forward(xb, ws_.qkv1, s));
+    if (!L.wqkv.weight().empty()) {
+      KP_RETURN_IF_ERROR(L.wqkv.forward(xb, ws_.qkv1, s));
+    } else {
+      KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
+      KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
+      KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
+    }
   } else {       // three GEMMs into contiguous q, k, v
     q = ws_.q.slice_rows(0, n), k = ws_.k.slice_rows(0, n), v = ws_.v.slice_rows(0, n);
     KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
@@ -212,9 +218,14 @@ Status LlamaModel::ffn_block(int layer, int32_t n) {
   void* s = opts_.stream;
   Tensor xb = ws_.xb.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
   Tensor gate, up;
-  if (n == 1) {  // one pass over the stacked weights
+  if (n == 1) {  // one pass over the stacked weights (or the two, when they are not stacked)
     gate = ws_.g1, up = ws_.u1;
-    KP_RETURN_IF_ERROR(L.w13.forward(xb, ws_.gu1, s));
+    if (!L.w13.weight().empty()) {
+      KP_RETURN_IF_ERROR(L.w13.forward(xb, ws_.gu1, s));
+    } else {
+      KP_RETURN_IF_ERROR(L.w1.forward(xb, gate, s));
+      KP_RETURN_IF_ERROR(L.w3.forward(xb, up, s));
+    }
   } else {
     gate = ws_.h1.slice_rows(0, n), up = ws_.h3.slice_rows(0, n);
     KP_RETURN_IF_ERROR(L.w1.forward(xb, gate, s));
