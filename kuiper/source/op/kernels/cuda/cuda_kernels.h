@@ -18,6 +18,10 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& wei
 // dequantise-then-GEMM / tiled kernel (int8).
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream);
+// Block-type weights (quant_matmul.cu): GEMV dequantizing in registers (decode), dequantized chunks +
+// cuBLAS (prefill); and any weight dtype as fp32, exactly.
+Status matmul_quant(const Tensor& x, const ConstTensor& weight, Tensor& y, cudaStream_t stream);
+Status dequantize(const ConstTensor& weight, Tensor& out, cudaStream_t stream);
 Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, cudaStream_t stream);
 Status kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
                  cudaStream_t stream);
