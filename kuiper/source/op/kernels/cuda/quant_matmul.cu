@@ -51,7 +51,6 @@ template <DType QT> struct Tile {
   static constexpr int kBlocks = kTileValues / Block<QT>::kElems;
   static constexpr int kBytes = kBlocks * Block<QT>::kBytes;        // a multiple of 16 for every type
   static constexpr int kWords = kBytes / 16 + 1;                     // the aligned window: one word more
-  static constexpr int kUnits = kTileValues / Block<QT>::kUnit;      // 32 or 64
   static constexpr int kRegs = (kWords + kWarpSize - 1) / kWarpSize; // uint4 per lane per tile
   static_assert(kBytes % 16 == 0, "tiles keep the row's 16-byte phase");
 };
@@ -111,16 +110,22 @@ __device__ __forceinline__ void unit_dot(const uint8_t* tile, int u, const T* x0
     const int b = u / 4, c = u % 4;  // 64 values: sub-blocks 2c (low nibbles) and 2c + 1 (high)
     const uint8_t* blk = tile + b * B::kBytes;
     const float d = q::fp16(blk), dmin = q::fp16(blk + 2);
-    uint8_t sc_bytes[12];
-#pragma unroll
-    for (int j = 0; j < 3; ++j) {
-      const uint32_t v = ld32(blk + q::kQ4_KScales + 4 * j);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) sc_bytes[4 * j + k] = (uint8_t)byte_of(v, k);
-    }
+    // The 12 scale bytes as three words; bytes picked by selects and shifts, so that they stay in
+    // registers (an indexed local array would go to the stack).
+    const uint32_t s0 = ld32(blk + q::kQ4_KScales), s1 = ld32(blk + q::kQ4_KScales + 4), s2 = ld32(blk + q::kQ4_KScales + 8);
+    auto sb = [&](int k) { return byte_of(k < 4 ? s0 : (k < 8 ? s1 : s2), k % 4); };
+    auto scale_min = [&](int j, int* sc, int* m) {  // q4k_scale_min on the words
+      if (j < 4) {
+        *sc = sb(j) & 63;
+        *m = sb(j + 4) & 63;
+      } else {
+        *sc = (sb(j + 4) & 0xF) | ((sb(j - 4) >> 6) << 4);
+        *m = (sb(j + 4) >> 4) | ((sb(j) >> 6) << 4);
+      }
+    };
     int sc0, m0, sc1, m1;
-    q::q4k_scale_min(sc_bytes, 2 * c, &sc0, &m0);
-    q::q4k_scale_min(sc_bytes, 2 * c + 1, &sc1, &m1);
+    scale_min(2 * c, &sc0, &m0);
+    scale_min(2 * c + 1, &sc1, &m1);
     uint32_t qs[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) qs[j] = ld32(blk + q::kQ4_KQs + 32 * c + 4 * j);
@@ -371,7 +376,7 @@ Status matmul_quant_typed(const Tensor& x, const ConstTensor& weight, Tensor& y,
   T* wt = static_cast<T*>(scratch);
   for (int64_t o0 = 0; o0 < out; o0 += chunk) {
     const int rows = (int)std::min<int64_t>(chunk, out - o0);
-    KP_RETURN_IF_ERROR(launch_dequantize<QT, T>(wp + o0 * row_bytes, wt, rows, in, row_bytes, stream));
+    KP_RETURN_IF_ERROR((launch_dequantize<QT, T>(wp + o0 * row_bytes, wt, rows, in, row_bytes, stream)));
     KP_RETURN_IF_ERROR(cublas_gemm_nt<T>(xp, wt, yp + o0, n, in, rows, out, x.device_id(), stream));
   }
   return Status::Ok();
