@@ -243,6 +243,9 @@ TEST(GgufReader, MetadataLies) {
   EXPECT_TRUE(refused(nested.bytes(), "array of arrays"));
   GgufBuilder unknown = tiny_llama([](GgufBuilder& b) { b.key("x.weird", 13); });
   EXPECT_TRUE(refused(unknown.bytes(), "unknown value type 13"));
+  // A key with a newline in it (found by fuzz_gguf): the message stays one line.
+  GgufBuilder newline = tiny_llama([](GgufBuilder& b) { b.key("x.bad\nkey", 13); });
+  EXPECT_TRUE(refused(newline.bytes(), "metadata key x.bad\\x0akey has unknown value type 13"));
   EXPECT_TRUE(refused(tiny_llama([](GgufBuilder& b) { b.u32("llama.block_count", 2); }).bytes(), "appears twice"));
   // A mistyped value of a key the model needs: embedding_length's type patched from U32 to F32.
   std::string mistyped = tiny_llama().bytes();

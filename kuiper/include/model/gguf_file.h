@@ -66,6 +66,9 @@ class GgufFile {
 
   // "Q5_K", "IQ2_XS", or "type 99" for ggml type ids this build does not know.
   static std::string ggml_type_name(uint32_t ggml_type);
+  // A string from the file as it may appear in a one-line message: control bytes as \xNN, at most
+  // 64 bytes of it (then "...").
+  static std::string printable(const std::string& s);
 
  private:
   struct Kv {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "model/gguf_file.h"
 #include "model/utf8.h"
 
 namespace model {
@@ -248,7 +249,7 @@ base::Status BpeTokenizer::from_vocabulary(const Vocabulary& v, const std::strin
   auto bad = [&](const std::string& what) { return base::BadModelFile(origin + ": " + what); };
   // llama.cpp's names for the Llama 3 pre-tokenizer.
   if (v.pre != "llama-bpe" && v.pre != "llama3" && v.pre != "llama-v3")
-    return base::Unsupported(origin + ": byte-level BPE with pre-tokenizer '" + v.pre +
+    return base::Unsupported(origin + ": byte-level BPE with pre-tokenizer '" + GgufFile::printable(v.pre) +
                              "' is not supported (only Llama 3's, 'llama-bpe')");
   const int64_t total = (int64_t)v.tokens.size();
   const int64_t n = total - kNumSpecial;
@@ -270,7 +271,8 @@ base::Status BpeTokenizer::from_vocabulary(const Vocabulary& v, const std::strin
   const std::vector<std::string> expected = llama3_special_names();
   for (int32_t i : {kBosIndex, kEosIndex, kEotIndex})
     if (names[i] != expected[i])
-      return bad("token " + std::to_string(n + i) + " is '" + names[i] + "', expected '" + expected[i] + "'");
+      return bad("token " + std::to_string(n + i) + " is '" + GgufFile::printable(names[i]) + "', expected '" +
+                 expected[i] + "'");
   std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
   KP_RETURN_IF_ERROR(t->init(std::move(tokens), std::move(names), origin));
   *out = std::move(t);

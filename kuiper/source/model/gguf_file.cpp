@@ -1,5 +1,6 @@
 #include "model/gguf_file.h"
 
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -112,6 +113,21 @@ uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }  // n 
 
 }  // namespace
 
+std::string GgufFile::printable(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < 64; ++i) {
+    const unsigned char c = (unsigned char)s[i];
+    if (c < 0x20 || c == 0x7f) {
+      char buf[5];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += (char)c;
+    }
+  }
+  return s.size() > 64 ? out + "..." : out;
+}
+
 std::string GgufFile::ggml_type_name(uint32_t t) {
   static const char* const kNames[] = {
       "F32",  "F16",  "Q4_0",   "Q4_1",   "Q4_2",    "Q4_3",  "Q5_0",  "Q5_1",  "Q8_0",    "Q8_1",  "Q2_K",
@@ -151,9 +167,9 @@ Status GgufFile::parse(const uint8_t* data, uint64_t size, GgufFile* out) {
     Kv kv;
     KP_RETURN_IF_ERROR(c.read(&kv.type, "a metadata entry"));
     kv.pos = c.pos();
-    KP_RETURN_IF_ERROR(skip_value(c, kv.type, key, &kv.elem_type, &kv.count));
+    KP_RETURN_IF_ERROR(skip_value(c, kv.type, printable(key), &kv.elem_type, &kv.count));
     if (kv.type == kArray) kv.pos += 12;  // past the element type and count
-    if (!g.kv_.emplace(key, kv).second) return bad("metadata key " + key + " appears twice");
+    if (!g.kv_.emplace(key, kv).second) return bad("metadata key " + printable(key) + " appears twice");
   }
 
   auto al = g.kv_.find("general.alignment");
@@ -170,16 +186,17 @@ Status GgufFile::parse(const uint8_t* data, uint64_t size, GgufFile* out) {
   for (uint64_t i = 0; i < n_tensors; ++i) {
     TensorInfo t;
     KP_RETURN_IF_ERROR(c.string(&t.name, kMaxNameBytes, "a tensor name"));
+    const std::string name = printable(t.name);  // for messages
     uint32_t n_dims = 0;
     KP_RETURN_IF_ERROR(c.read(&n_dims, "a tensor entry"));
     if (n_dims == 0 || n_dims > kMaxDims)
-      return bad("tensor " + t.name + " has " + std::to_string(n_dims) + " dimensions (1 to " + std::to_string(kMaxDims) + " allowed)");
+      return bad("tensor " + name + " has " + std::to_string(n_dims) + " dimensions (1 to " + std::to_string(kMaxDims) + " allowed)");
     int64_t numel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       uint64_t ne = 0;
       KP_RETURN_IF_ERROR(c.read(&ne, "a tensor entry"));
       if (ne == 0 || ne > (uint64_t)std::numeric_limits<int64_t>::max() / (uint64_t)numel)
-        return bad("tensor " + t.name + " has a zero or overflowing shape");
+        return bad("tensor " + name + " has a zero or overflowing shape");
       numel *= (int64_t)ne;
       t.ne.push_back((int64_t)ne);
     }
@@ -187,19 +204,19 @@ Status GgufFile::parse(const uint8_t* data, uint64_t size, GgufFile* out) {
     uint64_t rel = 0;
     KP_RETURN_IF_ERROR(c.read(&rel, "a tensor entry"));
     if (!dtype_of(t.ggml_type, &t.dtype))
-      return base::Unsupported("tensor " + t.name + " has type " + ggml_type_name(t.ggml_type) +
+      return base::Unsupported("tensor " + name + " has type " + ggml_type_name(t.ggml_type) +
                                ", which llama_infer does not read (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K)");
     const int64_t block = base::dtype_block_elems(t.dtype);
     if (t.ne[0] % block != 0)
-      return bad("tensor " + t.name + ": its rows of " + std::to_string(t.ne[0]) + " values are not whole " +
+      return bad("tensor " + name + ": its rows of " + std::to_string(t.ne[0]) + " values are not whole " +
                  ggml_type_name(t.ggml_type) + " blocks of " + std::to_string(block));
     // Every type takes at least half a byte per value: a tensor of more than twice the file's bytes in
     // values cannot be in it. Below that, numel * 4 (F32) cannot overflow.
-    if ((uint64_t)numel / 2 > size) return bad("tensor " + t.name + " is larger than the file");
+    if ((uint64_t)numel / 2 > size) return bad("tensor " + name + " is larger than the file");
     t.nbytes = base::dtype_bytes(t.dtype, numel);
-    if (rel % g.alignment_ != 0) return bad("tensor " + t.name + " is not aligned to " + std::to_string(g.alignment_) + " bytes");
+    if (rel % g.alignment_ != 0) return bad("tensor " + name + " is not aligned to " + std::to_string(g.alignment_) + " bytes");
     t.offset = rel;  // made absolute below, once the data start is known
-    if (!names.emplace(t.name, g.tensors_.size()).second) return bad("tensor " + t.name + " appears twice");
+    if (!names.emplace(t.name, g.tensors_.size()).second) return bad("tensor " + name + " appears twice");
     g.tensors_.push_back(std::move(t));
   }
 
@@ -207,7 +224,7 @@ Status GgufFile::parse(const uint8_t* data, uint64_t size, GgufFile* out) {
   if (data_start > size) return bad("truncated: the tensor data starts past the end of the file");
   for (TensorInfo& t : g.tensors_) {
     if (t.offset > size - data_start || t.nbytes > size - data_start - t.offset)
-      return bad("tensor " + t.name + " lies outside the file (truncated download?)");
+      return bad("tensor " + printable(t.name) + " lies outside the file (truncated download?)");
     t.offset += data_start;
   }
   return Status::Ok();

@@ -63,7 +63,7 @@ Status ModelFile::parse_gguf() {
   Status s = g.get_string("general.architecture", &arch);
   if (!s.ok()) return error(s);
   if (arch != "llama")
-    return base::Unsupported(path_ + ": GGUF architecture '" + arch +
+    return base::Unsupported(path_ + ": GGUF architecture '" + GgufFile::printable(arch) +
                              "' is not supported (llama_infer runs architecture llama: Llama 2, 3, 3.1, 3.2, "
                              "TinyLlama, Code Llama, Mistral 7B)");
 
@@ -117,7 +117,8 @@ Status ModelFile::parse_gguf() {
   if (scaling == "linear") {
     KP_RETURN_IF_ERROR(float_key("llama.rope.scaling.factor", 1.f, &linear));
   } else if (scaling != "none") {
-    return base::Unsupported(path_ + ": llama.rope.scaling.type '" + scaling + "' is not supported (none and linear are)");
+    return base::Unsupported(path_ + ": llama.rope.scaling.type '" + GgufFile::printable(scaling) +
+                             "' is not supported (none and linear are)");
   }
   if (g.has("llama.rope.scale_linear")) KP_RETURN_IF_ERROR(float_key("llama.rope.scale_linear", 1.f, &linear));
   if (!(linear >= 1.f && linear < 1e6f)) return fail("rope scaling factor " + std::to_string(linear) + " is out of range");
@@ -131,7 +132,7 @@ Status ModelFile::parse_gguf() {
   } else if (v.model == "gpt2") {
     c.family = Family::kLlama3;
   } else {
-    return base::Unsupported(path_ + ": tokenizer.ggml.model '" + v.model +
+    return base::Unsupported(path_ + ": tokenizer.ggml.model '" + GgufFile::printable(v.model) +
                              "' is not supported (llama: SentencePiece, gpt2: byte-level BPE)");
   }
   s = g.get_string_array("tokenizer.ggml.tokens", &v.tokens);
@@ -198,7 +199,9 @@ Status ModelFile::parse_gguf() {
       std::memcpy(c.rope_freq_factors.data(), base_ + t.offset, t.nbytes);
       continue;
     }
-    if (name.empty()) return base::Unsupported(path_ + ": tensor " + t.name + " is not part of the Llama architecture llama_infer runs");
+    if (name.empty())
+      return base::Unsupported(path_ + ": tensor " + GgufFile::printable(t.name) +
+                               " is not part of the Llama architecture llama_infer runs");
     has_output |= name == "output";
     std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
     KP_RETURN_IF_ERROR(add_entry(TensorEntry{name, t.dtype, shape, t.offset, t.nbytes}));
