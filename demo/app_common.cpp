@@ -22,7 +22,7 @@
 #include "base/cuda_utils.h"
 #endif
 
-DEFINE_string(model, "", "model file: the project's .bin format (tools/export.py) or a llama2.c checkpoint");
+DEFINE_string(model, "", "model file: the project's .bin format (tools/export.py), a GGUF file (llama.cpp's) or a llama2.c checkpoint");
 DEFINE_string(tokenizer, "", "tokenizer file (.model); default: the one embedded in --model");
 DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
 DEFINE_string(tp, "1", "tensor-parallel ranks (GPUs); llama_bench takes a comma list");
@@ -159,8 +159,6 @@ std::string foreign_model_hint(const std::string& path) {
                                       ? "convert its Hugging Face folder: " + convert + folder + " " + basename_of(folder) + ".bin"
                                       : "convert the Hugging Face folder it came from (config.json, *.safetensors, "
                                         "tokenizer): " + convert + "FOLDER OUT.bin";
-  if (std::memcmp(head, "GGUF", 4) == 0)
-    return path + " is a GGUF file (llama.cpp's format), which llama_infer does not read; " + from_folder;
   // safetensors: a little-endian u64 header length, then the JSON header itself.
   if (head[8] == '{' && (head[7] == 0 && head[6] == 0))
     return path + " is a safetensors file; llama_infer reads its own format: " + from_folder;
@@ -242,7 +240,7 @@ std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::
   }
   if (file->tokenizer_type() == model::TokenizerType::kNone)
     return file->path() + " has no embedded tokenizer: pass --tokenizer";
-  const base::Status s = model::load_tokenizer_blob(file->tokenizer_type(), file->tokenizer_blob(), file->path(), tok);
+  const base::Status s = model::load_model_tokenizer(*file, tok);
   return s.ok() ? "" : s.message();
 }
 

@@ -50,7 +50,7 @@ int tp_flag();  // --tp as one number (0 when it is not one)
 runtime::TpOptions tp_options();  // --tp (one number), --allreduce (checked by device_options)
 // --tokenizer, else the tokenizer embedded in `file` (opened from --model when null).
 std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok);
-// Recognises model files of other tools (GGUF, safetensors, a Hugging Face folder, PyTorch) and says
+// Recognises model files of other tools (safetensors, a Hugging Face folder, PyTorch) and says
 // how to convert them with tools/export.py; "" for anything else.
 std::string foreign_model_hint(const std::string& path);
 

@@ -39,7 +39,8 @@ void add(runtime::GenerateStats* total, const runtime::GenerateStats& st) {
 
 int run_chat(Engine& e, const sampler::SamplerConfig& sc, const ChatOptions& opts) {
   std::unique_ptr<model::ChatTemplate> tmpl;
-  if (auto s = model::ChatTemplate::create(e.runner->config().family, *e.tokenizer, &tmpl); !s.ok())
+  if (auto s = model::ChatTemplate::create_for(e.file->chat_template(), e.runner->config().family, *e.tokenizer, &tmpl);
+      !s.ok())
     return fail(2, s.message());
   const bool single = !opts.prompt.empty();
   const bool terminal = !single && isatty(0);

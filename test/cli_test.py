@@ -307,10 +307,37 @@ with tempfile.TemporaryDirectory() as tmp:
     check("--repeat-penalty changes the greedy text", r.returncode == 0 and r.stdout != want and
           r.stdout.startswith(case["prompt"]), r.stdout)
 
-    # Files of other tools are recognised, with the command that converts them.
+    # GGUF files run as they are (KUIPER_GGUF_EXPORTS: test/export_gguf_fixtures.py's files); a broken
+    # or foreign one gets one line.
     gguf = os.path.join(tmp, "model.gguf")
     with open(gguf, "wb") as f:
         f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"\0" * 64)
+    expect_error("GGUF file without metadata", ["-m", gguf, "--device", "cpu"], 1, "general.architecture is missing")
+    with open(gguf, "wb") as f:
+        key, arch = b"general.architecture", b"qwen2"
+        f.write(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key +
+                struct.pack("<IQ", 8, len(arch)) + arch + b"\0" * 32)
+    expect_error("GGUF file of another architecture", ["-m", gguf, "--device", "cpu"], 1,
+                 "GGUF architecture 'qwen2' is not supported")
+    gguf_dir = os.environ.get("KUIPER_GGUF_EXPORTS", "")
+    kq = os.path.join(gguf_dir, "kq.q4_k_m.gguf")
+    if os.path.isfile(kq):
+        r = run(["-m", kq, "-p", "Once upon a time", "-n", "8", "--temp", "0", "--device", "cpu"])
+        check("llama_infer -m x.gguf (q4_k / q6_k) generates", r.returncode == 0 and
+              r.stdout.startswith("Once upon a time") and "generated 8" in r.stderr, r.stderr)
+        r = run(["-m", kq, "--tokenize", "-p", "Once upon a time"])
+        check("--tokenize with a GGUF vocabulary", r.returncode == 0 and r.stdout.split() == ["403", "407", "261", "378"],
+              r.stdout + r.stderr)
+        r = run(["-m", kq, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu"], program=os.path.join(bin_dir, "llama_bench"))
+        check("llama_bench -m x.gguf", r.returncode == 0 and "q4_k" in r.stdout, r.stdout + r.stderr)
+        r = run(["-m", os.path.join(gguf_dir, "vocab.llama3.gguf"), "--chat", "-n", "2", "--device", "cpu"], stdin="Hi\n")
+        check("--chat with a GGUF file's Llama 3 template", r.returncode == 0, r.stderr)
+        expect_error("--tp splitting q4_k blocks", ["-m", kq, "--tp", "2", "--device", "cpu", "-p", "a", "-n", "1"], 1,
+                     "would split the q4_k blocks")
+    elif os.environ.get("CI") == "true":
+        failures.append(f"GGUF runs: no {kq} (CTest fixture gguf_exports)")
+
+    # Files of other tools are recognised, with the command that converts them.
     hf = os.path.join(tmp, "Llama-hf")
     os.mkdir(hf)
     with open(os.path.join(hf, "config.json"), "w") as f:
@@ -318,7 +345,6 @@ with tempfile.TemporaryDirectory() as tmp:
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
     with open(os.path.join(hf, "model.safetensors"), "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header + b"\0" * 4)
-    expect_error("GGUF file", ["-m", gguf, "--device", "cpu"], 1, "GGUF file (llama.cpp's format)")
     expect_error("Hugging Face folder", ["-m", hf, "--device", "cpu"], 1,
                  f"convert it first: python3 tools/export.py --hf {hf} Llama-hf.bin")
     expect_error("safetensors file", ["-m", os.path.join(hf, "model.safetensors"), "--device", "cpu"], 1,

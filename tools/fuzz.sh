@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets of test/fuzz with clang, ASan and UBSan in build-fuzz (or
-# $FUZZ_BUILD_DIR) and runs each for FUZZ_SECONDS (default 60), all three at once. Each starts from
+# $FUZZ_BUILD_DIR) and runs each for FUZZ_SECONDS (default 60), all four at once. Each starts from
 # its committed seeds (test/fuzz/corpus/NAME) plus what earlier runs here found
 # (build-fuzz/fuzz/NAME/corpus; new inputs go there, never into the committed corpus). A crash, a
 # sanitizer report, a leak, an input slower than 20 s or RSS above 2 GiB fails the run; the input is
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${FUZZ_BUILD_DIR:-build-fuzz}
 secs=${FUZZ_SECONDS:-60}
-names=(model_file model_header tokenizer)
+names=(model_file model_header gguf tokenizer)
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
       -DKUIPER_WITH_CUDA=OFF -DKUIPER_FUZZ=ON -DKUIPER_BUILD_TESTS=OFF >/dev/null
 cmake --build "$dir" -j"$(nproc)" --target "${names[@]/#/fuzz_}"

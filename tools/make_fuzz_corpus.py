@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the fuzzers' seed corpora: test/fuzz/corpus/{model_file,model_header,tokenizer}.
+"""Write the fuzzers' seed corpora: test/fuzz/corpus/{model_file,model_header,tokenizer,gguf}.
 
 Every seed is made here from nothing (no third-party data): a tiny SentencePiece model trained on a
 few sentences below, a tiny byte-level BPE (tiktoken file and tokenizer.json) merged from the same
@@ -11,7 +11,11 @@ are small (the whole corpus is about 0.3 MB), so libFuzzer mutates them quickly.
 Tokenizer seeds start with the byte that test/fuzz/fuzz_tokenizer.cpp reads as the input kind:
 0 SentencePiece, 1 tiktoken, 2 tokenizer.json, 3 text.
 
-    pip install sentencepiece numpy
+GGUF seeds (fuzz_gguf) are tiny Llamas written by the `gguf` package (llama.cpp's writer): F32 with a
+SentencePiece vocabulary, Q8_0 and Q4_0, F16 with a byte-level BPE vocabulary and rope_freqs, one of
+K-quant widths (Q4_K and Q6_K blocks of random bytes with finite fp16 scales), and cut copies.
+
+    pip install sentencepiece numpy gguf==0.19.0
     python3 tools/make_fuzz_corpus.py [--out test/fuzz/corpus]
 """
 
@@ -167,6 +171,116 @@ def hf_folder(folder, tokens, dim, hidden, layers, heads, kv_heads, seed):
         f.write(tiktoken_file(tokens))
 
 
+def gguf_llama(path, vocab, dim, hidden, layers, heads, kv_heads, kinds, seed, tied=True, rope_freqs=False):
+    """A tiny Llama GGUF. vocab: dict(model, tokens, types[, scores, pre], bos, eos). kinds(name) -> ggml type
+    of a 2-D weight; K-quant weights are random blocks with finite fp16 scales."""
+    import gguf
+    QT = gguf.GGMLQuantizationType
+    rng = np.random.default_rng(seed)
+    hd = dim // heads
+    w = gguf.GGUFWriter(path, "llama")
+    for fn, v in ((w.add_context_length, 16), (w.add_embedding_length, dim), (w.add_block_count, layers),
+                  (w.add_feed_forward_length, hidden), (w.add_head_count, heads), (w.add_head_count_kv, kv_heads),
+                  (w.add_rope_freq_base, 10000.0), (w.add_layer_norm_rms_eps, 1e-5)):
+        fn(v)
+    w.add_tokenizer_model(vocab["model"])
+    if "pre" in vocab:
+        w.add_tokenizer_pre(vocab["pre"])
+    w.add_token_list(vocab["tokens"])
+    if "scores" in vocab:
+        w.add_token_scores(vocab["scores"])
+    w.add_token_types(vocab["types"])
+    w.add_bos_token_id(vocab["bos"])
+    w.add_eos_token_id(vocab["eos"])
+    V = len(vocab["tokens"])
+
+    def weight(name, rows, cols):
+        qt = kinds(name)
+        if qt in (QT.Q4_K, QT.Q6_K):
+            size = 144 if qt == QT.Q4_K else 210
+            b = rng.integers(0, 256, size=(rows * cols // 256, size), dtype=np.uint8)
+            d = (rng.standard_normal((b.shape[0], 2)) * 0.02).astype(np.float16).view(np.uint8)
+            if qt == QT.Q4_K:
+                b[:, 0:4] = d
+            else:
+                b[:, 208:210] = d[:, 0:2]
+            w.add_tensor(name, b.reshape(rows, -1), raw_dtype=qt)
+            return
+        a = (rng.standard_normal((rows, cols)) * 0.3).astype(np.float32)
+        if qt == QT.F32:
+            w.add_tensor(name, a)
+        elif qt == QT.F16:
+            w.add_tensor(name, a.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+
+    if rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.linspace(1, 8, hd // 2).astype(np.float32))
+    weight("token_embd.weight", V, dim)
+    for l in range(layers):
+        p = f"blk.{l}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(dim, np.float32))
+        weight(p + "attn_q.weight", dim, dim)
+        weight(p + "attn_k.weight", kv_heads * hd, dim)
+        weight(p + "attn_v.weight", kv_heads * hd, dim)
+        weight(p + "attn_output.weight", dim, dim)
+        w.add_tensor(p + "ffn_norm.weight", np.ones(dim, np.float32))
+        weight(p + "ffn_gate.weight", hidden, dim)
+        weight(p + "ffn_down.weight", dim, hidden)
+        weight(p + "ffn_up.weight", hidden, dim)
+    w.add_tensor("output_norm.weight", np.ones(dim, np.float32))
+    if not tied:
+        weight("output.weight", V, dim)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def sentencepiece_vocab(proto):
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    types = []
+    for i in range(sp.get_piece_size()):
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i) else 1)
+    return dict(model="llama", tokens=[sp.id_to_piece(i) for i in range(sp.get_piece_size())],
+                scores=[sp.get_score(i) for i in range(sp.get_piece_size())], types=types, bos=sp.bos_id(),
+                eos=sp.eos_id())
+
+
+def bpe_vocab(tokens):
+    """Byte-level BPE in GGUF's spelling (GPT-2's byte-to-unicode), the 256 specials last."""
+    spelled = json.loads(tokenizer_json(tokens))["model"]["vocab"]
+    names = sorted(spelled, key=spelled.get) + special_names()
+    n = len(tokens)
+    return dict(model="gpt2", pre="llama-bpe", tokens=names, types=[1] * n + [3] * 256, bos=n, eos=n + 1)
+
+
+def gguf_seeds(folder, sp_proto, tokens):
+    import gguf
+    QT = gguf.GGMLQuantizationType
+    sp = sentencepiece_vocab(sp_proto)
+    with tempfile.TemporaryDirectory() as tmp:
+        def made(name, **kw):
+            path = os.path.join(tmp, name)
+            gguf_llama(path, **kw)
+            return open(path, "rb").read()
+        f32 = made("f32", vocab=sp, dim=16, hidden=32, layers=2, heads=4, kv_heads=2, kinds=lambda n: QT.F32, seed=5,
+                   tied=False)
+        q8 = made("q8", vocab=sp, dim=32, hidden=64, layers=1, heads=2, kv_heads=1, kinds=lambda n: QT.Q8_0, seed=6)
+        q4 = made("q4", vocab=sp, dim=32, hidden=64, layers=1, heads=2, kv_heads=2, kinds=lambda n: QT.Q4_0, seed=7,
+                  tied=False)
+        bpe = made("bpe", vocab=bpe_vocab(tokens), dim=16, hidden=32, layers=1, heads=2, kv_heads=1,
+                   kinds=lambda n: QT.F16, seed=8, rope_freqs=True)
+        kq = made("kq", vocab=sp, dim=256, hidden=256, layers=1, heads=4, kv_heads=1, seed=9,
+                  kinds=lambda n: QT.Q6_K if "attn_v" in n or "ffn_down" in n else QT.Q4_K)
+    seeds = {"sp_f32": f32, "sp_q8_0": q8, "sp_q4_0": q4, "bpe_f16": bpe, "kquant_mixed": kq,
+             "q8_0_cut": q8[:len(q8) // 2], "bpe_cut_in_metadata": bpe[:len(bpe) // 3]}
+    for name, data in seeds.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    return f32
+
+
 def export(*args):
     subprocess.run([sys.executable, os.path.join(HERE, "export.py"), "--quiet", *args], check=True,
                    stdout=subprocess.DEVNULL)
@@ -178,7 +292,8 @@ def main():
     args = ap.parse_args()
     tok_dir, mf_dir = os.path.join(args.out, "tokenizer"), os.path.join(args.out, "model_file")
     hdr_dir = os.path.join(args.out, "model_header")
-    for d in (tok_dir, mf_dir, hdr_dir):
+    gguf_dir = os.path.join(args.out, "gguf")
+    for d in (tok_dir, mf_dir, hdr_dir, gguf_dir):
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
 
@@ -233,9 +348,14 @@ def main():
         put(mf_dir, "llmi_cut_in_data", llmi[:len(llmi) - 1000])
         put(mf_dir, "llmi_cut_in_header", llmi[:16 + header_len // 2])
 
-    total = sum(os.path.getsize(os.path.join(d, f)) for d in (tok_dir, mf_dir, hdr_dir) for f in os.listdir(d))
-    print(f"wrote {len(os.listdir(tok_dir))} tokenizer, {len(os.listdir(mf_dir))} model-file and "
-          f"{len(os.listdir(hdr_dir))} header seeds ({total / 1024:.0f} KiB) under {os.path.normpath(args.out)}")
+    # fuzz_model_file reads any format: one GGUF seed there too.
+    put(mf_dir, "gguf_sp_f32", gguf_seeds(gguf_dir, sp_bpe, tokens))
+
+    dirs = (tok_dir, mf_dir, hdr_dir, gguf_dir)
+    total = sum(os.path.getsize(os.path.join(d, f)) for d in dirs for f in os.listdir(d))
+    print(f"wrote {len(os.listdir(tok_dir))} tokenizer, {len(os.listdir(mf_dir))} model-file, "
+          f"{len(os.listdir(hdr_dir))} header and {len(os.listdir(gguf_dir))} GGUF seeds ({total / 1024:.0f} KiB) "
+          f"under {os.path.normpath(args.out)}")
 
 
 if __name__ == "__main__":

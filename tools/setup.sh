@@ -21,10 +21,19 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# numpy, for the exporter (tools/export.py) and its tests; the python3 on PATH may not be Debian's.
+# Python test tools, from PyPI; the python3 on PATH may not be Debian's. numpy for the exporter
+# (tools/export.py) and its tests; gguf (llama.cpp's GGUF writer and reference dequantizer, pinned) and
+# sentencepiece for the GGUF test files (test/export_gguf_fixtures.py) and the fuzz seeds.
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
+}
 if ! python3 -c "import numpy" 2>/dev/null; then
   echo "setup: installing numpy for $(command -v python3)"
-  python3 -m pip install --quiet numpy 2>/dev/null || python3 -m pip install --quiet --break-system-packages numpy
+  pip_install numpy
+fi
+if ! python3 -c "import gguf, sentencepiece, sys, importlib.metadata as m; sys.exit(m.version('gguf') != '0.19.0')" 2>/dev/null; then
+  echo "setup: installing gguf 0.19.0 and sentencepiece for $(command -v python3)"
+  pip_install gguf==0.19.0 sentencepiece
 fi
 # openai, the client the server's tests talk to llama_server with (test/server_test.py).
 if ! python3 -c "import openai" 2>/dev/null; then

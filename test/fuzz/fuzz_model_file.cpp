@@ -6,6 +6,9 @@
 // Built twice:
 //   fuzz_model_file    the input is a whole file (LLMI or llama2.c): the reader's own checks are what
 //                      gets exercised;
+//   fuzz_gguf          (KUIPER_FUZZ_GGUF) the input is a GGUF file whose first four bytes are forced
+//                      to the magic, so that every mutation exercises the GGUF reader (gguf_file.h,
+//                      gguf_model.cpp), its vocabularies and block-type weights; seeds in corpus/gguf;
 //   fuzz_model_header  (KUIPER_FUZZ_HEADER) the input is a JSON header alone, and the file is built
 //                      around it here, each tensor's nbytes and offset made consistent with its shape
 //                      and dtype and the data filled in, so that mutations of the config and tensor
@@ -173,6 +176,13 @@ void use_model(const model::ModelFile& f, const model::Tokenizer* tok) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+#ifdef KUIPER_FUZZ_GGUF
+  if (size < 4) return 0;
+  static std::string gguf;
+  gguf.assign(reinterpret_cast<const char*>(data), size);
+  gguf.replace(0, 4, "GGUF");
+  data = reinterpret_cast<const uint8_t*>(gguf.data());
+#endif
 #ifdef KUIPER_FUZZ_HEADER
   const std::string built = file_around_header(data, size);
   if (built.empty()) return 0;
@@ -192,7 +202,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       bug("tensor " + e.name + " outside the file");
   std::unique_ptr<model::Tokenizer> tok;
   if (f->tokenizer_type() != model::TokenizerType::kNone &&
-      model::load_tokenizer_blob(f->tokenizer_type(), f->tokenizer_blob(), f->path(), &tok).ok())
+      model::load_model_tokenizer(*f, &tok).ok())
     use_tokenizer(*tok);
   use_model(*f, tok.get());
   return 0;

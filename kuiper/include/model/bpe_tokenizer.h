@@ -14,6 +14,9 @@
 //     to its id; the special tokens are its added_tokens. Its merges list is not read: merging by the
 //     rank of the merged token is what tiktoken does, and on Llama 3's file (ignore_merges=true; every
 //     merge's result ranks in merge order) the two agree.
+//   - a GGUF vocabulary (tokenizer.ggml.model "gpt2", pre-tokenizer "llama-bpe"): the same spelling
+//     as tokenizer.json, the ordinary tokens first and the 256 special ones (piece type control or
+//     user defined) last; its merges are not read, for the same reason.
 //
 // Invalid UTF-8 in the text is refused (InvalidArgument "prompt is not valid UTF-8 ..."): the regex
 // classes are defined on characters, and neither reference accepts anything but Unicode text.
@@ -54,6 +57,10 @@ class BpeTokenizer final : public Tokenizer {
   // pre-tokenizer regex is not Llama 3's.
   static base::Status from_hf_json(const std::string& blob, const std::string& origin,
                                    std::unique_ptr<BpeTokenizer>* out);
+  // From a GGUF vocabulary: tokens 0..N-1 ordinary (GPT-2 spelling), N..N+255 special, BOS and EOS
+  // among the specials. Refuses (Unsupported) another pre-tokenizer than Llama 3's.
+  static base::Status from_vocabulary(const Vocabulary& v, const std::string& origin,
+                                      std::unique_ptr<BpeTokenizer>* out);
 
   ~BpeTokenizer() override;
   // The rank table holds views into this object's own byte storage: neither copied nor moved.

@@ -24,6 +24,11 @@ class ChatTemplate {
  public:
   // The family's template over `tok` (Llama 3 needs the byte-level BPE tokenizer with its specials).
   static base::Status create(Family family, const Tokenizer& tok, std::unique_ptr<ChatTemplate>* out);
+  // The template a model file names (GGUF's tokenizer.chat_template, a Jinja text), recognised as
+  // Llama 3's (header tokens and <|eot_id|>) or Llama 2's ([INST] and <<SYS>>); any other is refused
+  // (Unsupported, one line). A file that names none gets its family's, as with create().
+  static base::Status create_for(const std::string& file_template, Family family, const Tokenizer& tok,
+                                 std::unique_ptr<ChatTemplate>* out);
   virtual ~ChatTemplate() = default;
 
   // Tokens of one user turn followed by the start of the assistant's reply. The first turn of a

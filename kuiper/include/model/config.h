@@ -34,6 +34,9 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;
   RopeScaling rope_scaling;
+  // GGUF's rope_freqs tensor (how llama.cpp's converter stores Llama 3.1 scaling) or its linear
+  // rope.scaling.factor: inv_freq[j] is divided by rope_freq_factors[j]. Empty: no factors.
+  std::vector<float> rope_freq_factors;  // [head_dim / 2] or empty
   bool tied_embeddings = false;
   int32_t bos_id = 1;
   std::vector<int32_t> eos_ids{2};
@@ -50,7 +53,8 @@ struct ModelConfig {
 // cos/sin table for RoPE, fp32 [max_seq_len, head_dim / 2, 2], with the family's frequency scaling:
 //   inv_freq[j] = theta^(-2j / head_dim), then for Llama 3.1 wavelengths above
 //   original_max_position / low_freq_factor are divided by `factor`, those below
-//   original_max_position / high_freq_factor kept, and those between interpolated smoothly.
+//   original_max_position / high_freq_factor kept, and those between interpolated smoothly;
+//   with rope_freq_factors (GGUF), inv_freq[j] / rope_freq_factors[j] instead.
 // Angles are computed in double precision, then rounded once.
 std::vector<float> rope_cos_sin_table(const ModelConfig& cfg, int32_t max_seq_len);
 

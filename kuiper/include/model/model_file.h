@@ -1,10 +1,12 @@
 // ModelFile: a model on disk, mmapped read-only and validated before any weight is touched.
 //
-// Two formats: the project's own (docs/model_format.md: magic "LLMI", JSON header, aligned tensor
-// data, embedded tokenizer) and llama2.c "version 0" checkpoints (7 int32 header + fp32 weights, no
-// tokenizer). Both are presented the same way: a ModelConfig and a table of named tensors whose byte
-// ranges were checked against the file size. Weights are read straight from the mapping, so a
-// tensor-parallel rank touches only the pages of its own shard.
+// Three formats, told apart by their first bytes: the project's own (docs/model_format.md: magic
+// "LLMI", JSON header, aligned tensor data, embedded tokenizer), GGUF (llama.cpp's; magic "GGUF",
+// architecture llama, read by gguf_file.h and mapped onto the project's names in gguf_model.cpp) and
+// llama2.c "version 0" checkpoints (7 int32 header + fp32 weights, no tokenizer). All are presented
+// the same way: a ModelConfig and a table of named tensors whose byte ranges were checked against the
+// file size. Weights are read straight from the mapping, so a tensor-parallel rank touches only the
+// pages of its own shard.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +29,22 @@ struct TensorEntry {
   uint64_t nbytes = 0;
 };
 
-enum class TokenizerType { kNone, kSentencePiece, kTiktoken };
+// kSentencePiece, kTiktoken: a blob in the file (tokenizer_blob()); kVocabulary: a token list in the
+// file's metadata (GGUF's tokenizer.ggml.*, vocabulary()).
+enum class TokenizerType { kNone, kSentencePiece, kTiktoken, kVocabulary };
+
+// A tokenizer given as a vocabulary (GGUF): what model/gguf_vocab.h builds the project's tokenizers from.
+struct Vocabulary {
+  std::string model;                // "llama" (SentencePiece, with scores) or "gpt2" (byte-level BPE)
+  std::string pre;                  // gpt2: the pre-tokenizer's name ("llama-bpe" for Llama 3)
+  std::vector<std::string> tokens;  // [vocab]: SentencePiece pieces, or GPT-2's byte-to-unicode spelling
+  std::vector<float> scores;        // [vocab] or empty
+  std::vector<int32_t> types;       // [vocab] or empty: 1 normal, 2 unknown, 3 control, 4 user defined,
+                                    // 5 unused, 6 byte (SentencePiece's piece types)
+  int32_t bos_id = -1, eos_id = -1, unk_id = -1;
+  bool add_space_prefix = true;     // SentencePiece's add_dummy_prefix
+  bool remove_extra_whitespaces = false;
+};
 
 class ModelFile {
  public:
@@ -43,6 +60,7 @@ class ModelFile {
   const std::string& path() const { return path_; }
   const ModelConfig& config() const { return config_; }
   bool is_llama2c() const { return llama2c_; }
+  bool is_gguf() const { return gguf_; }
   bool is_synthetic() const { return base_ == nullptr; }
   uint64_t file_size() const { return size_; }
 
@@ -61,11 +79,15 @@ class ModelFile {
 
   TokenizerType tokenizer_type() const { return tok_type_; }
   std::string tokenizer_blob() const;  // raw bytes of the embedded tokenizer ("" when none)
+  const Vocabulary& vocabulary() const { return vocab_; }  // kVocabulary only
+  // The chat template the file names (GGUF's tokenizer.chat_template, a Jinja text); "" when none.
+  const std::string& chat_template() const { return chat_template_; }
 
  private:
   ModelFile() = default;
   base::Status parse_llmi();
   base::Status parse_llama2c();
+  base::Status parse_gguf();  // gguf_model.cpp
   base::Status add_entry(TensorEntry e);
   base::Status fail(const std::string& what) const;
 
@@ -74,11 +96,14 @@ class ModelFile {
   uint64_t size_ = 0;
   std::shared_ptr<void> keepalive_;  // unmaps on last release
   bool llama2c_ = false;
+  bool gguf_ = false;
   ModelConfig config_;
   std::vector<TensorEntry> tensors_;
   std::unordered_map<std::string, size_t> index_;
   TokenizerType tok_type_ = TokenizerType::kNone;
   uint64_t tok_offset_ = 0, tok_nbytes_ = 0;
+  Vocabulary vocab_;
+  std::string chat_template_;
 };
 
 }  // namespace model

@@ -34,6 +34,8 @@ base::Status load_tokenizer_file(const std::string& path, std::unique_ptr<Tokeni
 // From the blob embedded in a model file.
 base::Status load_tokenizer_blob(TokenizerType type, const std::string& blob, const std::string& origin,
                                  std::unique_ptr<Tokenizer>* out);
+// The model file's own tokenizer: its blob (the project's format) or its vocabulary (GGUF).
+base::Status load_model_tokenizer(const ModelFile& file, std::unique_ptr<Tokenizer>* out);
 
 // Streams bytes out as valid UTF-8: a multi-byte character split across tokens is held back until it
 // is whole; bytes that can never form a valid character come out as U+FFFD.

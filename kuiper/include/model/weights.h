@@ -31,6 +31,8 @@ struct ShardSpec {
 struct LayerWeights {
   tensor::ConstTensor attention_norm;  // fp32 [dim]
   tensor::ConstTensor ffn_norm;        // fp32 [dim]
+  // wqkv and w13 are empty (no weight) when their parts differ in dtype (GGUF mixes block types):
+  // decode then runs the parts one by one.
   op::MatmulLayer wqkv;           // column-parallel: [q_local + 2 kv_local, dim], wq / wk / wv stacked
   op::MatmulLayer wq;             //   rows of wqkv:  [n_heads_local * head_dim, dim]
   op::MatmulLayer wk, wv;         //   rows of wqkv:  [n_kv_heads_local * head_dim, dim]

@@ -39,7 +39,8 @@ void set_cpu_threads_this_thread(int n);
 int usable_cpu_cores();
 
 // out[i, :] = table[tokens[i], :]
-// tokens: int32 [n]; table: [vocab, dim] in fp32/fp16/bf16; out: [n, dim] activation dtype.
+// tokens: int32 [n]; table: [vocab, dim] in fp32/fp16/bf16 or a block type (the row dequantized);
+// out: [n, dim] activation dtype.
 // Token ids outside [0, vocab) are an error on the CPU; on the GPU they are clamped (checked on host first).
 Status embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out, Stream stream);
 
@@ -56,7 +57,9 @@ Status add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& wei
 // x: [n, in]; y: [n, out]; activation dtype.
 // W: fp32 / fp16 / bf16 [out, in], or int8 [out, in] with `scales` fp32 [out, in / group_size]:
 //    W[o, k] = q[o, k] * scales[o, k / group_size]  (symmetric, group-wise along the input axis).
-// `scales` is empty (ConstTensor()) for float weights. Accumulation in fp32.
+// W of a block type (q8_0, q4_0, q4_k, q6_k; base/dtype.h) [out, in], in a whole number of blocks:
+//    dequantized inside the product, never widened in memory as a whole.
+// `scales` is empty (ConstTensor()) for float and block-type weights. Accumulation in fp32.
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               Stream stream);
 
@@ -66,6 +69,9 @@ Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& sca
 // out (gu untouched); otherwise matmul into gu, then swiglu of its halves, row by row.
 Status matmul_swiglu(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size, Tensor& gu,
                      Tensor& out, Stream stream);
+// out = W as fp32, exactly as the reference dequantizer of each type computes it (kernels/quant_blocks.h).
+// weight: fp32 / fp16 / bf16 / block type [rows, cols]; out: fp32 [rows, cols] on the same device.
+Status dequantize(const ConstTensor& weight, Tensor& out, Stream stream);
 
 // Rotary position embedding, applied in place to q and k, interleaved pairs (x[2j], x[2j+1]) of each
 // head (Meta / llama2.c layout; Hugging Face checkpoints are un-permuted by the exporter):

@@ -93,7 +93,8 @@ template <typename B> class BasicTensor {
   int64_t dim(int i) const;  // size of axis i; negative i counts from the end
   int ndim() const { return shape_.size(); }
   int64_t numel() const { return shape_.numel(); }
-  size_t nbytes() const { return (size_t)numel() * base::dtype_size(dtype_); }
+  // Bytes of the data; for a block type the last axis is whole blocks (checked where tensors are made).
+  size_t nbytes() const { return (size_t)base::dtype_bytes(dtype_, numel()); }
   bool is_contiguous() const;
   const std::shared_ptr<B>& buffer() const { return buffer_; }
   size_t byte_offset() const { return offset_; }

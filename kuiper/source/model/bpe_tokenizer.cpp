@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "model/gguf_file.h"
 #include "model/utf8.h"
 
 namespace model {
@@ -241,6 +242,41 @@ base::Status BpeTokenizer::from_hf_json(const std::string& blob, const std::stri
   } catch (const nlohmann::json::exception& e) {
     return bad(std::string("unexpected layout: ") + e.what());
   }
+}
+
+base::Status BpeTokenizer::from_vocabulary(const Vocabulary& v, const std::string& origin,
+                                           std::unique_ptr<BpeTokenizer>* out) {
+  auto bad = [&](const std::string& what) { return base::BadModelFile(origin + ": " + what); };
+  // llama.cpp's names for the Llama 3 pre-tokenizer.
+  if (v.pre != "llama-bpe" && v.pre != "llama3" && v.pre != "llama-v3")
+    return base::Unsupported(origin + ": byte-level BPE with pre-tokenizer '" + GgufFile::printable(v.pre) +
+                             "' is not supported (only Llama 3's, 'llama-bpe')");
+  const int64_t total = (int64_t)v.tokens.size();
+  const int64_t n = total - kNumSpecial;
+  if (n <= 0) return bad("a byte-level BPE vocabulary needs its " + std::to_string(kNumSpecial) + " special tokens last");
+  const std::vector<int> table = gpt2_unicode_to_byte();
+  std::vector<std::string> tokens(n);
+  for (int64_t i = 0; i < n; ++i) {
+    if (!v.types.empty() && v.types[i] != 1)
+      return bad("token " + std::to_string(i) + " has piece type " + std::to_string(v.types[i]) +
+                 " but only the last " + std::to_string(kNumSpecial) + " tokens may be special");
+    if (!gpt2_decode(v.tokens[i], table, &tokens[i]))
+      return bad("token " + std::to_string(i) + " is not in byte-level spelling");
+  }
+  std::vector<std::string> names(v.tokens.begin() + n, v.tokens.end());
+  for (int64_t i = n; i < total; ++i)
+    if (!v.types.empty() && v.types[i] != 3 && v.types[i] != 4)
+      return bad("token " + std::to_string(i) + " should be a special token (control or user defined)");
+  if (v.bos_id != n + kBosIndex) return bad("BOS must be token " + std::to_string(n + kBosIndex) + ", the first special token");
+  const std::vector<std::string> expected = llama3_special_names();
+  for (int32_t i : {kBosIndex, kEosIndex, kEotIndex})
+    if (names[i] != expected[i])
+      return bad("token " + std::to_string(n + i) + " is '" + GgufFile::printable(names[i]) + "', expected '" +
+                 expected[i] + "'");
+  std::unique_ptr<BpeTokenizer> t(new BpeTokenizer());
+  KP_RETURN_IF_ERROR(t->init(std::move(tokens), std::move(names), origin));
+  *out = std::move(t);
+  return base::Status::Ok();
 }
 
 base::Status BpeTokenizer::init(std::vector<std::string> tokens, std::vector<std::string> special_names,

@@ -83,4 +83,14 @@ base::Status ChatTemplate::create(Family family, const Tokenizer& tok, std::uniq
   return base::Status::Ok();
 }
 
+base::Status ChatTemplate::create_for(const std::string& t, Family family, const Tokenizer& tok,
+                                      std::unique_ptr<ChatTemplate>* out) {
+  if (t.empty()) return create(family, tok, out);
+  auto has = [&](const char* s) { return t.find(s) != std::string::npos; };
+  if (has("<|start_header_id|>") && has("<|eot_id|>")) return create(Family::kLlama3, tok, out);
+  if (has("[INST]") && has("<<SYS>>")) return create(Family::kLlama2, tok, out);
+  return base::Unsupported("the model's chat template is neither Llama 2's ([INST], <<SYS>>) nor Llama 3's "
+                           "(<|start_header_id|>, <|eot_id|>), the two --chat knows; generate without --chat");
+}
+
 }  // namespace model

@@ -22,6 +22,12 @@ base::Status ModelConfig::validate() const {
       !(rope_scaling.factor >= 1 && rope_scaling.low_freq_factor > 0 &&
         rope_scaling.high_freq_factor > rope_scaling.low_freq_factor && rope_scaling.original_max_position > 0))
     return bad("invalid rope_scaling parameters");
+  if (!rope_freq_factors.empty()) {
+    if (rope_freq_factors.size() != (size_t)head_dim / 2) return bad("rope frequency factors must number head_dim / 2");
+    if (rope_scaling.enabled) return bad("rope frequency factors and llama3 rope_scaling exclude each other");
+    for (float f : rope_freq_factors)
+      if (!(f > 0 && std::isfinite(f))) return bad("rope frequency factors must be positive and finite");
+  }
   if (bos_id < 0 || bos_id >= vocab_size) return bad("bos_id outside the vocabulary");
   for (int32_t e : eos_ids)
     if (e < 0 || e >= vocab_size) return bad("eos id outside the vocabulary");
@@ -47,6 +53,7 @@ std::vector<float> rope_cos_sin_table(const ModelConfig& cfg, int32_t max_seq_le
   std::vector<double> inv_freq(half);
   for (int j = 0; j < half; ++j) {
     double f = std::pow((double)cfg.rope_theta, -2.0 * j / cfg.head_dim);
+    if (!cfg.rope_freq_factors.empty()) f /= cfg.rope_freq_factors[j];
     if (cfg.rope_scaling.enabled) {
       const auto& s = cfg.rope_scaling;
       const double wavelen = 2 * M_PI / f;

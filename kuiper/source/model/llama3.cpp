@@ -299,9 +299,15 @@ Status LlamaModel::attention_block(int layer) {
   const int32_t n = plan_.n_rows;
   Tensor xb = ws_.xb.slice_rows(0, n), att = ws_.att.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
   Tensor q, k, v;
-  if (n == 1) {  // one pass over the stacked weights
+  if (n == 1) {  // one pass over the stacked weights (or the three, when they are not stacked)
     q = ws_.q1, k = ws_.k1, v = ws_.v1;
-    KP_RETURN_IF_ERROR(L.wqkv.forward(xb, ws_.qkv1, s));
+    if (!L.wqkv.weight().empty()) {
+      KP_RETURN_IF_ERROR(L.wqkv.forward(xb, ws_.qkv1, s));
+    } else {  // q, k and v of different types (a GGUF Q4_K_M file): not stacked
+      KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
+      KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
+      KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
+    }
   } else {       // three GEMMs into contiguous q, k, v (B decode rows: one product each)
     q = ws_.q.slice_rows(0, n), k = ws_.k.slice_rows(0, n), v = ws_.v.slice_rows(0, n);
     KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
@@ -322,7 +328,13 @@ Status LlamaModel::ffn_block(int layer) {
   Tensor gate;  // swiglu(gate, up), [n, hidden_local]
   if (n == 1) {  // one pass over the stacked weights, swiglu in the GEMV's epilogue on GPUs
     gate = ws_.g1;
-    KP_RETURN_IF_ERROR(L.w13.forward_swiglu(xb, ws_.gu1, gate, s));
+    if (!L.w13.weight().empty()) {
+      KP_RETURN_IF_ERROR(L.w13.forward_swiglu(xb, ws_.gu1, gate, s));
+    } else {  // w1 and w3 of different types: not stacked
+      KP_RETURN_IF_ERROR(L.w1.forward(xb, gate, s));
+      KP_RETURN_IF_ERROR(L.w3.forward(xb, ws_.u1, s));
+      KP_RETURN_IF_ERROR(kernel::swiglu(gate, ws_.u1, gate, s));
+    }
   } else {
     gate = ws_.h1.slice_rows(0, n);
     Tensor up = ws_.h3.slice_rows(0, n);

@@ -89,7 +89,8 @@ Status parse_config(const json& c, ModelConfig* cfg) {
     cfg->eos_ids.push_back(e.get<int32_t>());
   }
   auto wd = c.find("weight_dtype");
-  if (wd == c.end() || !wd->is_string() || !base::parse_dtype(wd->get<std::string>(), &cfg->weight_dtype))
+  if (wd == c.end() || !wd->is_string() || !base::parse_dtype(wd->get<std::string>(), &cfg->weight_dtype) ||
+      base::is_block_type(cfg->weight_dtype))  // block types come in GGUF files only
     return base::BadModelFile("config.weight_dtype missing or unknown");
   KP_RETURN_IF_ERROR(get_int(c, "group_size", &cfg->group_size));
   return cfg->validate();
@@ -121,7 +122,9 @@ Status ModelFile::open(const std::string& path, std::unique_ptr<ModelFile>* out)
   mf->keepalive_ = std::shared_ptr<void>(p, [size](void* q) { munmap(q, size); });
   mf->base_ = static_cast<const uint8_t*>(p);
 
-  if (std::memcmp(mf->base_, kMagic, 4) == 0) {
+  if (std::memcmp(mf->base_, "GGUF", 4) == 0) {
+    KP_RETURN_IF_ERROR(mf->parse_gguf());
+  } else if (std::memcmp(mf->base_, kMagic, 4) == 0) {
     // The header is checked key by key; a json exception that still escapes (a value of an unexpected
     // type read somewhere) is a malformed header, not a crash.
     try {
@@ -149,7 +152,7 @@ Status ModelFile::synthetic(const ModelConfig& cfg, std::unique_ptr<ModelFile>* 
   auto add = [&](const std::string& name, DType dt, std::vector<int64_t> shape) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    return mf->add_entry(TensorEntry{name, dt, shape, 0, (uint64_t)n * base::dtype_size(dt)});
+    return mf->add_entry(TensorEntry{name, dt, shape, 0, base::dtype_bytes(dt, n)});
   };
   auto linear = [&](const std::string& name, int64_t o, int64_t i) -> Status {
     KP_RETURN_IF_ERROR(add(name, wd, {o, i}));
@@ -179,8 +182,14 @@ Status ModelFile::add_entry(TensorEntry e) {
   int64_t n = 1;
   for (int64_t d : e.shape)
     if (!checked_mul(n, d, &n)) return fail("tensor " + e.name + " has a non-positive or overflowing shape");
-  int64_t bytes;
-  if (!checked_mul(n, (int64_t)base::dtype_size(e.dtype), &bytes) || (uint64_t)bytes != e.nbytes)
+  if (e.shape.empty() || e.shape.back() % base::dtype_block_elems(e.dtype) != 0)
+    return fail("tensor " + e.name + ": its rows are not whole " + base::dtype_name(e.dtype) + " blocks");
+  // Element types: n times the element size, checked. Block types take at most 34 bytes per 32 values,
+  // so n < 2^63 values need fewer than 2^64 bytes.
+  int64_t bytes = 0;
+  if (!base::is_block_type(e.dtype) && !checked_mul(n, (int64_t)base::dtype_size(e.dtype), &bytes))
+    return fail("tensor " + e.name + " has an overflowing shape");
+  if (base::dtype_bytes(e.dtype, n) != e.nbytes)
     return fail("tensor " + e.name + ": nbytes " + std::to_string(e.nbytes) + " does not match its shape");
   if (e.offset > size_ || e.nbytes > size_ - e.offset)
     return fail("tensor " + e.name + " lies outside the file (truncated download?)");
@@ -216,7 +225,7 @@ Status ModelFile::get(const std::string& name, const std::vector<int64_t>& shape
 }
 
 std::string ModelFile::tokenizer_blob() const {
-  if (tok_type_ == TokenizerType::kNone) return "";
+  if (tok_type_ == TokenizerType::kNone || tok_type_ == TokenizerType::kVocabulary) return "";
   return std::string(reinterpret_cast<const char*>(base_ + tok_offset_), tok_nbytes_);
 }
 
@@ -248,7 +257,8 @@ Status ModelFile::parse_llmi() {
         !t["offset"].is_number_unsigned() || !t.contains("nbytes") || !t["nbytes"].is_number_unsigned())
       return fail("malformed tensor table entry");
     e.name = t["name"].get<std::string>();
-    if (!base::parse_dtype(t["dtype"].get<std::string>(), &e.dtype) || e.dtype == DType::kInt32)
+    if (!base::parse_dtype(t["dtype"].get<std::string>(), &e.dtype) || e.dtype == DType::kInt32 ||
+        base::is_block_type(e.dtype))
       return fail("tensor " + e.name + " has unknown dtype '" + t["dtype"].get<std::string>() + "'");
     // int8 weights are read with config.group_size, which only an int8 file defines (0 elsewhere).
     if (e.dtype == DType::kInt8 && config_.weight_dtype != DType::kInt8)

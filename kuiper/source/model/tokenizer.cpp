@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "gguf_vocab.h"
 #include "model/bpe_tokenizer.h"
 #include "model/utf8.h"
 
@@ -101,6 +102,21 @@ base::Status load_tokenizer_blob(TokenizerType type, const std::string& blob, co
     return base::Status::Ok();
   }
   return base::BadModelFile(origin + ": no tokenizer");
+}
+
+base::Status load_model_tokenizer(const ModelFile& file, std::unique_ptr<Tokenizer>* out) {
+  if (file.tokenizer_type() != TokenizerType::kVocabulary)
+    return load_tokenizer_blob(file.tokenizer_type(), file.tokenizer_blob(), file.path(), out);
+  const Vocabulary& v = file.vocabulary();
+  if (v.model == "gpt2") {
+    std::unique_ptr<BpeTokenizer> t;
+    KP_RETURN_IF_ERROR(BpeTokenizer::from_vocabulary(v, file.path(), &t));
+    *out = std::move(t);
+    return base::Status::Ok();
+  }
+  std::string proto;
+  KP_RETURN_IF_ERROR(sentencepiece_proto_from_vocabulary(v, file.path(), &proto));
+  return load_tokenizer_blob(TokenizerType::kSentencePiece, proto, file.path(), out);
 }
 
 namespace {

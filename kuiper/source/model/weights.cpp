@@ -36,7 +36,7 @@ struct Dest {
   int pieces = 0;
   bool zero_copy = false;  // its one piece is used in place, from the mapping
   uint64_t offset = 0;  // in the weight block
-  uint64_t bytes() const { return (uint64_t)rows * cols * base::dtype_size(dtype); }
+  uint64_t bytes() const { return (uint64_t)rows * base::dtype_bytes(dtype, cols); }
   tensor::Shape shape() const { return one_d ? tensor::Shape{cols} : tensor::Shape{rows, cols}; }
 };
 
@@ -49,7 +49,7 @@ struct Piece {
   int64_t dst_row0 = 0;
   bool zero_copy = false;  // CPU, same dtype, whole rows, alone in its Dest: wrap the mapping
   DType dtype() const { return dest->dtype; }
-  uint64_t bytes() const { return (uint64_t)nr * nc * base::dtype_size(dest->dtype); }
+  uint64_t bytes() const { return (uint64_t)nr * base::dtype_bytes(dest->dtype, nc); }
 };
 
 float load_float(const uint8_t* p, DType t) {
@@ -63,16 +63,18 @@ float load_float(const uint8_t* p, DType t) {
 }
 
 // Copies a piece from the mapping into host memory `dst` (same dtype, or float dtypes widened to fp32).
+// Block types are copied as bytes: the planner made c0 and nc whole blocks.
 void copy_piece_host(const ModelFile& f, const Piece& p, uint8_t* dst) {
   const TensorEntry& e = *p.entry;
   const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
-  const size_t src_es = base::dtype_size(e.dtype), dst_es = base::dtype_size(p.dtype());
+  const size_t src_es = base::dtype_size(e.dtype);
+  const uint64_t src_row = base::dtype_bytes(e.dtype, cols), dst_row = base::dtype_bytes(p.dtype(), p.nc);
   const uint8_t* src = static_cast<const uint8_t*>(f.data(e));
   for (int64_t r = 0; r < p.nr; ++r) {
-    const uint8_t* s = src + ((p.r0 + r) * cols + p.c0) * src_es;
-    uint8_t* d = dst + r * p.nc * dst_es;
+    const uint8_t* s = src + (p.r0 + r) * src_row + base::dtype_bytes(e.dtype, p.c0);
+    uint8_t* d = dst + r * dst_row;
     if (e.dtype == p.dtype()) {
-      std::memcpy(d, s, p.nc * dst_es);
+      std::memcpy(d, s, dst_row);
     } else {
       float* df = reinterpret_cast<float*>(d);
       for (int64_t c = 0; c < p.nc; ++c) df[c] = load_float(s + c * src_es, e.dtype);
@@ -84,11 +86,11 @@ Status copy_piece_device(const ModelFile& f, const Piece& p, uint8_t* dst, int d
 #ifdef KUIPER_WITH_CUDA
   const TensorEntry& e = *p.entry;
   const int64_t cols = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
-  const size_t es = base::dtype_size(e.dtype);
-  const uint8_t* src = static_cast<const uint8_t*>(f.data(e)) + (p.r0 * cols + p.c0) * es;
+  const uint64_t src_row = base::dtype_bytes(e.dtype, cols), dst_row = base::dtype_bytes(e.dtype, p.nc);
+  const uint8_t* src = static_cast<const uint8_t*>(f.data(e)) + p.r0 * src_row + base::dtype_bytes(e.dtype, p.c0);
   CUDA_CHECK(cudaSetDevice(device_id));
   // Straight from the mmapped file: a strided 2-D copy when only some columns are ours.
-  CUDA_CHECK(cudaMemcpy2D(dst, p.nc * es, src, cols * es, p.nc * es, p.nr, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMemcpy2D(dst, dst_row, src, src_row, dst_row, p.nr, cudaMemcpyHostToDevice));
   return Status::Ok();
 #else
   (void)f; (void)p; (void)dst; (void)device_id;
@@ -129,6 +131,13 @@ class Planner {
     int64_t r0 = mode == op::TpMode::kColumn ? spec_.rank * r_len : 0;
     if (rows.first >= 0) r0 = rows.first, r_len = rows.second;
     const int64_t c0 = mode == op::TpMode::kRow ? spec_.rank * c_len : 0;
+    // A row-parallel shard of a block type must be whole quantization blocks.
+    const int64_t block = base::dtype_block_elems(e->dtype);
+    if (c_len % block != 0)
+      return base::InvalidArgument("--tp " + std::to_string(world) + " would split the " + base::dtype_name(e->dtype) +
+                                   " blocks of " + name + " in " + file_.path() + ": " + std::to_string(in) +
+                                   " inputs per row / " + std::to_string(world) + " = " + std::to_string(c_len) +
+                                   " is not a multiple of " + std::to_string(block));
     layer->set_tp_config({mode, spec_.rank, world, spec_.comm});
     Dest* wd = stack_w_ ? stack_w_ : new_dest(w, false);
     if (row0) *row0 = wd->rows;
@@ -183,11 +192,11 @@ class Planner {
         const TensorEntry& e = *p.entry;
         // The mapping is read-only (PROT_READ): it is wrapped as a const Buffer, so no writable view exists.
         auto view = base::Buffer::wrap_read_only(file_.data(e), e.nbytes, DeviceType::kCPU, 0, file_.keepalive());
-        *d.tensor = ConstTensor::from_buffer(view, (size_t)(p.r0 * d.cols) * base::dtype_size(e.dtype), d.dtype,
+        *d.tensor = ConstTensor::from_buffer(view, (size_t)(p.r0 * base::dtype_bytes(e.dtype, d.cols)), d.dtype,
                                              d.shape());
       } else {
         uint8_t* dst = static_cast<uint8_t*>((*block)->data()) + d.offset +
-                       (uint64_t)p.dst_row0 * d.cols * base::dtype_size(d.dtype);
+                       (uint64_t)p.dst_row0 * base::dtype_bytes(d.dtype, d.cols);
         if (spec_.device == DeviceType::kCPU) copy_piece_host(file_, p, dst);
         else KP_RETURN_IF_ERROR(copy_piece_device(file_, p, dst, spec_.device_id));
         // The copy is what is used from now on: let go of the file pages it was read from, so that
@@ -247,7 +256,7 @@ class Planner {
       const int64_t cols = p.entry->shape.size() == 2 ? p.entry->shape[1] : p.entry->shape[0];
       p.zero_copy = !file_.is_synthetic() && spec_.device == DeviceType::kCPU && p.dest->pieces == 1 &&
                     p.dtype() == p.entry->dtype && p.c0 == 0 && p.nc == cols &&
-                    (p.entry->offset + p.r0 * cols * base::dtype_size(p.entry->dtype)) % 64 == 0;
+                    (p.entry->offset + p.r0 * base::dtype_bytes(p.entry->dtype, cols)) % 64 == 0;
       p.dest->zero_copy = p.zero_copy;
     }
   }
@@ -331,21 +340,35 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     plan.end_stack();
     stack = nullptr;
   };
+  // Linears of different dtypes (a GGUF Q4_K_M file mixes Q4_K and Q6_K) are not stacked: decode
+  // then runs them one by one, and the fused layer stays empty.
+  auto same_dtype = [&](std::initializer_list<std::string> names) {
+    const TensorEntry* first = nullptr;
+    for (const std::string& n : names) {
+      const TensorEntry* e = file.find(n);
+      if (e == nullptr) return true;  // reported as missing when it is loaded
+      if (first != nullptr && e->dtype != first->dtype) return false;
+      first = e;
+    }
+    return true;
+  };
   for (int l = 0; l < c.n_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights& L = W.layers[l];
     KP_RETURN_IF_ERROR(plan.whole(p + "attention_norm", {D}, &L.attention_norm, true));
-    begin_stack(p + "wqkv", &L.wqkv);
+    const bool fuse_qkv = same_dtype({p + "wq", p + "wk", p + "wv"});
+    if (fuse_qkv) begin_stack(p + "wqkv", &L.wqkv);
     KP_RETURN_IF_ERROR(linear(p + "wq", Q, D, TpMode::kColumn, &L.wq));
     KP_RETURN_IF_ERROR(linear(p + "wk", KV, D, TpMode::kColumn, &L.wk, {kv_row0, kv_rows}));
     KP_RETURN_IF_ERROR(linear(p + "wv", KV, D, TpMode::kColumn, &L.wv, {kv_row0, kv_rows}));
-    end_stack();
+    if (fuse_qkv) end_stack();
     KP_RETURN_IF_ERROR(linear(p + "wo", D, Q, TpMode::kRow, &L.wo));
     KP_RETURN_IF_ERROR(plan.whole(p + "ffn_norm", {D}, &L.ffn_norm, true));
-    begin_stack(p + "w13", &L.w13);
+    const bool fuse_13 = same_dtype({p + "w1", p + "w3"});
+    if (fuse_13) begin_stack(p + "w13", &L.w13);
     KP_RETURN_IF_ERROR(linear(p + "w1", F, D, TpMode::kColumn, &L.w1));
     KP_RETURN_IF_ERROR(linear(p + "w3", F, D, TpMode::kColumn, &L.w3));
-    end_stack();
+    if (fuse_13) end_stack();
     KP_RETURN_IF_ERROR(linear(p + "w2", D, F, TpMode::kRow, &L.w2));
   }
   KP_RETURN_IF_ERROR(plan.whole("norm", {D}, &W.norm, true));

@@ -55,8 +55,11 @@ template <typename B>
 base::Status BasicTensor<B>::create(DType dtype, const Shape& shape, base::DeviceAllocator* alloc, BasicTensor* out) {
   for (int64_t d : shape)
     if (d <= 0) return base::InvalidArgument("tensor dimensions must be positive");
+  if (base::is_block_type(dtype) && (shape.empty() || shape[shape.size() - 1] % base::dtype_block_elems(dtype) != 0))
+    return base::InvalidArgument(std::string("a row of ") + base::dtype_name(dtype) + " must be whole blocks of " +
+                                 std::to_string(base::dtype_block_elems(dtype)));
   std::shared_ptr<base::Buffer> buf;
-  KP_RETURN_IF_ERROR(base::Buffer::create(alloc, (size_t)shape.numel() * base::dtype_size(dtype), &buf));
+  KP_RETURN_IF_ERROR(base::Buffer::create(alloc, (size_t)base::dtype_bytes(dtype, shape.numel()), &buf));
   *out = from_buffer(std::move(buf), 0, dtype, shape);
   return base::Status::Ok();
 }
@@ -70,6 +73,9 @@ BasicTensor<B> BasicTensor<B>::from_buffer(std::shared_ptr<B> buffer, size_t byt
   t.dtype_ = dtype;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
+  CHECK(!shape.empty() || !base::is_block_type(dtype)) << "a block-type tensor needs a row axis";
+  CHECK(shape.empty() || shape[shape.size() - 1] % base::dtype_block_elems(dtype) == 0)
+      << "a row of " << base::dtype_name(dtype) << " must be whole blocks: " << shape;
   CHECK_LE(t.offset_ + t.nbytes(), t.buffer_->size()) << "tensor view exceeds its buffer";
   return t;
 }
@@ -108,7 +114,7 @@ BasicTensor<B> BasicTensor<B>::slice_rows(int64_t begin, int64_t end) const {
       << "bad slice [" << begin << ", " << end << ") of " << shape_string();
   Shape shape = shape_;
   shape[0] = end - begin;
-  const size_t row_bytes = (size_t)strides_[0] * base::dtype_size(dtype_);
+  const size_t row_bytes = (size_t)base::dtype_bytes(dtype_, strides_[0]);
   return from_buffer(buffer_, offset_ + begin * row_bytes, dtype_, shape);
 }
 

@@ -94,7 +94,8 @@ Status embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out, St
   KP_RETURN_IF_ERROR(same_device(op, tokens, table, out));
   KP_RETURN_IF_ERROR(activation_dtype(op, out));
   KP_REQUIRE(tokens.dtype() == DType::kInt32 && tokens.ndim() == 1, "tokens must be int32 [n]");
-  KP_REQUIRE(is_float(table.dtype()) && table.ndim() == 2, "table must be float [vocab, dim]");
+  KP_REQUIRE((is_float(table.dtype()) || base::is_block_type(table.dtype())) && table.ndim() == 2,
+             "table must be float or a block type [vocab, dim]");
   KP_REQUIRE(out.ndim() == 2 && out.dim(0) == tokens.dim(0) && out.dim(1) == table.dim(1),
                              "out must be [n, dim]: " + desc(out));
   if (tokens.device_type() == DeviceType::kCPU) {
@@ -141,6 +142,10 @@ Status check_weight(const char* op, const Tensor& x, const ConstTensor& weight, 
                                    std::to_string(weight.dim(1)));
     KP_REQUIRE(scales.dtype() == DType::kFp32 && scales.ndim() == 2 &&
                                    scales.dim(0) == weight.dim(0) && scales.dim(1) == weight.dim(1) / group_size, "scales must be fp32 [out, in/group]: " + desc(scales));
+  } else if (base::is_block_type(weight.dtype())) {
+    KP_REQUIRE(scales.empty(), "block-type weights carry their scales: " + desc(weight));
+    KP_REQUIRE(weight.dim(1) % base::dtype_block_elems(weight.dtype()) == 0,
+               "rows of " + desc(weight) + " are not whole blocks");
   } else {
     KP_REQUIRE(is_float(weight.dtype()), "unsupported weight dtype " + desc(weight));
   }
@@ -160,6 +165,15 @@ Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& sca
   KP_RETURN_IF_ERROR(check_weight(op, x, weight, scales, group_size));
   KP_DISPATCH(x, cpu::matmul(x, weight, scales, group_size, y),
               cuda::matmul(x, weight, scales, group_size, y, cu(stream)));
+}
+
+Status dequantize(const ConstTensor& weight, Tensor& out, Stream stream) {
+  const char* op = "dequantize";
+  KP_RETURN_IF_ERROR(same_device(op, weight, out));
+  KP_REQUIRE(is_float(weight.dtype()) || base::is_block_type(weight.dtype()), "unsupported weight dtype " + desc(weight));
+  KP_REQUIRE(weight.ndim() == 2 && out.dtype() == DType::kFp32 && out.shape() == weight.shape(),
+             "out must be fp32 of the weight's 2-D shape: " + desc(weight) + " -> " + desc(out));
+  KP_DISPATCH(out, cpu::dequantize(weight, out), cuda::dequantize(weight, out, cu(stream)));
 }
 
 Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, Stream stream) {
@@ -479,7 +493,7 @@ Status convert(const Tensor& in, Tensor& out, Stream stream) {
 Status fill_random(Tensor& t, uint64_t seed, float scale, Stream stream) {
   const char* op = "fill_random";
   KP_RETURN_IF_ERROR(same_device(op, t));
-  KP_REQUIRE(t.dtype() != DType::kInt32, "int32 tensors are not filled");
+  KP_REQUIRE(t.dtype() != DType::kInt32 && !base::is_block_type(t.dtype()), "int32 and block-type tensors are not filled");
   KP_DISPATCH(t, cpu::fill_random(t, seed, scale), cuda::fill_random(t, seed, scale, cu(stream)));
 }
 

@@ -23,6 +23,12 @@ void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out);
 void rmsnorm(const Tensor& x, const ConstTensor& weight, float eps, Tensor& out);
 void add_rmsnorm(Tensor& residual, const Tensor& delta, const ConstTensor& weight, float eps, Tensor& out);
 void matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y);
+// Block types (quant_matmul.cpp): y = x W^T, W dequantized in registers (decode) or row by row (prefill).
+void matmul_quant(const Tensor& x, const ConstTensor& weight, Tensor& y);
+// W (fp32 / fp16 / bf16 / block type [rows, cols]) as fp32 [rows, cols], exactly.
+void dequantize(const ConstTensor& weight, Tensor& out);
+// n values of one row of dtype t (a whole number of blocks) as fp32, exactly.
+void dequantize_row(base::DType t, const uint8_t* row, int64_t n, float* out);
 void rope(Tensor& q, Tensor& k, int32_t pos, const Tensor& cos_sin, int head_dim);
 void kv_append(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, int32_t pos);
 void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int32_t pos, int n_heads,

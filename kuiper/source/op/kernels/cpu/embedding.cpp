@@ -6,8 +6,8 @@
 
 namespace kernel::cpu {
 
-// tokens: int32 [n] (checked in [0, vocab) by the dispatcher); table: fp32/fp16/bf16 [vocab, dim];
-// out: fp32 [n, dim].
+// tokens: int32 [n] (checked in [0, vocab) by the dispatcher); table: fp32/fp16/bf16 or a block type
+// [vocab, dim] (the row dequantized exactly); out: fp32 [n, dim].
 void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out) {
   const int64_t n = tokens.numel(), dim = table.dim(1);
   const int32_t* ids = tokens.ptr<int32_t>();
@@ -16,6 +16,11 @@ void embedding(const Tensor& tokens, const ConstTensor& table, Tensor& out) {
     for (int64_t i = i0; i < i1; ++i) {
       float* dst = o + i * dim;
       const int64_t row = (int64_t)ids[i] * dim;
+      if (base::is_block_type(table.dtype())) {
+        const uint64_t row_bytes = base::dtype_bytes(table.dtype(), dim);
+        dequantize_row(table.dtype(), static_cast<const uint8_t*>(table.data()) + ids[i] * row_bytes, dim, dst);
+        continue;
+      }
       switch (table.dtype()) {
         case base::DType::kFp32:
           std::memcpy(dst, table.ptr<float>() + row, dim * sizeof(float));

@@ -237,6 +237,7 @@ void block_int8(const float* x, const int8_t* q, const float* scales, int group,
 // x: fp32 [n, in]; weight: fp32 / fp16 / bf16 [out, in] (scales empty) or int8 [out, in] with scales
 // fp32 [out, in / group_size]; y: fp32 [n, out].
 void matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y) {
+  if (base::is_block_type(weight.dtype())) return matmul_quant(x, weight, y);
   const int64_t n = x.dim(0), in = x.dim(1), out = weight.dim(0);
   const float* xp = x.ptr<float>();
   float* yp = y.ptr<float>();

@@ -22,6 +22,10 @@ Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& sca
 // says whether it ran (else the caller takes the unfused path).
 Status matmul_swiglu_fused(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size,
                            Tensor& out, cudaStream_t stream, bool* fused);
+// Block-type weights (quant_matmul.cu): GEMV dequantizing in registers (decode), dequantized chunks +
+// cuBLAS (prefill); and any weight dtype as fp32, exactly.
+Status matmul_quant(const Tensor& x, const ConstTensor& weight, Tensor& y, cudaStream_t stream);
+Status dequantize(const ConstTensor& weight, Tensor& out, cudaStream_t stream);
 Status rope(Tensor& q, Tensor& k, const Tensor& pos, const Tensor& cos_sin, int head_dim, cudaStream_t stream);
 Status rope_kv_append(Tensor& q, Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache, const Tensor& pos,
                       const Tensor& cos_sin, int head_dim, cudaStream_t stream);

@@ -27,6 +27,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -870,9 +871,25 @@ Status matmul_swiglu_fused(const Tensor& x, const ConstTensor& w13, const ConstT
     }
   });
 }
+template <typename T>
+Status cublas_gemm_nt(const T* x, const T* w, T* y, int n, int in, int rows, int ldy, int device, cudaStream_t stream) {
+  cublasHandle_t handle = nullptr;
+  KP_RETURN_IF_ERROR(cublas_handle(device, &handle));
+  CUBLAS_CHECK(cublasSetStream(handle, stream));
+  const float alpha = 1.f, beta = 0.f;
+  // As launch_cublas: y^T [rows, n] (column-major, ld ldy) = W (as [in, rows] column-major)^T x^T.
+  CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, in, &alpha, w, cuda_dtype<T>(), in, x,
+                            cuda_dtype<T>(), in, &beta, y, cuda_dtype<T>(), ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return Status::Ok();
+}
+template Status cublas_gemm_nt<float>(const float*, const float*, float*, int, int, int, int, int, cudaStream_t);
+template Status cublas_gemm_nt<__half>(const __half*, const __half*, __half*, int, int, int, int, int, cudaStream_t);
+template Status cublas_gemm_nt<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int,
+                                              int, int, int, cudaStream_t);
 
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream) {
+  if (base::is_block_type(weight.dtype())) return matmul_quant(x, weight, y, stream);
   KP_CHECK_ARG(x.dim(0) <= INT_MAX && x.dim(1) <= INT_MAX && weight.dim(0) <= INT_MAX,
                "matmul: sizes beyond int range: " + x.shape_string() + " x " + weight.shape_string());
   if (x.dim(0) == 0 || weight.dim(0) == 0) return Status::Ok();
