@@ -7,9 +7,13 @@ cd "$(dirname "$0")/.."
 # Shared libraries: the kernels' device code is then in one libkuiper_core.so, not in every program.
 BUILD_DIR=build-gpu tools/build.sh -DKUIPER_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON
 rm -rf .gpu && mkdir -p .gpu/shared/models
-progs=(llama_infer llama_bench test_cuda_kernels test_gpu_model test_multi_gpu test_peer_comm test_hf_fixtures test_out_of_memory)
+progs=(llama_infer llama_bench llama_server test_cuda_kernels test_gpu_model test_gpu_paged test_batch test_gguf test_multi_gpu
+       test_peer_comm test_hf_fixtures test_out_of_memory)
 ../shared/device/bundle.sh .gpu "${progs[@]/#/build-gpu/bin/}"
 strip .gpu/bin/* .gpu/lib/libkuiper*  # keeps the pack well under the 64 MiB a run may carry
 cp -r ../shared/models/stories260K ../shared/models/llama3 .gpu/shared/models/ 2>/dev/null || true
 rm -f .gpu/shared/models/llama3/tokenizer.json  # 9 MB, not needed there
+# The gguf package (pure Python) for test/export_gguf_fixtures.py and tools/make_random_gguf.py there.
+gguf_dir=$(python3 -c 'import gguf, os; print(os.path.dirname(gguf.__file__))' 2>/dev/null) &&
+  mkdir -p .gpu/pylib && cp -r "$gguf_dir" .gpu/pylib/ && rm -rf .gpu/pylib/gguf/__pycache__
 du -sh .gpu
