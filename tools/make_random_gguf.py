@@ -88,12 +88,29 @@ def plan(shape, wtype):
     return out
 
 
+# Words of tools/loadgen.py's prompts: the placeholder vocabulary holds every substring of " word" as a
+# piece (longer ones scoring higher, so the BPE merges reach the whole word), so that a load-generator
+# prompt of N words is about N tokens, as with a real vocabulary.
+WORDS = ("time dog cat tree house river stone light night story happy small big green blue red friend "
+         "play run jump sing walk park ball book moon star sun rain wind snow bird fish boat road hill").split()
+
+
 def vocabulary(n):
     toks, scores, types = [b"<unk>", b"<s>", b"</s>"], [0.0, 0.0, 0.0], [2, 3, 3]
     for b in range(256):
         toks.append(f"<0x{b:02X}>".encode())
         scores.append(0.0)
         types.append(6)
+    pieces = {}
+    for word in WORDS:
+        w = "\u2581" + word
+        for a in range(len(w)):
+            for b in range(a + 1, len(w) + 1):
+                pieces[w[a:b]] = max(pieces.get(w[a:b], -1e9), float(b - a))
+    for piece, score in sorted(pieces.items()):
+        toks.append(piece.encode())
+        scores.append(score)
+        types.append(1)
     i = 0
     while len(toks) < n:
         toks.append(f"\u2581t{i}".encode())
