@@ -1,5 +1,10 @@
 // LlamaModel: the Llama family (Llama 2, Llama 3 / 3.1 / 3.2, TinyLlama, Code Llama) on one device,
-// as one tensor-parallel rank.
+// as one tensor-parallel rank of one pipeline stage (by default the only stage: every layer).
+//
+// A pipeline stage runs the layers [layer_begin, layer_end): the first stage embeds the tokens, each
+// later one receives the hidden state from the one before (ModelOptions::pipe), and the last runs
+// the final norm and the classifier, then broadcasts what leaves the step (the greedy token, or the
+// logits when sampling) to every stage, so every process continues with the same token.
 //
 // The model wires parts together and owns none of their logic:
 //   LlamaWeights     - this rank's weights (model/weights.h), sharded as they load
@@ -32,6 +37,10 @@ struct ModelOptions {
   int rank = 0;
   int world_size = 1;
   comm::Communicator* comm = nullptr;           // collectives; null with one rank unless forced (TpRunner)
+  // Pipeline stage: layers [layer_begin, layer_end) (0, 0: all, one stage). `pipe` ranks the stages of
+  // this rank's pipeline column (rank = stage): send / recv of the hidden state, broadcast from the last.
+  int layer_begin = 0, layer_end = 0;
+  comm::Communicator* pipe = nullptr;
   void* stream = nullptr;                       // cudaStream_t for this rank's compute (GPU)
   bool cuda_graph = true;                       // capture the decode step once, replay it (GPU)
   // TpRunner: give a single rank a one-rank communicator anyway, so that the collectives (NCCL on a
@@ -97,10 +106,13 @@ class LlamaModel {
  private:
   LlamaModel();
   base::Status init_mem();
+  // What a step hands back: nothing (a prefill chunk before the last), the logits, or the greedy token.
+  // With pipeline stages it is what the last stage broadcasts.
+  enum class Output { kNone, kLogits, kToken };
   // Uploads tokens and position, then runs the step (from the graph when it applies).
-  base::Status run_step(const int32_t* tokens, int32_t n, int32_t pos, bool classify);
+  base::Status run_step(const int32_t* tokens, int32_t n, int32_t pos, Output out);
   // Every kernel of one step, queued on the stream with no host synchronisation (graph-capturable).
-  base::Status forward_device(int32_t n, bool classify);
+  base::Status forward_device(int32_t n, Output out);
   base::Status attention_block(int layer, int32_t n);
   base::Status ffn_block(int layer, int32_t n);
   base::Status classifier(int32_t n);
@@ -109,6 +121,8 @@ class LlamaModel {
   ModelOptions opts_;
   int32_t max_seq_len_ = 0;
   int32_t max_batch_tokens_ = 0;
+  int layer_begin_ = 0, layer_end_ = 0;  // this stage's layers
+  bool first_stage_ = true, last_stage_ = true;
   base::DeviceAllocator* alloc_ = nullptr;
   LlamaWeights weights_;
   KVCacheManager kv_cache_;

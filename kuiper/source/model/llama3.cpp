@@ -7,6 +7,9 @@
 //     x += attention(q, cache) Wo^T;  xb = rmsnorm(x)        Wo row-parallel
 //     x += (silu(xb W1^T) * xb W3^T) W2^T;  xb = rmsnorm(x)  W2 row-parallel; the next layer's norm
 //   logits = xb[last] Wout^T                                  vocabulary split over ranks, then gathered
+// A pipeline stage runs its layers only: x comes from the previous stage instead of the embedding,
+// goes to the next one instead of the classifier, and the last stage's token (or logits) is broadcast
+// back to every stage.
 // A row-parallel layer's partial products are summed over ranks, added to x and normed in one call
 // (MatmulLayer::forward_into_residual): one fused kernel where the communicator has one.
 #include "model/llama3.h"
@@ -73,7 +76,7 @@ struct LlamaModel::Staging {
   std::vector<int32_t> host;  // backing store on the CPU
 #ifdef KUIPER_WITH_CUDA
   base::PinnedBuffer pinned;  // backing store on GPUs, so copies are asynchronous
-  base::CudaGraph decode_graph;
+  base::CudaGraph decode_graph[2];  // the decode step returning the logits [0] or the greedy token [1]
 #endif
 };
 
@@ -97,8 +100,19 @@ Status LlamaModel::create(const ModelFile& file, const ModelOptions& opts, std::
   m->alloc_ = opts.device == DeviceType::kCPU ? static_cast<base::DeviceAllocator*>(base::CPUAllocator::get())
                                               : base::CUDAAllocator::get(opts.device_id);
 
-  ShardSpec spec{opts.device, opts.device_id, opts.rank, opts.world_size, opts.comm};
+  ShardSpec spec{opts.device, opts.device_id, opts.rank, opts.world_size, opts.comm, opts.layer_begin, opts.layer_end};
   KP_RETURN_IF_ERROR(LlamaWeights::load(file, spec, &m->weights_, opts.load_progress));
+  m->layer_begin_ = m->weights_.layer_begin;
+  m->layer_end_ = m->weights_.layer_end;
+  m->first_stage_ = m->layer_begin_ == 0;
+  m->last_stage_ = m->layer_end_ == m->config_.n_layers;
+  if (!(m->first_stage_ && m->last_stage_)) {
+    const comm::Communicator* p = opts.pipe;
+    if (p == nullptr || p->world_size() < 2 || m->first_stage_ != (p->rank() == 0) ||
+        m->last_stage_ != (p->rank() == p->world_size() - 1))
+      return base::InvalidArgument("layers [" + std::to_string(m->layer_begin_) + ", " + std::to_string(m->layer_end_) +
+                                   ") are a pipeline stage: it needs a pipeline communicator that ranks it among the stages");
+  }
   KP_RETURN_IF_ERROR(m->init_mem());
   *out = std::move(m);
   return Status::Ok();
@@ -113,7 +127,8 @@ Status LlamaModel::init_mem() {
   const int64_t kv_local = (int64_t)weights_.n_kv_heads_local * c.head_dim;
   const int64_t vocab_local = c.vocab_size / opts_.world_size;
 
-  KP_RETURN_IF_ERROR(kv_cache_.init({c.n_layers, max_seq_len_, weights_.n_kv_heads_local, c.head_dim, act}, alloc_));
+  KP_RETURN_IF_ERROR(
+      kv_cache_.init({layer_end_ - layer_begin_, max_seq_len_, weights_.n_kv_heads_local, c.head_dim, act}, alloc_));
 
   struct Slot { Tensor* t; DType dtype; tensor::Shape shape; uint64_t offset; };
   std::vector<Slot> slots = {
@@ -198,7 +213,7 @@ Status LlamaModel::attention_block(int layer, int32_t n) {
     KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
   }
   KP_RETURN_IF_ERROR(kernel::rope(q, k, ws_.pos, ws_.cos_sin, c.head_dim, s));
-  Tensor kc = kv_cache_.key(layer), vc = kv_cache_.value(layer);
+  Tensor kc = kv_cache_.key(layer - layer_begin_), vc = kv_cache_.value(layer - layer_begin_);  // this stage's
   KP_RETURN_IF_ERROR(kernel::kv_append(k, v, kc, vc, ws_.pos, s));
   KP_RETURN_IF_ERROR(kernel::attention(q, kc, vc, ws_.pos, weights_.n_heads_local, weights_.n_kv_heads_local,
                                        c.head_dim, ws_.scratch, att, s));
@@ -221,9 +236,10 @@ Status LlamaModel::ffn_block(int layer, int32_t n) {
     KP_RETURN_IF_ERROR(L.w3.forward(xb, up, s));
   }
   KP_RETURN_IF_ERROR(kernel::swiglu(gate, up, gate, s));
-  // x += h W2^T (summed over ranks); xb = rmsnorm(x) with the next layer's norm (or the final one).
+  // x += h W2^T (summed over ranks); xb = rmsnorm(x) with the next layer's norm (or the final one; on
+  // a stage before the last that xb is not used: the next stage norms x itself).
   Tensor x = ws_.x.slice_rows(0, n);
-  const tensor::ConstTensor& next_norm = layer + 1 < config_.n_layers ? weights_.layers[layer + 1].attention_norm : weights_.norm;
+  const tensor::ConstTensor& next_norm = layer + 1 < layer_end_ ? weights_.layers[layer + 1].attention_norm : weights_.norm;
   return L.w2.forward_into_residual(gate, proj, x, next_norm, config_.norm_eps, xb, s);
 }
 
@@ -238,21 +254,30 @@ Status LlamaModel::classifier(int32_t n) {
   return kernel::argmax(ws_.logits_f32, ws_.next, s);
 }
 
-Status LlamaModel::forward_device(int32_t n, bool classify) {
+Status LlamaModel::forward_device(int32_t n, Output out) {
   const ModelConfig& c = config_;
   void* s = opts_.stream;
-  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n);
-  KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
-  KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[0].attention_norm, c.norm_eps, xb, s));
+  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n);  // act [n, dim]
+  if (first_stage_) KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
+  else KP_RETURN_IF_ERROR(opts_.pipe->recv(x, opts_.pipe->rank() - 1, s));  // the previous stage's residual stream
+  KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[layer_begin_].attention_norm, c.norm_eps, xb, s));
   // Each block ends with its residual add fused with the norm that follows it.
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = layer_begin_; l < layer_end_; ++l) {
     KP_RETURN_IF_ERROR(attention_block(l, n));
     KP_RETURN_IF_ERROR(ffn_block(l, n));
   }
-  return classify ? classifier(n) : Status::Ok();
+  if (!last_stage_) KP_RETURN_IF_ERROR(opts_.pipe->send(x, opts_.pipe->rank() + 1, s));
+  if (out == Output::kNone) return Status::Ok();
+  if (last_stage_) KP_RETURN_IF_ERROR(classifier(n));
+  if (opts_.pipe == nullptr) return Status::Ok();
+  // Every stage goes on with the last stage's result, a copy of the same bytes: the token (int32 [1])
+  // when decoding greedily, else the fp32 logits [1, vocab], which every stage's sampler (same seed)
+  // turns into the same token.
+  const int last = opts_.pipe->world_size() - 1;
+  return out == Output::kToken ? opts_.pipe->broadcast(ws_.next, last, s) : opts_.pipe->broadcast(ws_.logits_f32, last, s);
 }
 
-Status LlamaModel::run_step(const int32_t* tokens, int32_t n, int32_t pos, bool classify) {
+Status LlamaModel::run_step(const int32_t* tokens, int32_t n, int32_t pos, Output out) {
   if (n < 1 || n > max_batch_tokens_) return base::InvalidArgument("forward: token count out of range");
   if (pos < 0 || pos + n > max_seq_len_)
     return base::InvalidArgument("context full: position " + std::to_string(pos + n) + " exceeds max_seq_len " +
@@ -268,22 +293,23 @@ Status LlamaModel::run_step(const int32_t* tokens, int32_t n, int32_t pos, bool 
 #ifdef KUIPER_WITH_CUDA
   // The decode step is the same kernels on the same buffers every time (the position is read from
   // device memory), so it is captured once and replayed: one launch instead of hundreds.
-  if (opts_.device == DeviceType::kCUDA && opts_.cuda_graph && n == 1 && classify) {
-    auto& graph = staging_->decode_graph;
+  if (opts_.device == DeviceType::kCUDA && opts_.cuda_graph && n == 1 && out != Output::kNone) {
+    // One graph per output (they differ only where a pipeline broadcasts the token or the logits).
+    auto& graph = staging_->decode_graph[out == Output::kToken ? 1 : 0];
     if (!graph.ready()) {
       // The first step runs normally (its results stand: replaying it would write the same cache row
       // and logits again), which also creates any lazily made handles outside the capture.
-      KP_RETURN_IF_ERROR(forward_device(1, true));
-      return graph.capture(static_cast<cudaStream_t>(s), [&] { return forward_device(1, true); });
+      KP_RETURN_IF_ERROR(forward_device(1, out));
+      return graph.capture(static_cast<cudaStream_t>(s), [&] { return forward_device(1, out); });
     }
     return graph.launch(static_cast<cudaStream_t>(s));
   }
 #endif
-  return forward_device(n, classify);
+  return forward_device(n, out);
 }
 
 Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float* logits) {
-  KP_RETURN_IF_ERROR(run_step(tokens, n, pos, logits != nullptr));
+  KP_RETURN_IF_ERROR(run_step(tokens, n, pos, logits != nullptr ? Output::kLogits : Output::kNone));
   if (logits == nullptr) return Status::Ok();
   const size_t bytes = (size_t)config_.vocab_size * sizeof(float);
   if (staging_->logits == nullptr) return copy_to_host(ws_.logits_f32, logits, bytes, opts_.stream);  // CPU
@@ -297,7 +323,7 @@ Status LlamaModel::forward(const int32_t* tokens, int32_t n, int32_t pos, float*
 }
 
 Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
-  KP_RETURN_IF_ERROR(run_step(&token, 1, pos, true));
+  KP_RETURN_IF_ERROR(run_step(&token, 1, pos, Output::kToken));
   KP_RETURN_IF_ERROR(copy_to_host(ws_.next, staging_->next, sizeof(int32_t), opts_.stream));
   KP_RETURN_IF_ERROR(synchronize());
   *next = *staging_->next;
@@ -308,6 +334,7 @@ Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
 // (a plain cudaStreamSynchronize would wait forever for a collective whose peer is gone).
 Status LlamaModel::synchronize() const {
   if (opts_.comm != nullptr) return opts_.comm->wait(opts_.stream);
+  if (opts_.pipe != nullptr) return opts_.pipe->wait(opts_.stream);
 #ifdef KUIPER_WITH_CUDA
   if (opts_.device == DeviceType::kCUDA) CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(opts_.stream)));
 #endif
