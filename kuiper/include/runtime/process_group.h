@@ -41,6 +41,10 @@ class ProcessGroup {
   // Every process loaded a model of these hyperparameters (the model path may differ between hosts,
   // the model may not): else every process fails with the first that differs.
   base::Status check_same_model(const model::ModelConfig& c) const;
+  // This process failed with `s`: every other process's pending and later communication fails at once
+  // with it ("rank R: cause"), instead of waiting for this one until the timeout.
+  // Returns `s` as the job reports it: naming this rank.
+  base::Status abort(const base::Status& s) const;
   // Rank 0's `*stop` reaches every process (a broadcast of one int).
   base::Status share_stop(bool* stop) const;
   void set_timeout_ms(int ms);

@@ -126,7 +126,7 @@ Status time_decode_comm_ms(TpRunner& r, double* ms) {
     const base::DType dt = m.workspace().x.dtype();
     tensor::Tensor x, part, all;  // [1, dim], [1, vocab / world], [1, vocab]
     KP_RETURN_IF_ERROR(random_row(r, rank, dt, cfg.dim, 1, &x));
-    KP_RETURN_IF_ERROR(random_row(r, rank, dt, cfg.vocab_size / r.world_size(), 2, &part));
+    KP_RETURN_IF_ERROR(random_row(r, rank, dt, cfg.vocab_size / c->world_size(), 2, &part));
     KP_RETURN_IF_ERROR(tensor::Tensor::create(dt, {1, (int64_t)cfg.vocab_size}, m.allocator(), &all));
     auto step = [&]() -> Status {
       for (int l = 0; l < 2 * cfg.n_layers; ++l) KP_RETURN_IF_ERROR(c->all_reduce_sum(x, m.stream()));

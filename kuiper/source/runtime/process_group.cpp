@@ -93,6 +93,17 @@ Status ProcessGroup::share_stop(bool* stop) const {
   return Status::Ok();
 }
 
+Status ProcessGroup::abort(const Status& s) const {
+  // Communication errors already name the rank that saw them (and have aborted the world).
+  const std::string why = s.code() == base::StatusCode::kCommError ? s.message()
+                                                                    : "rank " + std::to_string(layout_.rank) + ": " + s.message();
+  comm::MpiWorld::instance().abort(why);
+#ifdef KUIPER_WITH_CUDA
+  if (device_ == base::DeviceType::kCUDA) comm::NcclHandler::instance().abort(why);
+#endif
+  return Status(s.code(), why);
+}
+
 void ProcessGroup::set_timeout_ms(int ms) {
   comm::MpiWorld::instance().set_timeout_ms(ms);
 #ifdef KUIPER_WITH_CUDA

@@ -281,7 +281,9 @@ Status TpRunner::run(RankFn fn) {
 #ifdef KUIPER_WITH_CUDA
     if (im.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.devices[0]));
 #endif
-    return fn(0);
+    Status s = fn(0);
+    if (!s.ok() && im.process) return im.process->abort(s);  // the other processes stop too, at once
+    return s;
   }
   {
     std::lock_guard<std::mutex> lock(im.mu);
@@ -306,18 +308,20 @@ Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vector<in
   std::vector<GenerateStats> st(world);
   if (im.process) {
     // One rank here, the others in their processes: world rank 0 decides, every process learns it.
-    const bool talks = is_output_rank();
-    sampler::Sampler smp;
-    KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp, max_seq_len()));
-    std::vector<float> logits(config().vocab_size);
-    Status shared;
-    auto cb = [&](int32_t tok) {
-      bool stop = talks && !on_token(tok);
-      shared = im.process->share_stop(&stop);
-      return shared.ok() && !stop;
-    };
-    Status s = runtime::generate(*models_[0], smp, prompt, pos, opts, logits.data(), cb, stats);
-    return s.ok() ? shared : s;
+    return run([&](int) -> Status {
+      const bool talks = is_output_rank();
+      sampler::Sampler smp;
+      KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp, max_seq_len()));
+      std::vector<float> logits(config().vocab_size);
+      Status shared;
+      auto cb = [&](int32_t tok) {
+        bool stop = talks && !on_token(tok);
+        shared = im.process->share_stop(&stop);
+        return shared.ok() && !stop;
+      };
+      Status s = runtime::generate(*models_[0], smp, prompt, pos, opts, logits.data(), cb, stats);
+      return s.ok() ? shared : s;
+    });
   }
   return run([&](int rank) -> Status {
     sampler::Sampler smp;
