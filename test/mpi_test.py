@@ -3,6 +3,8 @@
 
   mpi_test.py BIN_DIR SOURCE_DIR MODELS_DIR gtest NP TP PP [GTEST_FILTER]
       test_mpi under `mpirun -np NP`, --tp TP --pp PP
+  mpi_test.py BIN_DIR SOURCE_DIR MODELS_DIR gtest-cuda NP TP PP [GTEST_FILTER]
+      the same with --device cuda, one GPU per process (skipped, 77, with fewer than NP GPUs)
   mpi_test.py BIN_DIR SOURCE_DIR MODELS_DIR cli
       llama_infer / llama_bench under mpirun: the greedy text of tp 2, pp 2 and tp 2 x pp 2 is one
       process's; every error is one line on stderr, a non-zero exit, and no hang
@@ -78,19 +80,25 @@ def run(cmd, timeout=120, stdin_text=None):
     return subprocess.CompletedProcess(cmd, p.returncode, out, err), time.monotonic() - t0
 
 
-if mode == "gtest":
+if mode in ("gtest", "gtest-cuda"):
     np_, tp, pp = sys.argv[5:8]
     exe = os.path.join(bin_dir, "test_mpi")
     if not os.path.exists(exe):
         skip("test_mpi was not built: this build has no MPI (install libopenmpi-dev and reconfigure)")
-    cmd = mpirun_prefix(np_) + [exe, "--tp", tp, "--pp", pp] + [f"--gtest_filter={f}" for f in sys.argv[8:9]]
+    device = []
+    if mode == "gtest-cuda":
+        gpus = int(subprocess.run([exe, "--gpu_count"], capture_output=True, text=True, timeout=60).stdout.strip() or 0)
+        if gpus < int(np_):
+            skip(f"needs {np_} GPUs (one per process); {gpus} visible")
+        device = ["--device", "cuda"]
+    cmd = mpirun_prefix(np_) + [exe, "--tp", tp, "--pp", pp] + device + [f"--gtest_filter={f}" for f in sys.argv[8:9]]
     r, secs = run(cmd, timeout=240)
     if r is None:
         print(failures[0])
         sys.exit(1)
     sys.stdout.write(r.stdout)
     sys.stdout.write(r.stderr)
-    print(f"mpi_test: {' '.join(cmd[-4 - len(sys.argv[8:9]):])} under mpirun -np {np_}: exit {r.returncode}, {secs:.1f} s")
+    print(f"mpi_test: {' '.join(cmd[cmd.index(exe) + 1:])} under mpirun -np {np_}: exit {r.returncode}, {secs:.1f} s")
     sys.exit(0 if r.returncode == 0 else 1)
 
 # ---- cli ----

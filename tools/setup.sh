@@ -8,6 +8,7 @@ pkgs=(build-essential cmake pkg-config python3
       libarmadillo-dev libopenblas-dev libsentencepiece-dev
       libpcre2-dev nlohmann-json3-dev
       libedit-dev                   # line editing and history in the interactive chat
+      openmpi-bin libopenmpi-dev    # mpirun: one process per GPU or CPU rank (--tp x --pp), and its tests
       clang libclang-rt-dev)        # the fuzzers (tools/fuzz.sh): clang, libFuzzer
 missing=()
 for p in "${pkgs[@]}"; do

@@ -98,6 +98,9 @@ class NcclHandler {
   bool aborted() const { return aborted_.load(std::memory_order_acquire); }
   void set_timeout_ms(int ms) { timeout_ms_ = ms; }
   int timeout_ms() const { return timeout_ms_; }
+  // Asked by every wait() (the watchdog), on the waiting thread: true and *why when the job was aborted
+  // outside NCCL (another process failed and said so over MPI); the wait then aborts and fails with it.
+  void set_external_abort(std::function<bool(std::string* why)> f) { external_abort_ = std::move(f); }
   // Tears everything down (also done at exit).
   void shutdown();
 
@@ -107,7 +110,7 @@ class NcclHandler {
   struct Rank;
   Status abort_status() const;
   void destroy_locked();
-  Status add_rank(ncclComm_t comm, int device, int comm_rank, int comm_size);
+  Status add_rank(ncclComm_t comm, int device, int comm_rank, int comm_size, int name);
   Status probe_process();
   mutable std::mutex mu_;  // init / shutdown / abort
   std::vector<std::unique_ptr<Rank>> ranks_;
@@ -115,6 +118,7 @@ class NcclHandler {
   std::atomic<bool> aborted_{false};
   std::string why_;  // the first abort reason, guarded by mu_
   int timeout_ms_ = kDefaultTimeoutMs;
+  std::function<bool(std::string*)> external_abort_;
 };
 
 }  // namespace comm

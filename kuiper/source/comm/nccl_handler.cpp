@@ -23,6 +23,7 @@ struct NcclHandler::Rank final : Communicator {
   int index = 0;      // slot in the handler
   int comm_rank = 0;  // rank in `comm`
   int comm_size = 1;
+  int name = 0;       // the rank messages name: the local GPU (init), the world rank (init_process)
   ncclComm_t comm = nullptr;
   base::CudaStream comm_stream;
   base::CudaEvent done;     // recorded on the compute stream when the partial result is complete
@@ -105,7 +106,7 @@ Status NcclHandler::init(int world) {
   std::vector<int> devs(world);
   for (int i = 0; i < world; ++i) devs[i] = i;
   NCCL_CHECK(ncclCommInitAll(comms.data(), world, devs.data()));
-  for (int i = 0; i < world; ++i) KP_RETURN_IF_ERROR(add_rank(comms[i], i, i, world));
+  for (int i = 0; i < world; ++i) KP_RETURN_IF_ERROR(add_rank(comms[i], i, i, world, i));
   // One all-reduce of one float on every rank, driven from this thread as one NCCL group: NCCL makes
   // its peer connections now, not inside the first decode step, and a broken setup fails here.
   std::vector<float*> probe(world, nullptr);
@@ -132,8 +133,9 @@ Status NcclHandler::init(int world) {
   return s;
 }
 
-Status NcclHandler::add_rank(ncclComm_t comm, int device, int comm_rank, int comm_size) {
+Status NcclHandler::add_rank(ncclComm_t comm, int device, int comm_rank, int comm_size, int name) {
   auto r = std::make_unique<Rank>();
+  r->name = name;
   r->handler = this;
   r->index = (int)ranks_.size();
   r->comm_rank = comm_rank;
@@ -166,8 +168,8 @@ Status NcclHandler::init_process(int world, int rank, int device, int tp,
   ncclComm_t tp_comm = nullptr, pipe_comm = nullptr;
   NCCL_CHECK(ncclCommSplit(world_comm_, stage, tp_rank, &tp_comm, nullptr));
   NCCL_CHECK(ncclCommSplit(world_comm_, tp_rank, stage, &pipe_comm, nullptr));
-  KP_RETURN_IF_ERROR(add_rank(tp_comm, device, tp_rank, tp));
-  KP_RETURN_IF_ERROR(add_rank(pipe_comm, device, stage, pp));
+  KP_RETURN_IF_ERROR(add_rank(tp_comm, device, tp_rank, tp, rank));
+  KP_RETURN_IF_ERROR(add_rank(pipe_comm, device, stage, pp, rank));
   return probe_process();
 }
 
@@ -276,17 +278,23 @@ Status NcclHandler::wait(int rank, cudaStream_t stream) {
   Rank& r = *ranks_.at(rank);
   auto check = [&]() -> Status {
     if (aborted()) return abort_status();
+    // Under mpirun: another process failed (its reason came over MPI): stop too.
+    std::string why;
+    if (external_abort_ && external_abort_(&why)) {
+      abort(why);
+      return abort_status();
+    }
     ncclResult_t async = ncclSuccess;
     ncclCommGetAsyncError(r.comm, &async);
     if (async == ncclSuccess || async == ncclInProgress) return Status::Ok();
-    abort("rank " + std::to_string(rank) + ": NCCL reported '" + ncclGetErrorString(async) + "'");
+    abort("rank " + std::to_string(r.name) + ": NCCL reported '" + ncclGetErrorString(async) + "'");
     return abort_status();
   };
   auto fail = [&](const std::string& why) {
     abort(why);
     return abort_status();
   };
-  return watch_stream(rank, stream, timeout_ms_, check, fail);
+  return watch_stream(r.name, stream, timeout_ms_, check, fail);
 }
 
 }  // namespace comm

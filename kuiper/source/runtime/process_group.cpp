@@ -52,6 +52,12 @@ Status ProcessGroup::create(base::DeviceType device, int tp, int pp, int timeout
   g->device_id_ = w.local_rank();
   comm::NcclHandler& nccl = comm::NcclHandler::instance();
   nccl.set_timeout_ms(timeout_ms);
+  nccl.set_external_abort([](std::string* why) {
+    comm::MpiWorld& mpi = comm::MpiWorld::instance();
+    if (!mpi.aborted()) return false;
+    *why = mpi.abort_status().message();
+    return true;
+  });
   KP_RETURN_IF_ERROR(nccl.init_process(l.world, l.rank, g->device_id_, tp,
                                        [&w](void* bytes, size_t n) { return w.broadcast(bytes, n, 0); }));
   if (tp > 1) g->tp_ = nccl.tensor_parallel();
