@@ -163,7 +163,7 @@ Status mpi_wait(MpiWorld& w, MPI_Request* req, const char* what) {
               seconds_text(w.timeout_ms()) + " (a rank failed or hung)");
       return w.abort_status();
     }
-    if (now - t0 < std::chrono::milliseconds(1)) std::this_thread::yield();
+    if (now - t0 < std::chrono::milliseconds(20)) std::this_thread::yield();
     else std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
 }

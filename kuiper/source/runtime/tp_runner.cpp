@@ -174,6 +174,10 @@ Status TpRunner::make_comms(const model::ModelOptions& opts, const TpOptions& tp
 #endif
 }
 
+// How long a process may wait for the others to finish loading their weights (a 405B model's share
+// from a network file system can take minutes).
+constexpr int kLoadTimeoutMs = 30 * 60 * 1000;
+
 // One rank of one stage in this process; the other ranks are the other processes of the job.
 Status TpRunner::create_process(const model::ModelFile& file, const model::ModelOptions& opts, const TpOptions& tp,
                                 std::unique_ptr<TpRunner>* out) {
@@ -212,7 +216,15 @@ Status TpRunner::create_process(const model::ModelFile& file, const model::Model
   }
 #endif
   r->models_.resize(1);
-  KP_RETURN_IF_ERROR(model::LlamaModel::create(file, o, &r->models_[0]));
+  const Status loaded = model::LlamaModel::create(file, o, &r->models_[0]);
+  if (!loaded.ok()) return pg.abort(loaded);
+  // Every process has its weights before any step: a host with a slower disk may take minutes longer
+  // to load its share, which the first step's collectives must not mistake for a hang.
+  comm::MpiWorld& mpi = comm::MpiWorld::instance();
+  mpi.set_timeout_ms(std::max(tp.timeout_ms, kLoadTimeoutMs));
+  const Status all_loaded = mpi.barrier();
+  mpi.set_timeout_ms(tp.timeout_ms);
+  KP_RETURN_IF_ERROR(all_loaded);
   *out = std::move(r);
   return Status::Ok();
 }
