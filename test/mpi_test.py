@@ -35,6 +35,11 @@ if mpirun is None:
     skip("needs mpirun (Open MPI: apt-get install openmpi-bin libopenmpi-dev, as tools/setup.sh does); it is absent")
 
 
+# Containers often forbid the cross-process memory copies (CMA, ptrace) that Open MPI's shared-memory
+# transport tries first, and it then prints a warning per message: copy through shared memory instead.
+os.environ.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+
+
 def mpirun_prefix(np_):
     cmd = [mpirun, "-q", "--oversubscribe", "--bind-to", "none", "-np", str(np_)]
     if os.geteuid() == 0:

@@ -3,6 +3,7 @@
 // The sharding plan lives here, in one place: every linear is tagged column- or row-parallel as it is
 // loaded, and only this rank's rows (column-parallel) or columns (row-parallel) are read from the file.
 // Sizes are divided once and checked; the forward pass never branches on tensor parallelism.
+// A pipeline stage (ShardSpec::layer_begin / layer_end) reads only its layers' tensors.
 #pragma once
 
 #include <functional>
