@@ -38,6 +38,15 @@ if mpirun is None:
 # Containers often forbid the cross-process memory copies (CMA, ptrace) that Open MPI's shared-memory
 # transport tries first, and it then prints a warning per message: copy through shared memory instead.
 os.environ.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+# Under AddressSanitizer (tools/sanitize.sh sets ASAN_OPTIONS): Open MPI keeps state allocated past
+# MPI_Finalize; test/lsan_mpi.supp leaves out what was allocated through it, which needs whole stacks
+# (no fast unwinding: Open MPI has no frame pointers) and its plugins kept loaded, so that their
+# frames have names.
+if "ASAN_OPTIONS" in os.environ:
+    os.environ["ASAN_OPTIONS"] += ":fast_unwind_on_malloc=0"
+    os.environ["LSAN_OPTIONS"] = (f"suppressions={os.path.join(src_dir, 'test', 'lsan_mpi.supp')}:print_suppressions=0" +
+                                  (":" + os.environ["LSAN_OPTIONS"] if os.environ.get("LSAN_OPTIONS") else ""))
+    os.environ["OMPI_MCA_mca_base_component_disable_dlclose"] = "1"
 
 
 def mpirun_prefix(np_):
