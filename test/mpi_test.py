@@ -88,6 +88,11 @@ def run(cmd, timeout=120, stdin_text=None):
         out, err = p.communicate(stdin_text, timeout=timeout)
     except subprocess.TimeoutExpired:
         failures.append(f"{' '.join(cmd)}: no answer within {timeout} s (a hang); the stacks:\n{stacks(p.pid)}")
+        for pid in descendants(p.pid):  # the ranks too, not only mpirun
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
         p.kill()
         p.communicate()
         return None, time.monotonic() - t0

@@ -89,6 +89,14 @@ Status MpiWorld::init(int* argc, char*** argv) {
 
 void MpiWorld::finalize() {
   if (!active_) return;
+  // A process that ends normally first meets the others (bounded): if they are still at work and then
+  // fail, or hang, this one must not sit in MPI_Finalize while another calls MPI_Abort (Open MPI 4.1's
+  // mpirun can then hang in its own shutdown). It ends the job itself instead, after 2 s, so that the
+  // failing process's line is printed first. (After an abort every process ends here, and finalizes.)
+  if (!aborted() && !barrier().ok()) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    abort_job(1);
+  }
   active_ = false;
   if (impl_->fault_recv != MPI_REQUEST_NULL) {
     int done = 0;
