@@ -9,11 +9,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <thread>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
+#include "comm/mpi_world.h"
 #include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
@@ -26,6 +28,8 @@ DEFINE_string(model, "", "model file: the project's .bin format (tools/export.py
 DEFINE_string(tokenizer, "", "tokenizer file (.model); default: the one embedded in --model");
 DEFINE_string(device, "", "cpu or cuda (default: cuda when a GPU is visible)");
 DEFINE_string(tp, "1", "tensor-parallel ranks (GPUs); llama_bench takes a comma list");
+DEFINE_int32(pp, 1, "pipeline stages, one process per stage and tensor-parallel rank: under mpirun -np tp x pp");
+DEFINE_double(comm_timeout, 60, "seconds a rank waits for the others before the run is declared hung");
 DEFINE_string(allreduce, "auto", "all-reduce between GPUs with --tp: auto, custom (the one-shot peer kernel) or nccl");
 DEFINE_int32(max_seq_len, 0, "context length to allocate the KV cache for (0 = the model's)");
 DEFINE_bool(cuda_graph, true, "capture the decode step once as a CUDA graph and replay it (off: plain launches, for debugging)");
@@ -82,8 +86,20 @@ const char* prog_name() { return g_prog; }
 
 int fail(int code, const std::string& message) {
   std::fflush(stdout);
-  std::fprintf(stderr, "%s: error: %s\n", g_prog, message.c_str());
-  return code;
+  comm::MpiWorld& mpi = comm::MpiWorld::instance();
+  if (mpi.size() <= 1) {
+    std::fprintf(stderr, "%s: error: %s\n", g_prog, message.c_str());
+    return code;
+  }
+  // Under mpirun: one line, then MPI_Abort ends every process of the job (those waiting for this one
+  // in a collective are killed, not left to time out). When every rank fails for the same reason (a
+  // bad flag), rank 0's line is the one printed: the others wait 2 s first, within which rank 0's
+  // abort ends them; a rank that fails alone prints after those 2 s.
+  if (mpi.rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+  const bool named = message.rfind("rank ", 0) == 0;  // communication errors name their rank already
+  std::fprintf(stderr, "%s: error: %s%s\n", g_prog, named ? "" : ("rank " + std::to_string(mpi.rank()) + ": ").c_str(),
+               message.c_str());
+  mpi.abort_job(code);
 }
 
 ArgSpec with_common_aliases(std::vector<Alias> program, std::set<std::string> repeatable) {
@@ -97,6 +113,8 @@ ArgSpec with_common_aliases(std::vector<Alias> program, std::set<std::string> re
 void init(int argc, char** argv, const char* usage, const ArgSpec& spec) {
   static const std::string prog = basename_of(argv[0]);
   g_prog = prog.c_str();
+  // Under mpirun, MPI first: fail() needs it to end the whole job.
+  if (base::Status s = comm::MpiWorld::instance().init(&argc, &argv); !s.ok()) std::exit(fail(2, s.message()));
   const std::string err = parse_args(argc, argv, spec, &g_args);
   if (!err.empty()) std::exit(fail(2, err));
   if (g_args.help) {
@@ -108,6 +126,9 @@ void init(int argc, char** argv, const char* usage, const ArgSpec& spec) {
     std::exit(0);
   }
   if (FLAGS_threads < 0) std::exit(fail(2, "--threads must be 0 (the usable cores) or more"));
+  if (FLAGS_pp < 1) std::exit(fail(2, "--pp must be at least 1"));
+  if (!(FLAGS_comm_timeout > 0 && FLAGS_comm_timeout <= 86400))
+    std::exit(fail(2, "--comm_timeout must be a number of seconds in (0, 86400]"));
   FLAGS_logtostderr = true;
   FLAGS_minloglevel = 2;  // errors only: the library reports through Status
   google::InitGoogleLogging(g_prog);
@@ -128,7 +149,23 @@ bool interrupted() { return g_interrupted.load(); }
 void clear_interrupt() { g_interrupted = false; }
 
 uint64_t clock_seed() {
-  return (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
+  uint64_t seed = (uint64_t)std::chrono::high_resolution_clock::now().time_since_epoch().count();
+  // Every process samples with rank 0's seed (each samples the same token from the same logits).
+  if (base::Status s = comm::MpiWorld::instance().broadcast(&seed, sizeof seed, 0); !s.ok()) std::exit(fail(1, s.message()));
+  return seed;
+}
+
+int process_count() { return comm::MpiWorld::instance().size(); }
+bool is_output_rank() { return comm::MpiWorld::instance().rank() == 0; }
+
+std::string share_text(std::string* text) {
+  comm::MpiWorld& mpi = comm::MpiWorld::instance();
+  if (mpi.size() <= 1) return "";
+  uint64_t n = text->size();
+  if (base::Status s = mpi.broadcast(&n, sizeof n, 0); !s.ok()) return s.message();
+  text->resize(n);
+  const base::Status s = mpi.broadcast(text->data(), n, 0);
+  return s.ok() ? "" : s.message();
 }
 
 void print_stats(const runtime::GenerateStats& s, uint64_t seed) {
@@ -223,6 +260,8 @@ int tp_flag() {
 runtime::TpOptions tp_options() {
   runtime::TpOptions tp;
   tp.world = tp_flag();
+  tp.pp = FLAGS_pp;
+  tp.timeout_ms = (int)(FLAGS_comm_timeout * 1000);
   runtime::parse_all_reduce(FLAGS_allreduce, &tp.all_reduce);  // checked by device_options()
   return tp;
 }

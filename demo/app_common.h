@@ -47,18 +47,26 @@ std::string open_model_file(std::unique_ptr<model::ModelFile>* file);
 std::string device_options(model::ModelOptions* opts, const std::string& dtype);
 bool uses_cpu();  // --device, or its default (cuda when a GPU is visible)
 int tp_flag();  // --tp as one number (0 when it is not one)
-runtime::TpOptions tp_options();  // --tp (one number), --allreduce (checked by device_options)
+runtime::TpOptions tp_options();  // --tp (one number), --pp, --comm_timeout, --allreduce (checked by device_options)
 // --tokenizer, else the tokenizer embedded in `file` (opened from --model when null).
 std::string open_tokenizer(const model::ModelFile* file, std::unique_ptr<model::Tokenizer>* tok);
 // Recognises model files of other tools (safetensors, a Hugging Face folder, PyTorch) and says
 // how to convert them with tools/export.py; "" for anything else.
 std::string foreign_model_hint(const std::string& path);
 
-// Prints "PROG: error: MESSAGE" on stderr and returns `code`.
+// Prints "PROG: error: MESSAGE" on stderr and returns `code`. Under mpirun it does not return: the
+// line names the rank, and MPI_Abort(code) ends every process of the job.
 int fail(int code, const std::string& message);
 // The stats line on stderr, with the sampling seed (so that a run can be repeated).
 void print_stats(const runtime::GenerateStats& s, uint64_t seed);
+// A seed from the clock (under mpirun: rank 0's, broadcast to every process).
 uint64_t clock_seed();
+// Under mpirun: the number of processes, and whether this one talks to the user (world rank 0).
+// Without mpirun: 1 and true.
+int process_count();
+bool is_output_rank();
+// Under mpirun: rank 0's *text replaces every other process's (stdin reaches rank 0 only); "" or the error.
+std::string share_text(std::string* text);
 // The --version text (version.cpp).
 std::string version_text(const std::string& prog);
 const char* prog_name();

@@ -12,6 +12,10 @@
 // Lists (comma-separated) for --weights, --dtype, --tp, --prompt_len and --gen run every combination:
 // the model is loaded once per (weights, dtype, tp) and every (prompt_len, gen) runs on it. Results
 // go to stdout as text, a Markdown table, JSON or CSV (-o); progress goes to stderr.
+//
+// Under mpirun (--tp T --pp P, -np T x P) every process runs its rank and rank 0 prints: times are the
+// slowest process's, weights / KV cache / workspace the sum over processes, and with --pp a `stages`
+// line gives the latency of handing the hidden state from one stage to the next.
 #include <gflags/gflags.h>
 #include <unistd.h>
 
@@ -28,6 +32,7 @@
 #include <vector>
 
 #include "app_common.h"
+#include "comm/mpi_world.h"
 #include "model/model_file.h"
 #include "runtime/comm_timing.h"
 #include "runtime/tp_runner.h"
@@ -244,8 +249,11 @@ base::Status time_run(runtime::TpRunner& runner, const model::ModelConfig& cfg, 
       return base::Status::Ok();
     }));
     if (rep > 0) {
-      pf.push_back(*std::max_element(p.begin(), p.end()));
-      dc.push_back(*std::max_element(d.begin(), d.end()));
+      double pm = *std::max_element(p.begin(), p.end()), dm = *std::max_element(d.begin(), d.end());
+      KP_RETURN_IF_ERROR(comm::MpiWorld::instance().max(&pm));  // under mpirun: the slowest process
+      KP_RETURN_IF_ERROR(comm::MpiWorld::instance().max(&dm));
+      pf.push_back(pm);
+      dc.push_back(dm);
     }
   }
   *prefill_ms = median(pf);
@@ -256,7 +264,7 @@ base::Status time_run(runtime::TpRunner& runner, const model::ModelConfig& cfg, 
 // One result: a (weights, dtype, tp, prompt_len, gen) combination.
 struct Row {
   std::string model, config, weights, act, device;
-  int tp = 1, threads = 0, prompt_len = 0, gen = 0;
+  int tp = 1, pp = 1, threads = 0, prompt_len = 0, gen = 0;
   int n_layers = 0, dim = 0;  // for the split line
   bool cuda_graph = false;
   double load_ms = 0, prefill_ms = 0, decode_ms = 0;
@@ -264,6 +272,7 @@ struct Row {
   // memory: device memory in use by the model (GPU), or this process's resident memory after the run (CPU)
   double weights_gib = 0, kv_gib = 0, ws_gib = 0, memory_gib = 0;
   double comm_ms = -1, ar8_us = -1, ar16_us = -1;  // measure_comm()
+  double p2p8_us = -1, p2p16_us = -1;               // stage to stage, under mpirun with --pp
   std::string all_reduce;                            // TpRunner::all_reduce_used()
   double prefill_tps() const { return prompt_len * 1e3 / prefill_ms; }
   double decode_tps() const { return gen * 1e3 / decode_ms; }
@@ -274,7 +283,8 @@ void print_text(const Row& r, bool first) {
   if (!first) std::printf("\n");
   std::printf("model       %s\n", r.model.c_str());
   std::printf("config      %s\n", r.config.c_str());
-  std::printf("device      %s x%d, activations %s, %s, all-reduce %s\n", r.device.c_str(), r.tp, r.act.c_str(),
+  std::printf("device      %s x%d%s, activations %s, %s, all-reduce %s\n", r.device.c_str(), r.tp,
+              r.pp > 1 ? (" x pp " + std::to_string(r.pp) + " (processes)").c_str() : "", r.act.c_str(),
               r.device == "cpu" ? ("threads " + std::to_string(r.threads)).c_str()
                                 : (std::string("cuda_graph ") + (r.cuda_graph ? "on" : "off")).c_str(),
               r.all_reduce.c_str());
@@ -293,6 +303,9 @@ void print_text(const Row& r, bool first) {
   if (r.ar8_us >= 0)
     std::printf("all-reduce  one of 8 KB: %.1f us, one of 16 KB: %.1f us (%s, %s)\n", r.ar8_us, r.ar16_us, r.act.c_str(),
                 r.device == "cuda" ? "inside a CUDA graph" : "plain calls on the CPU");
+  if (r.p2p8_us >= 0)
+    std::printf("stages      one transfer to the next stage of 8 KB: %.1f us, of 16 KB: %.1f us (%s, one way)\n",
+                r.p2p8_us, r.p2p16_us, r.device == "cuda" ? "NCCL send / recv inside a CUDA graph" : "MPI");
   std::printf("bandwidth   %.3f GB read per token -> %.1f GB/s achieved", r.gb_per_token, r.achieved_gbs);
   if (r.copy_gbs > 0)
     std::printf(" of %.1f GB/s measured copy bandwidth = %.1f%% (limit %.1f tokens/s)", r.copy_gbs, r.pct_of_copy(),
@@ -303,7 +316,8 @@ void print_text(const Row& r, bool first) {
 const std::vector<std::string> kColumns = {
     "model", "weights", "dtype", "device", "tp", "threads", "prompt_len", "gen", "prefill_tok_s", "decode_tok_s",
     "ms_per_token", "gb_per_token", "achieved_gb_s", "copy_gb_s", "pct_of_copy", "weights_gib", "kv_gib",
-    "workspace_gib", "memory_gib", "comm_ms_per_token", "all_reduce", "all_reduce_8kb_us", "all_reduce_16kb_us"};
+    "workspace_gib", "memory_gib", "comm_ms_per_token", "all_reduce", "all_reduce_8kb_us", "all_reduce_16kb_us",
+    "pp", "stage_transfer_8kb_us", "stage_transfer_16kb_us"};
 
 std::vector<std::string> cells(const Row& r) {
   auto f = [](double v, int digits) {
@@ -316,7 +330,8 @@ std::vector<std::string> cells(const Row& r) {
           f(r.decode_ms / r.gen, 3), f(r.gb_per_token, 4), f(r.achieved_gbs, 2), f(r.copy_gbs, 1),
           f(r.pct_of_copy(), 1), f(r.weights_gib, 3), f(r.kv_gib, 4), f(r.ws_gib, 4), f(r.memory_gib, 3),
           r.comm_ms >= 0 ? f(r.comm_ms, 4) : "", r.all_reduce, r.ar8_us >= 0 ? f(r.ar8_us, 2) : "",
-          r.ar16_us >= 0 ? f(r.ar16_us, 2) : ""};
+          r.ar16_us >= 0 ? f(r.ar16_us, 2) : "", std::to_string(r.pp), r.p2p8_us >= 0 ? f(r.p2p8_us, 2) : "",
+          r.p2p16_us >= 0 ? f(r.p2p16_us, 2) : ""};
 }
 
 std::string json_string(const std::string& s) {
@@ -414,6 +429,8 @@ std::string check_flags(std::vector<std::string>* weights, std::vector<std::stri
   if (auto e = int_list("prompt_len", FLAGS_prompt_len, prompts); !e.empty()) return e;
   if (auto e = int_list("gen", FLAGS_gen, gens); !e.empty()) return e;
   if (auto e = int_list("tp", FLAGS_tp, tps); !e.empty()) return e;
+  if (app::process_count() > 1 && tps->size() != 1)
+    return "--tp takes one value under mpirun (the processes are --tp x --pp, fixed by -np)";
   *weights = synthetic ? split_list(FLAGS_weights) : std::vector<std::string>{""};
   *dtypes = split_list(FLAGS_dtype);
   if (dtypes->empty()) dtypes->push_back("");  // the device's default
@@ -458,7 +475,7 @@ int run() {
         opts.max_batch_tokens = max_prompt;
         opts.max_seq_len = ctx;
         const bool cuda = opts.device == base::DeviceType::kCUDA;
-        if (!copy_bw.count(cuda)) copy_bw[cuda] = copy_bandwidth_gbs(cuda, kernel::cpu_threads());
+        if (!copy_bw.count(cuda)) copy_bw[cuda] = app::is_output_rank() ? copy_bandwidth_gbs(cuda, kernel::cpu_threads()) : 0;
         const std::string name = FLAGS_shape.empty() ? file->path() : FLAGS_shape + " (synthetic)";
         const std::string wname = base::dtype_name(cfg.weight_dtype);
         opts.load_progress = progress_line((FLAGS_shape.empty() ? "loading weights of " : "making weights of ") +
@@ -478,7 +495,8 @@ int run() {
         base_row.weights = wname;
         base_row.act = base::dtype_name(opts.act_dtype);
         base_row.device = cuda ? "cuda" : "cpu";
-        base_row.tp = runner->world_size();
+        base_row.tp = runner->process() ? runner->process()->layout().tp : runner->world_size();
+        base_row.pp = runner->process() ? runner->process()->layout().pp : 1;
         base_row.threads = cuda ? 0 : kernel::cpu_threads();
         base_row.cuda_graph = cuda && FLAGS_cuda_graph;
         base_row.copy_gbs = copy_bw[cuda];
@@ -488,14 +506,24 @@ int run() {
           kv_block += runner->model(r).kv_cache().bytes();
           ws += runner->model(r).workspace().bytes;
         }
-        base_row.weights_gib = weight_bytes / kGiB;
-        base_row.kv_gib = kv_block / kGiB;
-        base_row.ws_gib = ws / kGiB;
+        double sums[3] = {(double)weight_bytes, (double)kv_block, (double)ws};  // over the processes of mpirun
+        for (double& v : sums)
+          if (auto s = comm::MpiWorld::instance().sum(&v); !s.ok()) return app::fail(1, s.message());
+        weight_bytes = (uint64_t)sums[0];
+        base_row.weights_gib = sums[0] / kGiB;
+        base_row.kv_gib = sums[1] / kGiB;
+        base_row.ws_gib = sums[2] / kGiB;
         base_row.memory_gib = cuda ? (device_used_bytes(cuda) - used0) / kGiB : 0;
         base_row.all_reduce = runner->all_reduce_used();
         if (auto s = measure_comm(*runner, opts.act_dtype, &base_row.comm_ms, &base_row.ar8_us, &base_row.ar16_us);
             !s.ok())
           return app::fail(1, s.message());
+        if (runner->process() && runner->process()->pipeline()) {
+          const int64_t esz = (int64_t)base::dtype_size(opts.act_dtype);
+          for (auto [bytes, us] : {std::pair<int64_t, double*>{8192, &base_row.p2p8_us}, {16384, &base_row.p2p16_us}})
+            if (auto s = runtime::time_stage_transfer_us(*runner, bytes / esz, opts.act_dtype, us); !s.ok())
+              return app::fail(1, s.message());
+        }
         for (int p : prompts) {
           for (int g : gens) {
             Row r = base_row;
@@ -516,7 +544,7 @@ int run() {
             r.gb_per_token = ((double)weight_bytes + kv_bytes) / 1e9;
             r.achieved_gbs = r.gb_per_token * r.decode_tps();
             rows.push_back(r);
-            if (FLAGS_output == "text") {  // as they come: a long sweep shows its progress
+            if (FLAGS_output == "text" && app::is_output_rank()) {  // as they come: a long sweep shows its progress
               print_text(r, rows.size() == 1);
               std::fflush(stdout);
             }
@@ -525,7 +553,7 @@ int run() {
       }
     }
   }
-  if (FLAGS_output != "text") print_rows(rows);
+  if (FLAGS_output != "text" && app::is_output_rank()) print_rows(rows);
   return 0;
 }
 

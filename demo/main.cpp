@@ -9,6 +9,10 @@
 // anything else). Ctrl-C stops generation after the current token: the text so far and the stats
 // line (stop: interrupted) are printed, and the exit status is 130 (128 + SIGINT), so a script can
 // tell the output is partial. A second Ctrl-C leaves at once.
+//
+// Under mpirun (one process per GPU or CPU rank: --tp T --pp P with -np T x P) rank 0 reads the prompt
+// and every process gets it from rank 0; only rank 0 prints; any rank's error is one line and ends
+// the job (app::fail).
 #include <gflags/gflags.h>
 #include <unistd.h>
 
@@ -81,6 +85,8 @@ std::string read_prompt(std::string* prompt) {
     *prompt = FLAGS_prompt;
     return "";
   }
+  // Under mpirun only rank 0 has the terminal or the pipe (and perhaps the file): its text is everyone's.
+  if (!app::is_output_rank()) return app::share_text(prompt);
   if (FLAGS_file == "-" || (!app::args().was_given("file") && !isatty(0))) {
     text = read_all(std::cin);
   } else if (app::args().was_given("file")) {
@@ -91,18 +97,22 @@ std::string read_prompt(std::string* prompt) {
   if (!text.empty() && text.back() == '\n') text.pop_back();
   if (!text.empty() && text.back() == '\r') text.pop_back();
   *prompt = text;
-  return "";
+  return app::share_text(prompt);
 }
 
 // Flags that mean nothing in the mode given are refused, not ignored.
 std::string check_mode() {
   if (FLAGS_tokenize && FLAGS_detokenize) return "--tokenize and --detokenize exclude each other";
+  if (app::process_count() > 1) {
+    if (FLAGS_chat) return "--chat does not run under mpirun yet (the turns come from stdin, which reaches rank 0 only)";
+    if (FLAGS_tokenize || FLAGS_detokenize) return "--tokenize and --detokenize run no model: start them without mpirun";
+  }
   if (app::args().was_given("prompt") && app::args().was_given("file"))
     return "give the prompt once: -p/--prompt TEXT or -f/--file FILE";
   if (FLAGS_tokenize || FLAGS_detokenize) {
     const char* mode = FLAGS_tokenize ? "with --tokenize" : "with --detokenize";
     return app::refuse_if_given({"n", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
-                                 "seed", "chat", "system", "reverse_prompt", "device", "tp", "allreduce",
+                                 "seed", "chat", "system", "reverse_prompt", "device", "tp", "pp", "comm_timeout", "allreduce",
                                  "max_seq_len", "cuda_graph", "dtype", "threads"},
                                 std::string("does nothing ") + mode + " (no model runs)");
   }
@@ -142,7 +152,8 @@ int generate(app::Engine& engine, const sampler::SamplerConfig& sc, const std::s
   model::Utf8Stream utf8;
   app::StopStrings stops(app::args().lists.count("reverse_prompt") ? app::args().lists.at("reverse_prompt")
                                                                     : std::vector<std::string>{});
-  std::fputs(text.c_str(), stdout);
+  const bool talks = engine.runner->is_output_rank();
+  if (talks) std::fputs(text.c_str(), stdout);
   std::fflush(stdout);
   int32_t prev = prompt.back();
   runtime::GenerateOptions go;
@@ -155,10 +166,13 @@ int generate(app::Engine& engine, const sampler::SamplerConfig& sc, const std::s
     return !app::interrupted() && !stops.stopped();
   };
   const base::Status s = engine.runner->generate(sc, prompt, 0, go, on_token, &stats);
-  if (!stops.stopped()) std::fputs((stops.push(utf8.flush()) + stops.flush()).c_str(), stdout);
-  std::fputs("\n", stdout);
+  if (talks) {
+    if (!stops.stopped()) std::fputs((stops.push(utf8.flush()) + stops.flush()).c_str(), stdout);
+    std::fputs("\n", stdout);
+  }
   std::fflush(stdout);
   if (!s.ok()) return app::fail(1, s.message());
+  if (!talks) return 0;
   if (app::interrupted()) stats.stop_reason = "interrupted";
   else if (stops.stopped()) stats.stop_reason = "stop string";
   app::print_stats(stats, sc.seed);

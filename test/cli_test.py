@@ -384,7 +384,8 @@ with tempfile.TemporaryDirectory() as tmp:
     r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-o", "csv", "--tp", "1,2"], program=bench)
     lines = r.stdout.strip().splitlines()
     check("llama_bench -o csv, --tp 1,2", r.returncode == 0 and len(lines) == 3 and lines[0].startswith("model,") and
-          lines[2].split(",")[4] == "2" and lines[2].split(",")[-1] != "", r.stdout + r.stderr)
+          lines[2].split(",")[4] == "2" and
+          dict(zip(lines[0].split(","), lines[2].split(",")))["all_reduce_16kb_us"] != "", r.stdout + r.stderr)
     r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "-o", "md"], program=bench)
     check("llama_bench -o md", r.stdout.startswith("| model |") and "| --- |" in r.stdout, r.stdout)
     r = run(["-m", stories, "-p", "4", "-n", "4", "-r", "1", "--device", "cpu", "--tp", "2"], program=bench)

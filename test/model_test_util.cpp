@@ -28,7 +28,7 @@ runtime::GenerateOptions no_stop(int n) {
     return ::testing::AssertionFailure() << "block of " << block->size() << " bytes (owned: " << block->owns_memory()
                                          << "), expected " << bytes;
   const char* next = static_cast<const char*>(block->data());
-  for (int l = 0; l < m.config().n_layers; ++l) {
+  for (int l = 0; l < kv.shape().n_layers; ++l) {  // the model's layers, or a pipeline stage's
     for (const tensor::Tensor& t : {kv.key(l), kv.value(l)}) {
       if (t.buffer() != block) return ::testing::AssertionFailure() << "layer " << l << " has a buffer of its own";
       if (t.data() != next || t.dim(0) != m.max_seq_len())

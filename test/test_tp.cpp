@@ -271,4 +271,75 @@ TEST(CpuCommunicator, AllReduceAndAllGather) {
   }
 }
 
+// A pipeline stage in one process, without MPI: what it loads, and what it refuses. (Stages talking
+// to each other run under mpirun: test_mpi.cpp.)
+class StageRank final : public comm::Communicator {  // says where the stage stands; never called
+ public:
+  StageRank(int rank, int world) : rank_(rank), world_(world) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  base::Status all_reduce_start(tensor::Tensor&, void*) override { return base::Internal("not for this test"); }
+  base::Status all_reduce_finish(void*) override { return base::Internal("not for this test"); }
+  base::Status all_gather(const tensor::Tensor&, tensor::Tensor&, void*) override { return base::Internal("not for this test"); }
+  base::Status wait(void*) override { return base::Status::Ok(); }
+  void abort(const std::string&) override {}
+  bool aborted() const override { return false; }
+
+ private:
+  int rank_, world_;
+};
+
+TEST(PipelineStage, HoldsOnlyItsLayers) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();  // 5 layers, tied embeddings
+  StageRank first(0, 2), last(1, 2);
+  model::ModelOptions o;
+  o.layer_begin = 0, o.layer_end = 2, o.pipe = &first;
+  std::unique_ptr<model::LlamaModel> a, b, all;
+  ASSERT_TRUE(model::LlamaModel::create(*f, o, &a).ok());
+  o.layer_begin = 2, o.layer_end = 5, o.pipe = &last;
+  ASSERT_TRUE(model::LlamaModel::create(*f, o, &b).ok());
+  ASSERT_TRUE(model::LlamaModel::create(*f, {}, &all).ok());
+  // The KV cache of 2 of the 5 layers, by hand: 2 layers x 2 (K, V) x 512 positions x 4 KV heads x 8 x 4 bytes.
+  EXPECT_TRUE(testutil::kv_cache_is_one_block(*a, 262144));
+  EXPECT_EQ(a->kv_cache().bytes() + b->kv_cache().bytes(), all->kv_cache().bytes());
+  EXPECT_EQ(b->kv_cache().bytes(), 3 * all->kv_cache().bytes() / 5);
+  // Layers outside the range hold nothing; the embedding is on the first stage and, tied, the last.
+  EXPECT_TRUE(a->weights().layers[2].wo.weight().empty());
+  EXPECT_FALSE(a->weights().layers[1].wo.weight().empty());
+  EXPECT_TRUE(b->weights().layers[1].w2.weight().empty());
+  EXPECT_FALSE(b->weights().layers[4].w2.weight().empty());
+  EXPECT_TRUE(a->weights().output.weight().empty()) << "the classifier is the last stage's";
+  EXPECT_FALSE(b->weights().output.weight().empty());
+  EXPECT_FALSE(a->weights().tok_embeddings.empty());
+}
+
+TEST(PipelineStage, NeedsAPipelineCommunicatorThatPlacesIt) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  std::unique_ptr<model::LlamaModel> m;
+  model::ModelOptions o;
+  o.layer_begin = 2, o.layer_end = 5;
+  base::Status s = model::LlamaModel::create(*f, o, &m);
+  EXPECT_NE(s.message().find("needs a pipeline communicator"), std::string::npos) << s.message();
+  StageRank first(0, 2);
+  o.pipe = &first;  // layers [2, 5) are not the first stage's
+  s = model::LlamaModel::create(*f, o, &m);
+  EXPECT_NE(s.message().find("needs a pipeline communicator"), std::string::npos) << s.message();
+  o.layer_begin = 3, o.layer_end = 9;
+  s = model::LlamaModel::create(*f, o, &m);
+  EXPECT_NE(s.message().find("are not a range of the 5 layers"), std::string::npos) << s.message();
+}
+
+// Without mpirun, --pp has nothing to run its stages on.
+TEST(PipelineStage, PpWithoutMpirunIsRefused) {
+  KP_SKIP_WITHOUT_MODELS();
+  auto f = stories();
+  runtime::TpOptions t;
+  t.pp = 2;
+  std::unique_ptr<runtime::TpRunner> r;
+  const base::Status s = runtime::TpRunner::create(*f, {}, t, &r);
+  EXPECT_NE(s.message().find("start it with mpirun -np 2"), std::string::npos) << s.message();
+}
+
 }  // namespace

@@ -9,6 +9,7 @@ pkgs=(build-essential cmake pkg-config python3
       libpcre2-dev nlohmann-json3-dev
       libedit-dev                   # line editing and history in the interactive chat
       libcpp-httplib-dev            # llama_server's HTTP (docs/serving.md says why this library)
+      openmpi-bin libopenmpi-dev    # mpirun: one process per GPU or CPU rank (--tp x --pp), and its tests
       clang libclang-rt-dev)        # the fuzzers (tools/fuzz.sh): clang, libFuzzer
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,7 +1,9 @@
-// Communicator: the collectives tensor parallelism needs, behind one interface so the model never
-// names NCCL. Implementations: NcclHandler's ranks (GPUs, comm/nccl_handler.h), PeerCommGroup's ranks
-// (GPUs of one process by peer loads/stores, comm/peer_communicator.h) and CpuCommunicator (ranks as
-// threads of one process, comm/cpu_communicator.h).
+// Communicator: the collectives tensor parallelism needs, and the transfers between pipeline stages,
+// behind one interface so the model never names NCCL or MPI. Implementations: NcclHandler's ranks
+// (GPUs, comm/nccl_handler.h), PeerCommGroup's ranks (GPUs of one process by peer loads/stores,
+// comm/peer_communicator.h), CpuCommunicator (ranks as threads of one process,
+// comm/cpu_communicator.h) and MpiCommunicator (ranks as processes started by mpirun, on the CPU,
+// comm/mpi_communicator.h).
 //
 // Besides the collectives, a communicator owns the two things that keep a tensor-parallel run from
 // hanging: every host-side wait of a rank goes through wait() (bounded, and it sees the group's
@@ -57,6 +59,25 @@ class Communicator {
   }
   // out = concatenation of every rank's `in` along the first axis, rank 0 first.
   virtual base::Status all_gather(const tensor::Tensor& in, tensor::Tensor& out, void* stream) = 0;
+
+  // Pipeline stages (a communicator whose ranks are the stages): `t` goes from this rank to `peer`,
+  // which receives it into a tensor of the same dtype and size (every stage runs the same chunks, so
+  // the receiver knows the shape). Queued like the collectives on GPUs (ncclSend / ncclRecv on the
+  // comm stream, after the work queued on `stream`; later work on `stream` sees the received data);
+  // done at once on the CPU. Communicators of one process's threads have none (the default).
+  virtual base::Status send(const tensor::Tensor& t, int peer, void* stream) {
+    (void)t, (void)peer, (void)stream;
+    return base::Unsupported("this communicator has no point-to-point transfers");
+  }
+  virtual base::Status recv(tensor::Tensor& t, int peer, void* stream) {
+    (void)t, (void)peer, (void)stream;
+    return base::Unsupported("this communicator has no point-to-point transfers");
+  }
+  // Every rank's t = rank `root`'s t (the last stage hands the next token, or the logits, to every stage).
+  virtual base::Status broadcast(tensor::Tensor& t, int root, void* stream) {
+    (void)t, (void)root, (void)stream;
+    return base::Unsupported("this communicator has no broadcast");
+  }
 
   // The host waits for the work queued on `stream` (a no-op on the CPU, where collectives are
   // synchronous). Fails, instead of waiting on, when the group was aborted, when the transport reports

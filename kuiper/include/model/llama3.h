@@ -1,5 +1,10 @@
 // LlamaModel: the Llama family (Llama 2, Llama 3 / 3.1 / 3.2, TinyLlama, Code Llama) on one device,
-// as one tensor-parallel rank.
+// as one tensor-parallel rank of one pipeline stage (by default the only stage: every layer).
+//
+// A pipeline stage runs the layers [layer_begin, layer_end): the first stage embeds the tokens, each
+// later one receives the hidden state from the one before (ModelOptions::pipe), and the last runs
+// the final norm and the classifier, then broadcasts what leaves the step (the greedy token, or the
+// logits when sampling) to every stage, so every process continues with the same token.
 //
 // The model wires parts together and owns none of their logic:
 //   LlamaWeights     - this rank's weights (model/weights.h), sharded as they load
@@ -43,6 +48,10 @@ struct ModelOptions {
   int rank = 0;
   int world_size = 1;
   comm::Communicator* comm = nullptr;           // collectives; null with one rank unless forced (TpRunner)
+  // Pipeline stage: layers [layer_begin, layer_end) (0, 0: all, one stage). `pipe` ranks the stages of
+  // this rank's pipeline column (rank = stage): send / recv of the hidden state, broadcast from the last.
+  int layer_begin = 0, layer_end = 0;
+  comm::Communicator* pipe = nullptr;
   void* stream = nullptr;                       // cudaStream_t for this rank's compute (GPU)
   bool cuda_graph = true;                       // capture the decode step once, replay it (GPU)
   // TpRunner: give a single rank a one-rank communicator anyway, so that the collectives (NCCL on a
@@ -148,6 +157,9 @@ class LlamaModel {
   StepPlan plan_;
   std::vector<int32_t> identity_pages_;  // 0, 1, 2, ...: the single-sequence table
   bool unsynced_ = false;                 // the last step's uploads may still be reading the plan
+  int layer_begin_ = 0, layer_end_ = 0;  // this stage's layers
+  bool first_stage_ = true, last_stage_ = true;
+  bool pipe_logits_ = false;              // pipeline stages: the step broadcasts the logits (else the tokens)
   base::DeviceAllocator* alloc_ = nullptr;
   LlamaWeights weights_;
   KVCacheManager kv_cache_;

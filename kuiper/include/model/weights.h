@@ -3,6 +3,7 @@
 // The sharding plan lives here, in one place: every linear is tagged column- or row-parallel as it is
 // loaded, and only this rank's rows (column-parallel) or columns (row-parallel) are read from the file.
 // Sizes are divided once and checked; the forward pass never branches on tensor parallelism.
+// A pipeline stage (ShardSpec::layer_begin / layer_end) reads only its layers' tensors.
 #pragma once
 
 #include <functional>
@@ -24,6 +25,9 @@ struct ShardSpec {
   int rank = 0;
   int world_size = 1;
   comm::Communicator* comm = nullptr;  // for row-parallel layers when world_size > 1
+  // Pipeline stage: the layers [layer_begin, layer_end) only (layer_end 0: to the last layer). The
+  // first stage also holds the embedding, the last the classifier (and the embedding when tied).
+  int layer_begin = 0, layer_end = 0;
 };
 
 // Every weight is a read-only tensor (ConstTensor): on the CPU many are views of the read-only mapping
@@ -43,10 +47,11 @@ struct LayerWeights {
 };
 
 struct LlamaWeights {
-  tensor::ConstTensor tok_embeddings;  // [vocab, dim], replicated (a gather needs no sharding)
-  std::vector<LayerWeights> layers;
-  tensor::ConstTensor norm;            // fp32 [dim]
-  op::MatmulLayer output;         // [vocab, dim] classifier (tok_embeddings when tied)
+  tensor::ConstTensor tok_embeddings;  // [vocab, dim], replicated (a gather needs no sharding); first stage
+  std::vector<LayerWeights> layers;    // [n_layers]; only [layer_begin, layer_end) are loaded
+  tensor::ConstTensor norm;            // fp32 [dim], on every stage (each stage's last layer fuses a norm)
+  op::MatmulLayer output;         // [vocab, dim] classifier (tok_embeddings when tied); last stage
+  int layer_begin = 0, layer_end = 0;  // this stage's layers
   uint64_t bytes = 0;             // weight bytes this rank holds on its device
 
   // Local sizes after sharding.

@@ -11,6 +11,11 @@
 // bounded (Communicator::wait, HostBarrier), and a rank that fails aborts the whole group at once,
 // so run() returns within seconds with one error naming the rank and the cause. After a failure the
 // runner is spent: every later run() fails with the same error.
+//
+// Under mpirun (comm/mpi_world.h, more than one process) the runner is this process's part of the
+// job instead: one rank, of one pipeline stage (runtime/process_group.h), run on the caller's thread;
+// world_size() is 1 and comm(0) is the stage's tensor-parallel group. generate() then shares world
+// rank 0's stop decision with every process, and only world rank 0 calls `on_token`.
 #pragma once
 
 #include <memory>
@@ -21,6 +26,7 @@
 #include "model/llama3.h"
 #include "model/model_file.h"
 #include "runtime/generator.h"
+#include "runtime/process_group.h"
 #include "runtime/rank_threads.h"
 #include "sampler/sampler.h"
 
@@ -42,6 +48,9 @@ struct TpOptions {
   std::vector<int> devices;
   AllReduce all_reduce = AllReduce::kAuto;
   int timeout_ms = comm::kDefaultTimeoutMs;  // how long a rank may wait for the others
+  // Pipeline stages: one process per stage and tp rank, so only under mpirun (world = mpirun's -np, which
+  // must be world x pp; `devices` and `all_reduce` do not apply there: NCCL, the local rank's GPU).
+  int pp = 1;
 };
 
 class TpRunner {
@@ -63,6 +72,10 @@ class TpRunner {
   model::LlamaModel& model(int rank) { return *models_[rank]; }
   // The communicator of `rank` (null with one rank and no forced collectives).
   comm::Communicator* comm(int rank) const;
+  // Under mpirun: this process's place in the job; null in a single-process run.
+  const ProcessGroup* process() const;
+  // Whether this process talks to the user: world rank 0 under mpirun, always otherwise.
+  bool is_output_rank() const;
   const model::ModelConfig& config() const { return models_[0]->config(); }
   int32_t max_seq_len() const { return models_[0]->max_seq_len(); }
   // How long any rank may wait for the others before the run is declared hung (default 60 s).
@@ -88,6 +101,8 @@ class TpRunner {
  private:
   TpRunner() = default;
   base::Status make_comms(const model::ModelOptions& opts, const TpOptions& tp);
+  static base::Status create_process(const model::ModelFile& file, const model::ModelOptions& opts, const TpOptions& tp,
+                                     std::unique_ptr<TpRunner>* out);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::vector<std::unique_ptr<model::LlamaModel>> models_;

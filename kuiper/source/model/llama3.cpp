@@ -147,8 +147,19 @@ Status LlamaModel::create(const ModelFile& file, const ModelOptions& opts, std::
   m->alloc_ = opts.device == DeviceType::kCPU ? static_cast<base::DeviceAllocator*>(base::CPUAllocator::get())
                                               : base::CUDAAllocator::get(opts.device_id);
 
-  ShardSpec spec{opts.device, opts.device_id, opts.rank, opts.world_size, opts.comm};
+  ShardSpec spec{opts.device, opts.device_id, opts.rank, opts.world_size, opts.comm, opts.layer_begin, opts.layer_end};
   KP_RETURN_IF_ERROR(LlamaWeights::load(file, spec, &m->weights_, opts.load_progress));
+  m->layer_begin_ = m->weights_.layer_begin;
+  m->layer_end_ = m->weights_.layer_end;
+  m->first_stage_ = m->layer_begin_ == 0;
+  m->last_stage_ = m->layer_end_ == m->config_.n_layers;
+  if (!(m->first_stage_ && m->last_stage_)) {
+    const comm::Communicator* p = opts.pipe;
+    if (p == nullptr || p->world_size() < 2 || m->first_stage_ != (p->rank() == 0) ||
+        m->last_stage_ != (p->rank() == p->world_size() - 1))
+      return base::InvalidArgument("layers [" + std::to_string(m->layer_begin_) + ", " + std::to_string(m->layer_end_) +
+                                   ") are a pipeline stage: it needs a pipeline communicator that ranks it among the stages");
+  }
   KP_RETURN_IF_ERROR(m->init_mem());
   *out = std::move(m);
   return Status::Ok();
@@ -169,7 +180,7 @@ Status LlamaModel::init_mem() {
   if ((want + ps - 1) / ps > INT32_MAX / ps) return base::InvalidArgument("KV cache capacity out of range");
   const int32_t capacity = (int32_t)((want + ps - 1) / ps * ps);
 
-  KP_RETURN_IF_ERROR(kv_cache_.init({c.n_layers, capacity, weights_.n_kv_heads_local, c.head_dim, act, ps}, alloc_));
+  KP_RETURN_IF_ERROR(kv_cache_.init({layer_end_ - layer_begin_, capacity, weights_.n_kv_heads_local, c.head_dim, act, ps}, alloc_));
   limits_ = {(int32_t)T, (int32_t)S, max_pages, ps, kv_cache_.n_pages(), max_seq_len_, c.vocab_size};
   identity_pages_.resize(std::min(max_pages, kv_cache_.n_pages()));
   for (size_t j = 0; j < identity_pages_.size(); ++j) identity_pages_[j] = (int32_t)j;
@@ -267,7 +278,7 @@ Status LlamaModel::attention(int layer, Tensor& q, Tensor& k, Tensor& v) {
   void* s = opts_.stream;
   const int nh = weights_.n_heads_local, nkv = weights_.n_kv_heads_local, ps = kv_cache_.page_size();
   const int32_t n = plan_.n_rows;
-  Tensor kc = kv_cache_.key(layer), vc = kv_cache_.value(layer);
+  Tensor kc = kv_cache_.key(layer - layer_begin_), vc = kv_cache_.value(layer - layer_begin_);  // this stage's
   Tensor att = ws_.att.slice_rows(0, n);
   if (plan_.contiguous) {  // one sequence over the identity table: the contiguous kernels at its start position
     Tensor pos = ws_.positions.slice_rows(0, 1);
@@ -344,7 +355,7 @@ Status LlamaModel::ffn_block(int layer) {
   }
   // x += h W2^T (summed over ranks); xb = rmsnorm(x) with the next layer's norm (or the final one).
   Tensor x = ws_.x.slice_rows(0, n);
-  const tensor::ConstTensor& next_norm = layer + 1 < config_.n_layers ? weights_.layers[layer + 1].attention_norm : weights_.norm;
+  const tensor::ConstTensor& next_norm = layer + 1 < layer_end_ ? weights_.layers[layer + 1].attention_norm : weights_.norm;
   return L.w2.forward_into_residual(gate, proj, x, next_norm, config_.norm_eps, xb, s);
 }
 
@@ -383,15 +394,26 @@ Status LlamaModel::forward_device() {
   const ModelConfig& c = config_;
   void* s = opts_.stream;
   const int32_t n = plan_.n_rows;
-  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n);
-  KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
-  KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[0].attention_norm, c.norm_eps, xb, s));
+  Tensor x = ws_.x.slice_rows(0, n), xb = ws_.xb.slice_rows(0, n);  // act [n, dim]
+  if (first_stage_) KP_RETURN_IF_ERROR(kernel::embedding(ws_.tokens.slice_rows(0, n), weights_.tok_embeddings, x, s));
+  else KP_RETURN_IF_ERROR(opts_.pipe->recv(x, opts_.pipe->rank() - 1, s));  // the previous stage's residual stream
+  KP_RETURN_IF_ERROR(kernel::rmsnorm(x, weights_.layers[layer_begin_].attention_norm, c.norm_eps, xb, s));
   // Each block ends with its residual add fused with the norm that follows it.
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = layer_begin_; l < layer_end_; ++l) {
     KP_RETURN_IF_ERROR(attention_block(l));
     KP_RETURN_IF_ERROR(ffn_block(l));
   }
-  return plan_.n_logits > 0 ? classifier() : Status::Ok();
+  if (!last_stage_) KP_RETURN_IF_ERROR(opts_.pipe->send(x, opts_.pipe->rank() + 1, s));
+  const int32_t R = plan_.n_logits;
+  if (R == 0) return Status::Ok();
+  if (last_stage_) KP_RETURN_IF_ERROR(classifier());
+  if (opts_.pipe == nullptr) return Status::Ok();
+  // Every stage goes on with the last stage's result, a copy of the same bytes: the tokens (int32 [R])
+  // when only they are asked for, else the fp32 logits [R, vocab], which every stage's sampler (same
+  // seed) turns into the same tokens.
+  const int last = opts_.pipe->world_size() - 1;
+  Tensor next = ws_.next.slice_rows(0, R), logits = ws_.logits_f32.slice_rows(0, R);
+  return pipe_logits_ ? opts_.pipe->broadcast(logits, last, s) : opts_.pipe->broadcast(next, last, s);
 }
 
 // The used part of each of the plan's arrays (on the CPU the kernels read the plan in place). The
@@ -419,7 +441,9 @@ Status LlamaModel::run_plan() {
   // A decode step is the same kernels on the same buffers every time (positions, slots, tables and
   // lengths are read from device memory), so it is captured once per batch-size bucket and replayed:
   // one launch instead of hundreds.
-  if (opts_.device == DeviceType::kCUDA && opts_.cuda_graph && plan_.n_chunks == 0 && plan_.n_logits == plan_.n_seqs &&
+  // With pipeline stages the step runs as plain launches (its send / receive / broadcast are not captured).
+  if (opts_.device == DeviceType::kCUDA && opts_.cuda_graph && opts_.pipe == nullptr && plan_.n_chunks == 0 &&
+      plan_.n_logits == plan_.n_seqs &&
       (plan_.contiguous ? plan_.n_rows == 1 : true)) {
     base::CudaGraph* graph = &staging_->graphs[0];
     if (!plan_.contiguous) {
@@ -479,6 +503,8 @@ Status LlamaModel::step(const BatchSeq* seqs, int32_t n_seqs, const StepOutput& 
   if (unsynced_) KP_RETURN_IF_ERROR(synchronize());
   unsynced_ = false;
   KP_RETURN_IF_ERROR(plan_.build(seqs, n_seqs));
+  pipe_logits_ = false;
+  for (int32_t i = 0; i < n_seqs; ++i) pipe_logits_ = pipe_logits_ || seqs[i].host_logits;
   KP_RETURN_IF_ERROR(run_plan());
   unsynced_ = plan_.n_logits == 0 && opts_.device != DeviceType::kCPU;
   return fetch(seqs, out);
@@ -513,6 +539,7 @@ Status LlamaModel::decode_greedy(int32_t token, int32_t pos, int32_t* next) {
 // (a plain cudaStreamSynchronize would wait forever for a collective whose peer is gone).
 Status LlamaModel::synchronize() const {
   if (opts_.comm != nullptr) return opts_.comm->wait(opts_.stream);
+  if (opts_.pipe != nullptr) return opts_.pipe->wait(opts_.stream);
 #ifdef KUIPER_WITH_CUDA
   if (opts_.device == DeviceType::kCUDA) CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(opts_.stream)));
 #endif

@@ -308,11 +308,18 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
                                        : spec.rank * kv_rows;
   W.hidden_local = c.hidden_dim / w;
   W.layers.assign(c.n_layers, LayerWeights{});
+  W.layer_begin = spec.layer_begin;
+  W.layer_end = spec.layer_end > 0 ? spec.layer_end : c.n_layers;
+  if (W.layer_begin < 0 || W.layer_begin >= W.layer_end || W.layer_end > c.n_layers)
+    return base::InvalidArgument("pipeline stage: layers [" + std::to_string(W.layer_begin) + ", " +
+                                 std::to_string(W.layer_end) + ") are not a range of the " +
+                                 std::to_string(c.n_layers) + " layers of " + file.path());
+  const bool first = W.layer_begin == 0, last = W.layer_end == c.n_layers;
 
   const int64_t D = c.dim, F = c.hidden_dim, Q = c.q_dim(), KV = c.kv_dim(), V = c.vocab_size;
   using op::TpMode;
   Planner plan(file, spec);
-  KP_RETURN_IF_ERROR(plan.whole("tok_embeddings", {V, D}, &W.tok_embeddings));
+  if (first || (last && c.tied_embeddings)) KP_RETURN_IF_ERROR(plan.whole("tok_embeddings", {V, D}, &W.tok_embeddings));
   // Each linear's weight (and int8 scales) until set_weight after loading. A stacked linear (wq, wk,
   // wv in wqkv; w1, w3 in w13) is the rows [row0, row0 + rows) of its stack's tensors.
   struct Lin { op::MatmulLayer* layer; ConstTensor w, s; Lin* stack; int64_t row0, rows; };
@@ -352,7 +359,7 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     }
     return true;
   };
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = W.layer_begin; l < W.layer_end; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     LayerWeights& L = W.layers[l];
     KP_RETURN_IF_ERROR(plan.whole(p + "attention_norm", {D}, &L.attention_norm, true));
@@ -372,7 +379,7 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     KP_RETURN_IF_ERROR(linear(p + "w2", D, F, TpMode::kRow, &L.w2));
   }
   KP_RETURN_IF_ERROR(plan.whole("norm", {D}, &W.norm, true));
-  if (!c.tied_embeddings) KP_RETURN_IF_ERROR(linear("output", V, D, TpMode::kColumn, &W.output));
+  if (last && !c.tied_embeddings) KP_RETURN_IF_ERROR(linear("output", V, D, TpMode::kColumn, &W.output));
   KP_RETURN_IF_ERROR(plan.execute(&W.block_, &W.bytes, progress));
 
   for (Lin& lin : lins) {
@@ -384,7 +391,7 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     }
     KP_RETURN_IF_ERROR(lin.layer->set_weight(lin.w, lin.s, c.group_size));
   }
-  if (c.tied_embeddings) {
+  if (last && c.tied_embeddings) {
     // The classifier is the embedding table; each rank uses its rows of the vocabulary.
     W.output = op::MatmulLayer("output");
     W.output.set_tp_config({TpMode::kColumn, spec.rank, w, spec.comm});

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <vector>
 
+#include "comm/mpi_world.h"
 #include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
@@ -62,6 +64,54 @@ Status time_all_reduce_us(TpRunner& r, int64_t count, base::DType dtype, double*
     return Status::Ok();
   }));
   *us = *std::max_element(per_rank.begin(), per_rank.end());
+  return comm::MpiWorld::instance().max(us);  // under mpirun: the slowest process's (else a no-op)
+}
+
+Status time_stage_transfer_us(TpRunner& r, int64_t count, base::DType dtype, double* us) {
+  const ProcessGroup* pg = r.process();
+  if (pg == nullptr || pg->pipeline() == nullptr)
+    return base::InvalidArgument("timing a stage transfer needs pipeline stages (--pp 2 or more under mpirun)");
+  constexpr int kRoundTrips = 100, kReps = 5;
+  comm::Communicator* pipe = pg->pipeline();
+  const int stage = pipe->rank();
+  model::LlamaModel& m = r.model(0);
+  double mine = 0;
+  if (stage < 2) {
+    tensor::Tensor x;  // [1, count]
+    KP_RETURN_IF_ERROR(random_row(r, 0, dtype, count, 3, &x));
+    auto burst = [&]() -> Status {
+      for (int i = 0; i < kRoundTrips; ++i) {
+        if (stage == 0) {
+          KP_RETURN_IF_ERROR(pipe->send(x, 1, m.stream()));
+          KP_RETURN_IF_ERROR(pipe->recv(x, 1, m.stream()));
+        } else {
+          KP_RETURN_IF_ERROR(pipe->recv(x, 0, m.stream()));
+          KP_RETURN_IF_ERROR(pipe->send(x, 0, m.stream()));
+        }
+      }
+      return Status::Ok();
+    };
+    KP_RETURN_IF_ERROR(burst());  // warm-up outside the graph
+    KP_RETURN_IF_ERROR(m.synchronize());
+    int replays = kReps;
+    std::function<Status()> go = burst;
+#ifdef KUIPER_WITH_CUDA
+    base::CudaGraph graph;
+    if (x.device_type() == base::DeviceType::kCUDA) {
+      const auto stream = static_cast<cudaStream_t>(m.stream());
+      KP_RETURN_IF_ERROR(graph.capture(stream, burst));
+      go = [&] { return graph.launch(stream); };
+      KP_RETURN_IF_ERROR(go());
+      KP_RETURN_IF_ERROR(m.synchronize());
+    }
+#endif
+    const auto t0 = Clock::now();
+    for (int i = 0; i < replays; ++i) KP_RETURN_IF_ERROR(go());
+    KP_RETURN_IF_ERROR(m.synchronize());
+    mine = ms_since(t0) * 1e3 / (replays * kRoundTrips * 2.0);
+  }
+  KP_RETURN_IF_ERROR(comm::MpiWorld::instance().max(&mine));
+  *us = mine;
   return Status::Ok();
 }
 
@@ -76,7 +126,7 @@ Status time_decode_comm_ms(TpRunner& r, double* ms) {
     const base::DType dt = m.workspace().x.dtype();
     tensor::Tensor x, part, all;  // [1, dim], [1, vocab / world], [1, vocab]
     KP_RETURN_IF_ERROR(random_row(r, rank, dt, cfg.dim, 1, &x));
-    KP_RETURN_IF_ERROR(random_row(r, rank, dt, cfg.vocab_size / r.world_size(), 2, &part));
+    KP_RETURN_IF_ERROR(random_row(r, rank, dt, cfg.vocab_size / c->world_size(), 2, &part));
     KP_RETURN_IF_ERROR(tensor::Tensor::create(dt, {1, (int64_t)cfg.vocab_size}, m.allocator(), &all));
     auto step = [&]() -> Status {
       for (int l = 0; l < 2 * cfg.n_layers; ++l) KP_RETURN_IF_ERROR(c->all_reduce_sum(x, m.stream()));
@@ -91,7 +141,7 @@ Status time_decode_comm_ms(TpRunner& r, double* ms) {
     return Status::Ok();
   }));
   *ms = *std::max_element(per_rank.begin(), per_rank.end());
-  return Status::Ok();
+  return comm::MpiWorld::instance().max(ms);
 }
 
 }  // namespace runtime

@@ -5,8 +5,9 @@
 #include <mutex>
 
 #include "comm/cpu_communicator.h"
-#include "op/kernels.h"
 #include "comm/host_barrier.h"
+#include "comm/mpi_world.h"
+#include "op/kernels.h"
 
 #ifdef KUIPER_WITH_CUDA
 #include "base/cuda_utils.h"
@@ -45,6 +46,7 @@ struct TpRunner::Impl {
   std::unique_ptr<comm::PeerCommGroup> peer_group;
 #endif
   std::vector<comm::Communicator*> comms;  // one per rank (null with one rank)
+  std::unique_ptr<ProcessGroup> process;   // under mpirun: this process's place in the job
 #ifdef KUIPER_WITH_CUDA
   std::vector<std::unique_ptr<base::CudaStream>> streams;
 #endif
@@ -78,8 +80,16 @@ TpRunner::~TpRunner() {
 
 comm::Communicator* TpRunner::comm(int rank) const { return impl_->comms.at(rank); }
 
+const ProcessGroup* TpRunner::process() const { return impl_->process.get(); }
+
+bool TpRunner::is_output_rank() const { return !impl_->process || impl_->process->layout().rank == 0; }
+
 void TpRunner::set_timeout_ms(int ms) {
   impl_->barrier->set_timeout_ms(ms);
+  if (impl_->process) {
+    impl_->process->set_timeout_ms(ms);
+    return;
+  }
   if (impl_->cpu_group) impl_->cpu_group->set_timeout_ms(ms);
 #ifdef KUIPER_WITH_CUDA
   if (impl_->peer_group) {
@@ -164,10 +174,70 @@ Status TpRunner::make_comms(const model::ModelOptions& opts, const TpOptions& tp
 #endif
 }
 
+// How long a process may wait for the others to finish loading their weights (a 405B model's share
+// from a network file system can take minutes).
+constexpr int kLoadTimeoutMs = 30 * 60 * 1000;
+
+// One rank of one stage in this process; the other ranks are the other processes of the job.
+Status TpRunner::create_process(const model::ModelFile& file, const model::ModelOptions& opts, const TpOptions& tp,
+                                std::unique_ptr<TpRunner>* out) {
+  if (!tp.devices.empty()) return base::InvalidArgument("under mpirun each process runs on its local rank's GPU");
+  if (tp.all_reduce == AllReduce::kCustom)
+    return base::InvalidArgument("--allreduce custom needs every GPU in one process; under mpirun the ranks use NCCL");
+  std::unique_ptr<TpRunner> r(new TpRunner());
+  r->impl_ = std::make_unique<Impl>();
+  Impl& im = *r->impl_;
+  im.device = opts.device;
+  im.barrier = std::make_unique<comm::HostBarrier>(1, tp.timeout_ms);
+  KP_RETURN_IF_ERROR(ProcessGroup::create(opts.device, tp.world, tp.pp, tp.timeout_ms, &im.process));
+  const ProcessGroup& pg = *im.process;
+  KP_RETURN_IF_ERROR(pg.check_same_model(file.config()));
+  std::pair<int, int> layers;
+  KP_RETURN_IF_ERROR(pg.layers(file.config().n_layers, &layers));
+  im.comms = {pg.tensor_parallel()};
+  im.all_reduce = pg.tensor_parallel() == nullptr ? "none" : opts.device == base::DeviceType::kCPU ? "mpi" : "nccl";
+  model::ModelOptions o = opts;
+  o.rank = pg.layout().tp_rank;
+  o.world_size = pg.layout().tp;
+  o.comm = pg.tensor_parallel();
+  o.pipe = pg.pipeline();
+  o.layer_begin = layers.first;
+  o.layer_end = layers.second;
+  if (pg.layout().rank != 0) o.load_progress = nullptr;
+#ifdef KUIPER_WITH_CUDA
+  if (opts.device == base::DeviceType::kCUDA) {
+    o.device_id = pg.device_id();
+    im.devices = {o.device_id};
+    CUDA_CHECK(cudaSetDevice(o.device_id));
+    im.streams.resize(1);
+    im.streams[0] = std::make_unique<base::CudaStream>();
+    KP_RETURN_IF_ERROR(im.streams[0]->create(o.device_id));
+    o.stream = im.streams[0]->get();
+  }
+#endif
+  r->models_.resize(1);
+  const Status loaded = model::LlamaModel::create(file, o, &r->models_[0]);
+  if (!loaded.ok()) return pg.abort(loaded);
+  // Every process has its weights before any step: a host with a slower disk may take minutes longer
+  // to load its share, which the first step's collectives must not mistake for a hang.
+  comm::MpiWorld& mpi = comm::MpiWorld::instance();
+  mpi.set_timeout_ms(std::max(tp.timeout_ms, kLoadTimeoutMs));
+  const Status all_loaded = mpi.barrier();
+  mpi.set_timeout_ms(tp.timeout_ms);
+  KP_RETURN_IF_ERROR(all_loaded);
+  *out = std::move(r);
+  return Status::Ok();
+}
+
 Status TpRunner::create(const model::ModelFile& file, const model::ModelOptions& opts, const TpOptions& tp,
                         std::unique_ptr<TpRunner>* out) {
   const int world = tp.world;
   if (world < 1) return base::InvalidArgument("--tp must be at least 1");
+  if (tp.pp < 1) return base::InvalidArgument("--pp must be at least 1");
+  if (comm::MpiWorld::instance().size() > 1) return create_process(file, opts, tp, out);
+  if (tp.pp > 1)
+    return base::InvalidArgument("--pp " + std::to_string(tp.pp) + " runs one process per stage and tensor-parallel rank: "
+                                 "start it with mpirun -np " + std::to_string(tp.pp * world));
   std::unique_ptr<TpRunner> r(new TpRunner());
   r->impl_ = std::make_unique<Impl>();
   Impl& im = *r->impl_;
@@ -223,7 +293,9 @@ Status TpRunner::run(RankFn fn) {
 #ifdef KUIPER_WITH_CUDA
     if (im.device == base::DeviceType::kCUDA) CUDA_CHECK(cudaSetDevice(im.devices[0]));
 #endif
-    return fn(0);
+    Status s = fn(0);
+    if (!s.ok() && im.process) return im.process->abort(s);  // the other processes stop too, at once
+    return s;
   }
   {
     std::lock_guard<std::mutex> lock(im.mu);
@@ -250,6 +322,23 @@ Status TpRunner::generate(const sampler::SamplerConfig& sc, const std::vector<in
   Impl& im = *impl_;
   im.stop = false;
   std::vector<GenerateStats> st(world);
+  if (im.process) {
+    // One rank here, the others in their processes: world rank 0 decides, every process learns it.
+    return run([&](int) -> Status {
+      const bool talks = is_output_rank();
+      sampler::Sampler smp;
+      KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp, max_seq_len()));
+      std::vector<float> logits(config().vocab_size);
+      Status shared;
+      auto cb = [&](int32_t tok) {
+        bool stop = talks && !on_token(tok);
+        shared = im.process->share_stop(&stop);
+        return shared.ok() && !stop;
+      };
+      Status s = runtime::generate(*models_[0], smp, prompt, pos, opts, logits.data(), cb, stats);
+      return s.ok() ? shared : s;
+    });
+  }
   return run([&](int rank) -> Status {
     sampler::Sampler smp;
     KP_RETURN_IF_ERROR(sampler::Sampler::create(sc, config().vocab_size, &smp, max_seq_len()));
