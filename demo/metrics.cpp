@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <malloc.h>
 
 namespace app {
 
@@ -78,6 +79,12 @@ std::string Metrics::text(const runtime::SchedulerStats& s) {
   gauge(&out, "llama_requests_refused_total", "Requests refused because the queue was full (503).", "counter",
         (double)s.refused);
   gauge(&out, "llama_engine_steps_total", "Forward steps run.", "counter", (double)s.steps);
+  // The C heap in use (glibc's mallinfo2: allocated chunks plus mmapped blocks), beside the resident set:
+  // memory that a load leaves behind shows here when it is held, and only in the RSS when it is freed
+  // but not returned to the system.
+  const struct mallinfo2 mi = mallinfo2();
+  gauge(&out, "llama_heap_bytes_in_use", "C heap bytes allocated and not freed (glibc mallinfo2).", "gauge",
+        (double)(mi.uordblks + mi.hblkhd));
   gauge(&out, "llama_kv_pages_total", "Pages of the KV cache.", "gauge", s.pages_total);
   gauge(&out, "llama_kv_pages_used", "KV pages held by sequences.", "gauge", s.pages_used);
   gauge(&out, "llama_kv_pages_cached", "Free KV pages still holding a reusable prefix.", "gauge", s.pages_cached);
