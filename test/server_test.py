@@ -29,6 +29,10 @@ except ImportError:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 bin_dir, src_dir, models = sys.argv[1:4]
 exe = os.path.join(bin_dir, "llama_server")
+# KUIPER_SERVER_DEVICE=cuda runs the same tests against a server on the GPU (fp32 activations, so the
+# batched-equals-alone checks compare the same arithmetic as on the CPU).
+device = os.environ.get("KUIPER_SERVER_DEVICE", "cpu")
+device_flags = ["--device", device] + (["--dtype", "fp32"] if device == "cuda" else [])
 failures, passed = [], [0]
 
 
@@ -42,7 +46,7 @@ def check(name, ok, detail=""):
 
 class Server:
     def __init__(self, model, *flags):
-        self.proc = subprocess.Popen([exe, "-m", model, "--device", "cpu", "--port", "0", *flags],
+        self.proc = subprocess.Popen([exe, "-m", model, *device_flags, "--port", "0", *flags],
                                      stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
