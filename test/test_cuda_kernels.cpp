@@ -796,21 +796,8 @@ PagePool make_pool(DType dt, const std::vector<std::vector<double>>& ks, const s
   return pool;
 }
 
-// The paged entry points take a cache as [n_pages * page_size, kv_dim] with its page size; the tests
-// below build their pools as [n_pages, page_size, kv_dim].
-Tensor slots_of(const Tensor& pages) { return pages.view({pages.dim(0) * pages.dim(1), pages.dim(2)}); }
-base::Status attention_paged(const Tensor& q, const Tensor& kp, const Tensor& vp, const Tensor& table,
-                             const Tensor& pos, int n_heads, int n_kv_heads, int hd, Tensor& scratch, Tensor& out,
-                             kernel::Stream stream) {
-  return kernel::paged_prefill_attention(q, slots_of(kp), slots_of(vp), table, pos, (int)kp.dim(1), n_heads,
-                                         n_kv_heads, hd, scratch, out, stream);
-}
-base::Status attention_decode_batch(const Tensor& q, const Tensor& kp, const Tensor& vp, const Tensor& tables,
-                                    const Tensor& lens, int n_heads, int n_kv_heads, int hd, Tensor& scratch,
-                                    Tensor& out, kernel::Stream stream) {
-  return kernel::paged_decode_attention(q, slots_of(kp), slots_of(vp), tables, lens, (int)kp.dim(1), n_heads,
-                                        n_kv_heads, hd, scratch, out, stream);
-}
+using testutil::attention_decode_batch;
+using testutil::attention_paged;
 
 // attention_paged: n queries at pos .. pos + n - 1 of one sequence whose pages are scrambled.
 void check_attention_paged(kernel::Stream stream, DType dt, int n_heads, int n_kv_heads, int hd, int n, int pos,

@@ -121,4 +121,25 @@ tensor::Tensor to_gpu(const tensor::Tensor& src, int device) {
   return all_close(v, ref, atol, rtol);
 }
 
+namespace {
+tensor::Tensor slots_of(const tensor::Tensor& pages) {
+  return pages.view({pages.dim(0) * pages.dim(1), pages.dim(2)});
+}
+}  // namespace
+
+base::Status attention_paged(const tensor::Tensor& q, const tensor::Tensor& kp, const tensor::Tensor& vp,
+                             const tensor::Tensor& table, const tensor::Tensor& pos, int n_heads, int n_kv_heads,
+                             int hd, tensor::Tensor& scratch, tensor::Tensor& out, kernel::Stream stream) {
+  return kernel::paged_prefill_attention(q, slots_of(kp), slots_of(vp), table, pos, (int)kp.dim(1), n_heads,
+                                         n_kv_heads, hd, scratch, out, stream);
+}
+
+base::Status attention_decode_batch(const tensor::Tensor& q, const tensor::Tensor& kp, const tensor::Tensor& vp,
+                                    const tensor::Tensor& tables, const tensor::Tensor& lens, int n_heads,
+                                    int n_kv_heads, int hd, tensor::Tensor& scratch, tensor::Tensor& out,
+                                    kernel::Stream stream) {
+  return kernel::paged_decode_attention(q, slots_of(kp), slots_of(vp), tables, lens, (int)kp.dim(1), n_heads,
+                                        n_kv_heads, hd, scratch, out, stream);
+}
+
 }  // namespace testutil

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "op/kernels.h"
 #include "tensor/tensor.h"
 
 namespace testutil {
@@ -40,6 +41,17 @@ tensor::Tensor to_gpu(const tensor::Tensor& src, int device = 0);
                                      double rtol);
 ::testing::AssertionResult all_close(const tensor::Tensor& got, const std::vector<double>& ref, double atol,
                                      double rtol);
+
+// The paged attention entry points (op/kernels.h) take a cache as [n_pages * page_size, kv_dim] with its
+// page size; the kernel tests build their pools as [n_pages, page_size, kv_dim]. One sequence's chunk at
+// pos, and a batch of one query per sequence of lengths `lens`.
+base::Status attention_paged(const tensor::Tensor& q, const tensor::Tensor& kp, const tensor::Tensor& vp,
+                             const tensor::Tensor& table, const tensor::Tensor& pos, int n_heads, int n_kv_heads,
+                             int hd, tensor::Tensor& scratch, tensor::Tensor& out, kernel::Stream stream);
+base::Status attention_decode_batch(const tensor::Tensor& q, const tensor::Tensor& kp, const tensor::Tensor& vp,
+                                    const tensor::Tensor& tables, const tensor::Tensor& lens, int n_heads,
+                                    int n_kv_heads, int hd, tensor::Tensor& scratch, tensor::Tensor& out,
+                                    kernel::Stream stream);
 
 }  // namespace testutil
 
