@@ -100,10 +100,8 @@ struct GgufBuilder {
   }
 };
 
-// A valid tiny Llama: dim 8, hidden 16, 1 layer, 2 heads of 4 (1 KV head), a SentencePiece-style
-// vocabulary of 8 tokens, untied classifier. `edit` may change the builder before the tensors.
-GgufBuilder tiny_llama(const std::function<void(GgufBuilder&)>& edit = nullptr) {
-  GgufBuilder b;
+// The hyperparameter keys of the tiny Llama below: dim 8, hidden 16, 1 layer, 2 heads of 4 (1 KV head).
+void tiny_hparams(GgufBuilder& b) {
   b.str("general.architecture", "llama");
   b.u32("llama.context_length", 16);
   b.u32("llama.embedding_length", 8);
@@ -112,6 +110,13 @@ GgufBuilder tiny_llama(const std::function<void(GgufBuilder&)>& edit = nullptr) 
   b.u32("llama.attention.head_count", 2);
   b.u32("llama.attention.head_count_kv", 1);
   b.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+}
+
+// A valid tiny Llama: dim 8, hidden 16, 1 layer, 2 heads of 4 (1 KV head), a SentencePiece-style
+// vocabulary of 8 tokens, untied classifier. `edit` may change the builder before the tensors.
+GgufBuilder tiny_llama(const std::function<void(GgufBuilder&)>& edit = nullptr) {
+  GgufBuilder b;
+  tiny_hparams(b);
   b.f32("llama.rope.freq_base", 10000.f);
   b.str("tokenizer.ggml.model", "llama");
   b.strs("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "\xe2\x96\x81" "a", "b", "c", "\xe2\x96\x81", "a"});
@@ -349,14 +354,7 @@ TEST(GgufReader, VocabularyLies) {
   // No unknown piece; a piece type out of range; BOS outside the vocabulary; types of another length.
   auto rebuilt = [](const std::vector<int32_t>& types, uint32_t bos) {
     GgufBuilder b;
-    b.str("general.architecture", "llama");
-    b.u32("llama.context_length", 16);
-    b.u32("llama.embedding_length", 8);
-    b.u32("llama.block_count", 1);
-    b.u32("llama.feed_forward_length", 16);
-    b.u32("llama.attention.head_count", 2);
-    b.u32("llama.attention.head_count_kv", 1);
-    b.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    tiny_hparams(b);
     b.str("tokenizer.ggml.model", "llama");
     b.strs("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "\xe2\x96\x81" "a", "b", "c", "\xe2\x96\x81", "a"});
     b.i32s("tokenizer.ggml.token_type", types);

@@ -193,6 +193,17 @@ template <typename T, int N> __device__ __forceinline__ void store_floats(T* p, 
   }
 }
 
+// 16-byte weight load through the read-only path without allocating in L1: each weight is used once
+// per call, so keeping it would only evict the activations the other warps re-read. volatile keeps the
+// loads in program order, so the prefetch stays ahead of pdl_wait().
+__device__ __forceinline__ uint4 load_weights16(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Reductions. All lanes of the warp (all threads of the block) must call them; blockDim.x must be a
 // multiple of 32. Every thread receives the result.

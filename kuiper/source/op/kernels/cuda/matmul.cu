@@ -28,8 +28,10 @@
 #include <unordered_map>
 
 #include "kernels/cuda/cublas_gemm.h"
+#include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/mma.cuh"
 
 namespace kernel::cuda {
 namespace {
@@ -107,16 +109,6 @@ template <> constexpr cudaDataType_t cuda_dtype<__nv_bfloat16>() { return CUDA_R
 // ---------------------------------------------------------------------------------------------------
 // Kernels.
 
-// 16-byte weight load through the read-only path without allocating in L1: each weight is used once
-// per call, so keeping it would only evict the activations the other warps re-read. volatile keeps the
-// loads in program order, so the prefetch stays ahead of pdl_wait().
-__device__ __forceinline__ uint4 load_weights16(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-}
 
 // silu(gate) * up of two fp32 sums, each rounded to T first: what swiglu() computes from a stored
 // gate and up.
@@ -343,18 +335,11 @@ template <int kTok, int kStages> struct MmaLayout {
   static_assert(kStageBytes % 16 == 0, "stages must keep 16-byte alignment");
 };
 
-// cp.async of 16 (or 4) bytes; when !valid nothing is read and the destination is zero-filled.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = (uint32_t)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
-}
+// cp.async of 4 bytes (the group scales); the 16-byte copies, commit / wait and the MMA are mma.cuh's.
+// When !valid nothing is read and the destination is zero-filled.
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = (uint32_t)__cvta_generic_to_shared(smem);
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // Four int8 (bytes 0..3 of w) to two pairs of T, exactly: lo = (b0, b1), hi = (b2, b3), element 0 in the
@@ -377,24 +362,6 @@ __device__ __forceinline__ void int8x4_to_pairs<__nv_bfloat16>(uint32_t w, uint3
   const float f3 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7653)) - 8388736.f;
   lo = __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
   hi = __byte_perm(__float_as_uint(f2), __float_as_uint(f3), 0x7632);
-}
-
-// d += A B for one m16n8k16 tile, fp32 accumulation. a: the 4 A registers, b0/b1: the 2 B registers.
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 }
 
 // x: T [n, in]; w: int8 [out, in]; scales: fp32 [out, in / group_size]; y: T [n, out].
@@ -422,13 +389,13 @@ static __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
     for (int e = tid; e < kMmaRows * (kMmaK / 16); e += kThreads) {
       const int r = e / (kMmaK / 16), j = e % (kMmaK / 16);
       const bool ok = o0 + r < out;
-      cp_async16(st + r * kMmaWStride + j * 16, ok ? w + (int64_t)(o0 + r) * in + k0 + j * 16 : w, ok);
+      cp_async_16(st + r * kMmaWStride + j * 16, ok ? w + (int64_t)(o0 + r) * in + k0 + j * 16 : w, ok);
     }
     unsigned char* xs = st + L::kWBytes;
     for (int e = tid; e < kTok * (kMmaK / 8); e += kThreads) {
       const int r = e / (kMmaK / 8), j = e % (kMmaK / 8);
       const bool ok = tok0 + r < n;
-      cp_async16(xs + r * kMmaXStride + j * 16, ok ? x + (int64_t)(tok0 + r) * in + k0 + j * 8 : x, ok);
+      cp_async_16(xs + r * kMmaXStride + j * 16, ok ? x + (int64_t)(tok0 + r) * in + k0 + j * 8 : x, ok);
     }
     float* ss = reinterpret_cast<float*>(xs + L::kXBytes);
     for (int e = tid; e < kMmaRows * kMmaWarps; e += kThreads) {
@@ -472,8 +439,8 @@ static __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
         float p[4] = {0.f, 0.f, 0.f, 0.f};
-        mma_16816<T>(p, a[mi][0], xv.x, xv.y);
-        mma_16816<T>(p, a[mi][1], xv.z, xv.w);
+        mma_m16n8k16<T>(p, a[mi][0], xv.x, xv.y);
+        mma_m16n8k16<T>(p, a[mi][1], xv.z, xv.w);
         acc[mi][ni][0] = fmaf(p[0], sc[mi][0], acc[mi][ni][0]);
         acc[mi][ni][1] = fmaf(p[1], sc[mi][0], acc[mi][ni][1]);
         acc[mi][ni][2] = fmaf(p[2], sc[mi][1], acc[mi][ni][2]);
@@ -577,7 +544,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
       uint32_t a[4];  // A rows (g, g+8) x k-slots (2t, 2t+1 | 2t+8, 2t+9) <- bytes (0, 1 | 2, 3) of word i
       int8x4_to_pairs<T>(a_words[i], a[0], a[2]);
       int8x4_to_pairs<T>(b_words[i], a[1], a[3]);
-      mma_16816<T>(p, a, xv[2 * i], xv[2 * i + 1]);
+      mma_m16n8k16<T>(p, a, xv[2 * i], xv[2 * i + 1]);
     }
     const int grp = step * 64 / group_size;
     const float sca = __ldg(sa + grp), scb = __ldg(sb + grp);
@@ -809,14 +776,7 @@ Status launch_cublas(const MatmulArgs<T, T>& a, int device, cudaStream_t stream)
   CUDA_CHECK(cudaGetDevice(&current));
   KP_CHECK_ARG(current == device, "matmul: tensors are on GPU " + std::to_string(device) +
                                       " but the current device is " + std::to_string(current));
-  cublasHandle_t handle = nullptr;
-  KP_RETURN_IF_ERROR(cublas_handle(device, &handle));
-  CUBLAS_CHECK(cublasSetStream(handle, stream));
-  const float alpha = 1.f, beta = 0.f;
-  CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, a.out, a.n, a.in, &alpha, a.w, cuda_dtype<T>(), a.in,
-                            a.x, cuda_dtype<T>(), a.in, &beta, a.y, cuda_dtype<T>(), a.out, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT));
-  return Status::Ok();
+  return cublas_gemm_nt<T>(a.x, a.w, a.y, a.n, a.in, a.out, a.out, device, stream);
 }
 
 template <typename T, typename WT>

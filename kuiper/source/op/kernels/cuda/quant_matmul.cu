@@ -55,14 +55,6 @@ template <DType QT> struct Tile {
   static_assert(kBytes % 16 == 0, "tiles keep the row's 16-byte phase");
 };
 
-__device__ __forceinline__ uint4 load_weights16(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
 // 4 bytes from shared memory at an even address (block fields are 2-byte aligned in every row).
 __device__ __forceinline__ uint32_t ld32(const uint8_t* p) {
   if ((reinterpret_cast<uintptr_t>(p) & 3) == 0) return *reinterpret_cast<const uint32_t*>(p);
