@@ -169,21 +169,35 @@ TEST(GgufDequant, CpuMatmulMatchesFloat64) {
   }
 }
 
+#ifdef KUIPER_WITH_CUDA
+// A GPU copy of the block tensor `w` [rows, cols]. padded: in a buffer one row longer, as the model
+// loader's tensors are (padded to 256 bytes), so that the decode kernels which read whole aligned words
+// up to the tensor's end and past it take it (quant_gemv_mma.cu, the vector kernel of quant_matmul.cu);
+// unpadded, the GEMV falls back to the value-by-value kernel.
+ConstTensor block_tensor_to_gpu(const ConstTensor& w, bool padded) {
+  Tensor t;
+  EXPECT_TRUE(Tensor::create(w.dtype(), {w.dim(0) + (padded ? 1 : 0), w.dim(1)}, base::CUDAAllocator::get(0), &t).ok());
+  EXPECT_EQ(cudaMemcpy(t.data(), w.data(), w.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+  return ConstTensor::from_buffer(t.buffer(), 0, w.dtype(), w.shape());
+}
+#endif
+
 TEST(GgufDequant, CudaMatmulMatchesFloat64) {
   KP_SKIP_WITHOUT_GPU();
   SKIP_WITHOUT_GGUF();
-  for (const char* type : kBlockTypes) {
+#ifdef KUIPER_WITH_CUDA
+  for (const char* type : kBlockTypes)
+    for (bool padded : {false, true}) {
     DequantCase c;
     ASSERT_NO_FATAL_FAILURE(load_case(type, &c));
-    Tensor host_w;
-    ASSERT_TRUE(Tensor::create(c.w.dtype(), c.w.shape(), base::CPUAllocator::get(), &host_w).ok());
-    std::memcpy(host_w.data(), c.w.data(), c.w.nbytes());
-    const Tensor w = testutil::to_gpu(host_w);
+    const ConstTensor w = block_tensor_to_gpu(c.w, padded);
     const int64_t out = c.w.dim(0), in = c.w.dim(1);
     for (DType act : {DType::kFp32, DType::kFp16, DType::kBf16}) {
-      // n 1..4: the GEMV; 5 and 37: the prefill path (dequantized tiles and cuBLAS).
+      // n 1..4: the GEMV (padded fp16 / bf16: the tensor cores'); 5 and 37: the prefill path
+      // (dequantized tiles and cuBLAS).
       for (int64_t n : {1, 2, 3, 4, 5, 37}) {
-        SCOPED_TRACE(std::string(type) + " act " + base::dtype_name(act) + " n " + std::to_string(n));
+        SCOPED_TRACE(std::string(type) + (padded ? " padded" : "") + " act " + base::dtype_name(act) + " n " +
+                     std::to_string(n));
         const Tensor x32 = testutil::random_cpu({n, in}, 29 + n);
         const Tensor xa = testutil::to_dtype_cpu(x32, act);
         const Tensor x = testutil::to_gpu(xa);
@@ -192,14 +206,72 @@ TEST(GgufDequant, CudaMatmulMatchesFloat64) {
         ASSERT_TRUE(kernel::matmul(x, w, ConstTensor(), 0, y, nullptr).ok());
         const Tensor xr = testutil::to_fp32_cpu(xa);  // the rounded activations the kernel saw
         std::vector<float> xv(xr.ptr<float>(), xr.ptr<float>() + n * in);
-        // fp32: summation order; fp16 / bf16: the output's rounding (and, in prefill, W rounded to
-        // the activation dtype for the tensor cores): ~1e-3 / 1e-2 of values of magnitude ~10.
+        // The prefill path rounds W to the activation dtype for the tensor cores, so its reference is
+        // the product with W rounded the same way. Left: fp32 summation order and the output's
+        // rounding (fp16 / bf16: ~1e-3 / 1e-2 of values of magnitude ~10).
+        const bool prefill = n > 4 && act != DType::kFp32;
+        std::vector<float> wr = c.ref;
+        if (prefill)
+          for (float& v : wr)
+            v = act == DType::kFp16 ? base::half_to_float(base::float_to_half(v))
+                                    : base::bf16_to_float(base::float_to_bf16(v));
         const double tol = act == DType::kFp32 ? 1e-4 : act == DType::kFp16 ? 2e-2 : 1.5e-1;
-        EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), reference_product(xv, c.ref, n, in, out), tol,
+        EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), reference_product(xv, wr, n, in, out), tol,
                                         act == DType::kFp32 ? 1e-4 : 1e-2));
       }
     }
   }
+#endif
+}
+
+// The decode GEMV on rows of Llama-2-7B's w2 width (11008 inputs: 43 k-quant super-blocks, q6_k rows
+// of 9030 bytes, so every other row starts 2 bytes off a word) and an output count that is not a
+// multiple of the 16-row tiles, against float64 with the CPU's exact dequantization of the same bytes
+// (bit for bit the gguf package's, CpuMatchesGgufPackage). Random block bytes with random finite fp16
+// scales: every bit pattern of the values and of the 6-bit scales and mins occurs.
+TEST(GgufDequant, CudaGemvWideRows) {
+  KP_SKIP_WITHOUT_GPU();
+#ifdef KUIPER_WITH_CUDA
+  const int64_t out = 37, in = 11008;
+  for (DType qt : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
+    const int block = qt == DType::kQ8_0 ? 34 : (qt == DType::kQ4_K ? 144 : 210);
+    const std::vector<int> scale_at = qt == DType::kQ4_K ? std::vector<int>{0, 2}
+                                      : qt == DType::kQ6_K ? std::vector<int>{208} : std::vector<int>{0};
+    Tensor host_w, deq;
+    ASSERT_TRUE(Tensor::create(qt, {out, in}, base::CPUAllocator::get(), &host_w).ok());
+    uint8_t* bytes = static_cast<uint8_t*>(host_w.data());
+    uint64_t st = 12345;
+    auto next = [&] { return st = st * 6364136223846793005ull + 1442695040888963407ull, (uint32_t)(st >> 33); };
+    for (size_t i = 0; i < host_w.nbytes(); ++i) bytes[i] = (uint8_t)next();
+    for (size_t b = 0; b + block <= host_w.nbytes(); b += block)
+      for (int f : scale_at) {
+        const uint16_t h = base::float_to_half(((int)(next() % 2001) - 1000) * 2e-5f);  // |scale| <= 0.02
+        std::memcpy(bytes + b + f, &h, 2);
+      }
+    ASSERT_TRUE(Tensor::create(DType::kFp32, {out, in}, base::CPUAllocator::get(), &deq).ok());
+    ASSERT_TRUE(kernel::dequantize(host_w, deq, nullptr).ok());
+    const std::vector<float> wd(deq.ptr<float>(), deq.ptr<float>() + out * in);
+    const ConstTensor w = block_tensor_to_gpu(host_w, true);
+    for (DType act : {DType::kFp16, DType::kBf16})
+      for (int64_t n : {1, 2, 3, 4}) {
+        SCOPED_TRACE(std::string(base::dtype_name(qt)) + " act " + base::dtype_name(act) + " n " + std::to_string(n));
+        const Tensor xa = testutil::to_dtype_cpu(testutil::random_cpu({n, in}, 71 + n), act);
+        const Tensor x = testutil::to_gpu(xa);
+        Tensor y;
+        ASSERT_TRUE(Tensor::create(act, {n, out}, base::CUDAAllocator::get(0), &y).ok());
+        ASSERT_TRUE(kernel::matmul(x, w, ConstTensor(), 0, y, nullptr).ok());
+        const Tensor xr = testutil::to_fp32_cpu(xa);
+        const std::vector<float> xv(xr.ptr<float>(), xr.ptr<float>() + n * in);
+        const std::vector<double> ref = reference_product(xv, wd, n, in, out);
+        double peak = 0;
+        for (double v : ref) peak = std::max(peak, std::fabs(v));
+        // The output's rounding (fp16 2^-11, bf16 2^-8 relative) dominates; fp32 sums of 11008 terms and
+        // the kernel's cancellation of its bias (~2^-17) are far below it.
+        const double atol = (act == DType::kFp16 ? 2e-3 : 1e-2) * peak;
+        EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), ref, atol, act == DType::kFp16 ? 2e-3 : 1e-2));
+      }
+  }
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------------

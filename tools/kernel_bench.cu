@@ -10,7 +10,7 @@
 // reports the median over kReps replays of time per call and the bytes the call must read (weights,
 // or K/V rows [0, pos]) over that time. Inputs are random (fill_random), never zeros.
 //
-// Cases: `gemv`, `attention` (decode, the issue-6 shapes), `prefill` (int8 GEMMs), `flash` (prefill
+// Cases: `gemv`, `quant` (the GGUF block types' GEMV), `attention` (decode, the issue-6 shapes), `prefill` (int8 GEMMs), `flash` (prefill
 // attention in TFLOPS, and decode attention up to a 32K context in GB/s of K/V rows), `paged` (the
 // batched paged decode and a paged prefill chunk), or `all`. Attention takes the tensor-core kernels for
 // fp16 / bf16 at head_dim 64 / 128; KUIPER_ATTENTION=simt runs the same cases on the CUDA-core ones, so
@@ -117,6 +117,35 @@ void bench_matmul(cudaStream_t s, const char* tag, DType adt, DType wdt, int64_t
   char name[128];
   std::snprintf(name, sizeof name, "%s n=%lld %lldx%lld %s", tag, (long long)n, (long long)out, (long long)in,
                 base::dtype_name(wdt));
+  report(name, us, (double)wbytes);
+}
+
+// y[n, out] = x[n, in] W^T for a GGUF block type: random bytes with every fp16 scale field set to
+// ~0.001 (random bits there could be inf / NaN), made on the host and copied up.
+void bench_quant(cudaStream_t s, DType adt, DType wdt, int64_t n, int64_t out, int64_t in) {
+  const size_t row = base::dtype_bytes(wdt, in), wbytes = row * out;
+  const int block = wdt == DType::kQ8_0 ? 34 : (wdt == DType::kQ4_K ? 144 : 210);
+  std::vector<int> scale_at = wdt == DType::kQ4_K ? std::vector<int>{0, 2} : (wdt == DType::kQ6_K ? std::vector<int>{208} : std::vector<int>{0});
+  std::vector<uint8_t> host(wbytes);
+  uint64_t st = 0x9E3779B97F4A7C15ull;
+  for (auto& b : host) st = st * 6364136223846793005ull + 1442695040888963407ull, b = (uint8_t)(st >> 56);
+  for (int64_t r = 0; r < out; ++r)
+    for (size_t o = 0; o + block <= row; o += block)
+      for (int f : scale_at) host[r * row + o + f] = 0x00, host[r * row + o + f + 1] = 0x14;
+  const int nb = copies_for(wbytes);
+  std::vector<Tensor> ws;
+  for (int i = 0; i < nb; ++i) {
+    Tensor w;  // one row longer, as the model loader pads tensors (the GEMV reads up to 15 bytes past)
+    CHECK_OK(Tensor::create(wdt, {out + 1, in}, base::CUDAAllocator::get(0), &w));
+    CHECK_CUDA(cudaMemcpy(w.data(), host.data(), wbytes, cudaMemcpyHostToDevice));
+    ws.push_back(Tensor::from_buffer(w.buffer(), 0, wdt, {out, in}));
+  }
+  Tensor x = make(adt, {n, in}, 3, 1.f, s);
+  Tensor y = make(adt, {n, out}, 4, 1.f, s);
+  const double us = time_graph(s, [&](int i) { return kernel::matmul(x, ws[i % nb], Tensor(), 0, y, s); });
+  char name[128];
+  std::snprintf(name, sizeof name, "gemv n=%lld %lldx%lld %s %s", (long long)n, (long long)out, (long long)in,
+                base::dtype_name(wdt), base::dtype_name(adt));
   report(name, us, (double)wbytes);
 }
 
@@ -238,6 +267,17 @@ int main(int argc, char** argv) {
     bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 6144, 4096);   // llama3-8b wqkv
     bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 28672, 4096);  // w13
     bench_matmul(s, "gemv", DType::kBf16, DType::kBf16, 1, 4096, 14336);  // w2
+  }
+  if (all || what == "quant") {  // llama2-7b's shapes in the GGUF block types (KUIPER_QUANT_GEMV=vec: the old kernel)
+    for (DType w : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
+      bench_quant(s, DType::kFp16, w, 1, 12288, 4096);
+      bench_quant(s, DType::kFp16, w, 1, 4096, 4096);
+      bench_quant(s, DType::kFp16, w, 1, 22016, 4096);
+      bench_quant(s, DType::kFp16, w, 1, 4096, 11008);
+    }
+    bench_quant(s, DType::kFp16, DType::kQ6_K, 1, 32000, 4096);
+    bench_quant(s, DType::kBf16, DType::kQ4_K, 1, 28672, 4096);  // llama3-8b w13, bf16
+    bench_quant(s, DType::kFp16, DType::kQ4_K, 4, 22016, 4096);
   }
   if (all || what == "attention") {
     for (int pos : {100, 1000, 3000, 4000}) bench_attention(s, DType::kFp16, 32, 32, 128, 4096, pos);

@@ -1,7 +1,9 @@
 // y = x W^T on the GPU for the GGUF block types (q8_0, q4_0, q4_k, q6_k), their dequantization, and
 // the embedding lookup's row decoding. A file of its own so that these kernels can be tuned apart.
 //
-//  - n_tokens <= kQuantGemvMaxTokens (decode): gemv_quant_kernel. One warp per output row; the row's
+//  - n_tokens <= kQuantGemvMaxTokens (decode), fp16 / bf16 activations, q4_k / q6_k / q8_0: the
+//    tensor-core GEMV of quant_gemv_mma.cu. Otherwise (fp32 activations, q4_0, odd sizes):
+//    gemv_quant_kernel. One warp per output row; the row's
 //    bytes stream through the warp's shared-memory tile with coalesced 16-byte loads (the next tile's
 //    loads are issued before the current one is decoded), then each lane decodes 64 values (32 for
 //    q8_0 / q4_0, two units) in registers and folds the block scales into its fp32 sums:
@@ -27,6 +29,7 @@
 #include "kernels/cuda/cublas_gemm.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/quant_gemv_mma.h"
 #include "kernels/quant_blocks.h"
 
 namespace kernel::cuda {
@@ -346,6 +349,7 @@ Status matmul_quant_typed(const Tensor& x, const ConstTensor& weight, Tensor& y,
   const uint8_t* wp = static_cast<const uint8_t*>(weight.data());
   T* yp = static_cast<T*>(y.data());
   if (n <= kQuantGemvMaxTokens) {
+    if (quant_gemv_mma_takes(x, weight)) return quant_gemv_mma(x, weight, y, stream);
     const dim3 grid((unsigned)ceil_div(out, kQuantWarps)), block(kQuantWarps * kWarpSize);
     // The vector kernel reads whole aligned 16-byte words: up to 15 bytes past the last row must be
     // inside the weight's buffer (the loader pads every tensor to 256 bytes).

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# device run 11 (2026-12-02): the tensor-core GEMV, q6_k / q8_0 staged through shared memory, of the GGUF block types (quant_gemv_mma.cu):
+# GGUF CUDA tests, the per-kernel times against the old warp-per-row kernel, then Llama-2-7B Q4_K_M and
+# Q8_0 decode, ours and llama.cpp's llama-bench on the same files in the same run.
+export LD_LIBRARY_PATH=$PWD/.gpu/lib:${LD_LIBRARY_PATH:-} NCCL_NVLS_ENABLE=0
+export KUIPER_SHARED_DIR=$PWD/.gpu/shared KUIPER_SOURCE_DIR=$PWD KUIPER_BIN_DIR=$PWD/.gpu/bin KUIPER_GGUF_EXPORTS=$PWD/.gpu/gguf_exports PYTHONPATH=$PWD/.gpu/pylib
+b=.gpu/bin; D=/dev/shm; T0=$(date +%s)
+t() { echo "-- t=$(( $(date +%s) - T0 ))s"; }
+timeout 60 python3 test/export_gguf_fixtures.py "$KUIPER_GGUF_EXPORTS" > /tmp/gg.log 2>&1 || { echo "gguf fixtures failed"; tail -3 /tmp/gg.log; }
+echo "== test_gguf cuda"; timeout 120 $b/test_gguf --gtest_brief=1 --gtest_filter='*Cuda*' --gtest_repeat=3 2>&1 | tail -30; t
+echo "== kernel_bench quant (mma)"; timeout 90 $b/kernel_bench quant 2>&1 | tail -20; t
+echo "== kernel_bench quant (old: KUIPER_QUANT_GEMV=vec)"; KUIPER_QUANT_GEMV=vec timeout 90 $b/kernel_bench quant 2>&1 | tail -20; t
+for ty in q4_k_m q8_0; do timeout 120 python3 tools/make_random_gguf.py --shape llama2-7b --type $ty --out $D/l2-$ty.gguf | tail -1; done; t
+f='^(model|prefill|decode|bandwidth)|rror'
+for ty in q4_k_m q8_0; do
+  echo "== ours $ty"; timeout 120 $b/llama_bench -m $D/l2-$ty.gguf --dtype fp16 -p 512 -n 128 -r 3 2>&1 | grep -E "$f"; t
+done
+echo "== ours q4_k_m, old kernel"; KUIPER_QUANT_GEMV=vec timeout 90 $b/llama_bench -m $D/l2-q4_k_m.gguf --dtype fp16 -p 16 -n 128 -r 2 2>&1 | grep -E "^decode|rror"; t
+xz -dc .anchors/bin/llama-bench.xz > /tmp/llama-bench && chmod +x /tmp/llama-bench
+for ty in q4_k_m q8_0; do
+  echo "== llama.cpp $ty"; LD_LIBRARY_PATH=/usr/local/cuda/lib64:$PWD/.anchors/lib timeout 150 /tmp/llama-bench -m $D/l2-$ty.gguf -ngl 99 -fa 1 -p 512 -n 128 -r 3 2>&1 | grep -E "^\|"; t
+done
