@@ -69,6 +69,15 @@ __device__ __forceinline__ void x_pairs(uint32_t x01, uint32_t x23, uint32_t& b0
   b1 = __byte_perm(x01, x23, 0x7632);
 }
 
+// (a & mask) | c in one LOP3. Written as C, nvcc emits two when mask and c are both constants (a LOP3
+// takes one immediate); here c is a register operand, which ptxas keeps in a register (run 15's SASS:
+// 128 of the Q4_K step's 440 instructions were these pairs).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(c));
+  return d;
+}
+
 // P += A B and S += ones B for one m16n8k16 tile.
 template <typename T>
 __device__ __forceinline__ void mma_with_sum(float (&p)[4], float (&s)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -112,26 +121,39 @@ __device__ __forceinline__ float half_hi(uint32_t w) {
   return __half2float(__ushort_as_half((unsigned short)(w >> 16)));
 }
 
-// A row's bytes in shared memory: byte `off` of the word array `w` onwards (off even). Index arithmetic
-// on the shared array, not pointer casts, so that the loads stay shared-memory loads.
+// A row's step in shared memory: it starts at byte `off` (even) of the word array `w`. Reads are at
+// byte o + 4 dw of the row, o a constant of the call site (after unrolling) and dw a lane's word offset,
+// so a read needs only the row's word index and funnel shift for o = 0 or 2 (mod 4), worked out once a
+// step: two loads and a funnel shift a word, no address arithmetic. Index arithmetic on the shared
+// array, not pointer casts, keeps the loads shared-memory loads.
 struct SRow {
   const uint32_t* w;
-  int off;
+  uint32_t wb0, sh0;  // word of byte off, and the shift within it (bits)
+  uint32_t wb2, sh2;  // the same for byte off + 2
 };
-// The 4 / 8 / 2 bytes at byte o of row r, from the aligned words around them.
-__device__ __forceinline__ uint32_t lds32(const SRow& r, int o) {
-  const int i = r.off + o;
-  return __funnelshift_r(r.w[i >> 2], r.w[(i >> 2) + 1], (unsigned)(i & 3) * 8);
+__device__ __forceinline__ SRow srow(const uint32_t* w, uint32_t off) {
+  return SRow{w, off >> 2, (off & 3) * 8, (off + 2) >> 2, ((off + 2) & 3) * 8};
 }
-__device__ __forceinline__ uint2 lds64(const SRow& r, int o) {
-  const int i = r.off + o, j = i >> 2;
-  const unsigned sh = (unsigned)(i & 3) * 8;
+__device__ __forceinline__ uint32_t word_of(const SRow& r, int o, uint32_t dw, uint32_t* sh) {
+  *sh = (o & 3) == 0 ? r.sh0 : r.sh2;
+  return ((o & 3) == 0 ? r.wb0 + (o >> 2) : r.wb2 + ((o - 2) >> 2)) + dw;
+}
+// The 4 / 8 / 2 bytes at byte o + 4 dw of row r.
+__device__ __forceinline__ uint32_t lds32(const SRow& r, int o, uint32_t dw = 0) {
+  uint32_t sh;
+  const uint32_t j = word_of(r, o, dw, &sh);
+  return __funnelshift_r(r.w[j], r.w[j + 1], sh);
+}
+__device__ __forceinline__ uint2 lds64(const SRow& r, int o, uint32_t dw = 0) {
+  uint32_t sh;
+  const uint32_t j = word_of(r, o, dw, &sh);
   const uint32_t w0 = r.w[j], w1 = r.w[j + 1], w2 = r.w[j + 2];
   return make_uint2(__funnelshift_r(w0, w1, sh), __funnelshift_r(w1, w2, sh));
 }
-__device__ __forceinline__ float lds_half(const SRow& r, int o) {
-  const int i = r.off + o;
-  return __half2float(__ushort_as_half((unsigned short)(r.w[i >> 2] >> ((i & 2) * 8))));
+__device__ __forceinline__ float lds_half(const SRow& r, int o, uint32_t dw = 0) {
+  uint32_t sh;
+  const uint32_t j = word_of(r, o, dw, &sh);
+  return __half2float(__ushort_as_half((unsigned short)(r.w[j] >> sh)));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -164,10 +186,10 @@ struct Step<DType::kQ4_K, T> {
     const SRow rows[2] = {ra, rb};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      f.head[r] = *reinterpret_cast<const uint4*>(rows[r].w + rows[r].off / 4);
+      f.head[r] = *reinterpret_cast<const uint4*>(rows[r].w + rows[r].wb0);
 #pragma unroll
       for (int c = 0; c < 4; ++c)
-        f.qs[r][c] = *reinterpret_cast<const uint2*>(rows[r].w + (rows[r].off + q::kQ4_KQs + 32 * c + 8 * t) / 4);
+        f.qs[r][c] = *reinterpret_cast<const uint2*>(rows[r].w + rows[r].wb0 + (q::kQ4_KQs + 32 * c) / 4 + 2 * t);
     }
     return f;
   }
@@ -176,14 +198,14 @@ struct Step<DType::kQ4_K, T> {
   static __device__ __forceinline__ void pairs(uint32_t w, uint32_t (&lo)[2], uint32_t (&hi)[2]) {
     constexpr uint32_t B = Bias<T>::kWord;
     const uint32_t w8 = w >> 8;
-    lo[0] = (w & 0x000F000Fu) | B;
-    lo[1] = (w8 & 0x000F000Fu) | B;
+    lo[0] = and_or(w, 0x000F000Fu, B);
+    lo[1] = and_or(w8, 0x000F000Fu, B);
     if constexpr (kHiInPlace) {
-      hi[0] = (w & 0x00F000F0u) | B;
-      hi[1] = (w8 & 0x00F000F0u) | B;
+      hi[0] = and_or(w, 0x00F000F0u, B);
+      hi[1] = and_or(w8, 0x00F000F0u, B);
     } else {
-      hi[0] = ((w >> 4) & 0x000F000Fu) | B;
-      hi[1] = ((w >> 12) & 0x000F000Fu) | B;
+      hi[0] = and_or(w >> 4, 0x000F000Fu, B);
+      hi[1] = and_or(w >> 12, 0x000F000Fu, B);
     }
   }
 
@@ -319,8 +341,8 @@ struct Step<DType::kQ6_K, T> {
     // bits 2K, 2K + 1 of bytes 0 / 2 go to bits 4, 5 of the halves; of bytes 1 / 3 likewise.
     const uint32_t h02 = (2 * K <= 4) ? (qh << (4 - 2 * K)) : (qh >> (2 * K - 4));
     const uint32_t h13 = qh >> (4 + 2 * K);
-    p[0] = (((ql >> kLo) & 0x000F000Fu) | B) | (h02 & 0x00300030u);
-    p[1] = (((ql >> (kLo + 8)) & 0x000F000Fu) | B) | (h13 & 0x00300030u);
+    p[0] = and_or(h02, 0x00300030u, and_or(ql >> kLo, 0x000F000Fu, B));
+    p[1] = and_or(h13, 0x00300030u, and_or(ql >> (kLo + 8), 0x000F000Fu, B));
   }
 
   // The kind-K pairs of rows g and g + 8 as an A fragment.
@@ -351,13 +373,12 @@ struct Step<DType::kQ6_K, T> {
       for (int i = 0; i < 2; ++i) {
         float(&p)[4] = pi[i];
         float(&sm)[4] = si[i];
-        const int l = 16 * i + 4 * t;
         uint32_t ql[2][2], qh[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          ql[r][0] = lds32(rows[r], 64 * h + l);
-          ql[r][1] = lds32(rows[r], 64 * h + 32 + l);
-          qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + l);
+          ql[r][0] = lds32(rows[r], 64 * h + 16 * i, t);  // byte 64 h + l, l = 16 i + 4 t
+          ql[r][1] = lds32(rows[r], 64 * h + 32 + 16 * i, t);
+          qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + 16 * i, t);
         }
         uint32_t a[4];
         a_of<0>(ql, qh, a);
@@ -375,7 +396,7 @@ struct Step<DType::kQ6_K, T> {
         // This lane's groups 2t, 2t + 1: scales 8 h + 2t, + 1 (word 2 h + t / 2, bytes 2 (t % 2), + 1).
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const uint32_t word = lds32(rows[r], q::kQ6_KScales + 4 * (2 * h + t / 2)) ^ 0x80808080u;
+        const uint32_t word = lds32(rows[r], q::kQ6_KScales + 8 * h, t / 2) ^ 0x80808080u;
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const float sp = d[r] * (byte_plus_2p23(word, 2 * (t % 2) + j) - (k2p23 + 128.f));  // d * sc
@@ -408,13 +429,12 @@ struct Step<DType::kQ6_K, T> {
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int l = 16 * i + 4 * t;
         uint32_t ql[2][2], qh[2], scw[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          ql[r][0] = lds32(rows[r], 64 * h + l);
-          ql[r][1] = lds32(rows[r], 64 * h + 32 + l);
-          qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + l);
+          ql[r][0] = lds32(rows[r], 64 * h + 16 * i, t);  // byte 64 h + l, l = 16 i + 4 t
+          ql[r][1] = lds32(rows[r], 64 * h + 32 + 16 * i, t);
+          qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + 16 * i, t);
         }
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
@@ -471,7 +491,7 @@ struct Step<DType::kQ8_0, T> {
 
   // The A fragment of half `half` (bytes 4 half .. + 3 of the lane's 8) of block b, rows g and g + 8.
   static __device__ __forceinline__ void a_of(const SRow& ra, const SRow& rb, int b, int t, uint32_t (&a)[2][4]) {
-    const uint2 qa = lds64(ra, 34 * b + q::kQ8_0Qs + 8 * t), qb = lds64(rb, 34 * b + q::kQ8_0Qs + 8 * t);
+    const uint2 qa = lds64(ra, 34 * b + q::kQ8_0Qs, 2 * t), qb = lds64(rb, 34 * b + q::kQ8_0Qs, 2 * t);
     // rows (g, g+8) x slots (2t, 2t+1 | 2t+8, 2t+9) <- bytes (0, 1 | 2, 3)
     int8x4_to_pairs<T>(qa.x, a[0][0], a[0][2]);
     int8x4_to_pairs<T>(qb.x, a[0][1], a[0][3]);
@@ -499,7 +519,7 @@ struct Step<DType::kQ8_0, T> {
       for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int j = 0; j < 2; ++j)
-          acc[2 * r + j] = fmaf(lds_half(rows[r], 34 * (2 * t + j)), pe[2 * r + j] + po[2 * r + j], acc[2 * r + j]);
+          acc[2 * r + j] = fmaf(lds_half(rows[r], 34 * j, 17 * t), pe[2 * r + j] + po[2 * r + j], acc[2 * r + j]);
     } else {
 #pragma unroll
       for (int b = 0; b < kBlocks; ++b) {
@@ -590,8 +610,8 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     const int b0 = (warp * Win::kStages + buf) * kRows * Win::kStride * 16;  // the buffer's byte offset
     const int sa = (int)(reinterpret_cast<uintptr_t>(ra + (int64_t)s * S::kStepBytes) & 15);
     const int sb = (int)(reinterpret_cast<uintptr_t>(rb + (int64_t)s * S::kStepBytes) & 15);
-    *pa = SRow{words, b0 + g * Win::kStride * 16 + sa};
-    *pb = SRow{words, b0 + (g + 8) * Win::kStride * 16 + sb};
+    *pa = srow(words, (uint32_t)(b0 + g * Win::kStride * 16 + sa));
+    *pb = srow(words, (uint32_t)(b0 + (g + 8) * Win::kStride * 16 + sb));
   };
 #pragma unroll
   for (int i = 0; i < Win::kStages - 1; ++i) {  // weights only: allowed before pdl_wait()
