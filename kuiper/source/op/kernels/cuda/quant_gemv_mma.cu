@@ -16,8 +16,8 @@
 // The bias trick: OR-ing a 4-bit value u into the mantissa of C (fp16 1024.0 = 0x6400, bf16 128.0 =
 // 0x4300) gives the number C + u exactly, so a 32-bit word of 4 bytes b0..b3 gives the pairs
 // (b0, b2) and (b1, b3) with one AND-OR each. The MMA then sums (C + u) x, and C sum(x) is taken off
-// with the scales: sum(x) per group comes, for one token, from sums the block works out once from its
-// shared-memory copy of x, and for several from a second MMA of the same B with an A of ones. The k order inside
+// with the scales: sum(x) per group comes, for one token, from the lanes' own x values (a warp
+// reduction), and for several from a second MMA of the same B with an A of ones. The k order inside
 // an MMA is free as long as A and B agree: lane t's pair (b0, b2) fills k slots (2t, 2t + 1), so x is
 // permuted the same way (two byte permutes per 4 values). Per sub-block j of a row:
 //   q4_k:  y += (d sc_j) sum(u x) - (dmin m_j) sum(x)            (u: 4 bits)
@@ -109,6 +109,23 @@ __device__ __forceinline__ void fold(float (&acc)[4], const float (&p)[4], const
 // 4 FMA pairs a step. The row's total is then the sum over the 4 lanes t (shuffles, at the end).
 __device__ __forceinline__ uint32_t column_of(bool mine, uint32_t v) { return mine ? v : 0u; }
 
+// One token: lane (g, t) holds v, its part of group g's sum(x); returns groups 2t and 2t + 1's sums.
+__device__ __forceinline__ float2 group_sums(float v, int t) {
+  v += __shfl_xor_sync(0xFFFFFFFFu, v, 1);
+  v += __shfl_xor_sync(0xFFFFFFFFu, v, 2);  // lanes (g, *): group g's sum
+  return make_float2(__shfl_sync(0xFFFFFFFFu, v, 8 * t), __shfl_sync(0xFFFFFFFFu, v, 8 * t + 4));
+}
+// Sum of the N values of T in words w.
+template <typename T, int N, typename Word>
+__device__ __forceinline__ float sum_of(const Word& w) {
+  float f[N];
+  unpack_floats<T, N>(&w, f);
+  float v = 0.f;
+#pragma unroll
+  for (int j = 0; j < N; ++j) v += f[j];
+  return v;
+}
+
 // Byte k of w as a float, without the conversion unit: 0x4B0000bb is 2^23 + b.
 __device__ __forceinline__ float byte_plus_2p23(uint32_t w, int k) {
   return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7650 + k));
@@ -170,7 +187,6 @@ struct Step;
 template <typename T>
 struct Step<DType::kQ4_K, T> {
   static constexpr int kValues = 256, kStepBytes = 144, kStages = 2;
-  static constexpr int kSumGroup = 32;    // one token: sum(x) per sub-block, from the prologue
   static constexpr bool kAligned = true;  // 144-byte blocks: every step of a 16-byte aligned row is
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
@@ -212,8 +228,7 @@ struct Step<DType::kQ4_K, T> {
   }
 
   // NT = 1: columns are the 8 sub-blocks (column_of above).
-  static __device__ __forceinline__ void compute1(const Frag& f, const T* x, const float* sums, int s, int g, int t,
-                                                  float (&acc)[4]) {
+  static __device__ __forceinline__ void compute1(const Frag& f, const T* x, int s, int g, int t, float (&acc)[4]) {
     const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)s * 256 + 32 * g + 8 * t);  // sub-block g
     uint32_t xb[2][2];
     x_pairs(xv.x, xv.y, xb[0][0], xb[0][1]);
@@ -233,8 +248,8 @@ struct Step<DType::kQ4_K, T> {
       }
 #pragma unroll
     for (int i = 0; i < 4; ++i) p[i] += p2[i];
-    // sum(x) of sub-blocks 2t, 2t + 1 (the kernel's prologue), the same for both rows.
-    const float2 sx = *reinterpret_cast<const float2*>(sums + 8 * s + 2 * t);
+    // sum(x) of sub-blocks 2t, 2t + 1 (the same for both rows), from the lanes' own x values.
+    const float2 sx = group_sums(sum_of<T, 8>(xv), t);
     const float sm[4] = {sx.x, sx.y, sx.x, sx.y};
     // This lane's sub-blocks 2t (low nibbles) and 2t + 1 (high): packed word t / 2, bytes 2 (t % 2), + 1.
     const int k = 2 * (t % 2);
@@ -256,11 +271,11 @@ struct Step<DType::kQ4_K, T> {
   }
 
   template <int NT>
-  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, const float* sums,
-                                                 bool has_x, int s, int g, int t, float (&acc)[4]) {
+  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, bool has_x, int s, int g,
+                                                 int t, float (&acc)[4]) {
     const Frag f = frag_of(ra, rb, t);
     if constexpr (NT == 1) {
-      compute1(f, x, sums, s, g, t, acc);
+      compute1(f, x, s, g, t, acc);
     } else {
       compute_n<NT>(f, x, has_x, s, t, acc);
     }
@@ -334,7 +349,6 @@ struct Step<DType::kQ4_K, T> {
 template <typename T>
 struct Step<DType::kQ6_K, T> {
   static constexpr int kValues = 256, kStepBytes = 210, kStages = 2;
-  static constexpr int kSumGroup = 16;  // one token: sum(x) per scale group, from the prologue
   static constexpr bool kAligned = false;
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
@@ -361,8 +375,8 @@ struct Step<DType::kQ6_K, T> {
   }
 
   // NT = 1, per half: columns are its 8 scale groups j = i + 2 k (column_of above).
-  static __device__ __forceinline__ void compute1(const SRow& ra, const SRow& rb, const T* x, const float* sums, int s,
-                                                  int g, int t, float (&acc)[4]) {
+  static __device__ __forceinline__ void compute1(const SRow& ra, const SRow& rb, const T* x, int s, int g, int t,
+                                                  float (&acc)[4]) {
     const SRow rows[2] = {ra, rb};
     float d[2];
 #pragma unroll
@@ -398,8 +412,8 @@ struct Step<DType::kQ6_K, T> {
       float p[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) p[e] = pi[0][e] + pi[1][e];
-      // sum(x) of this half's groups 2t, 2t + 1 (the kernel's prologue), the same for both rows.
-      const float2 sx = *reinterpret_cast<const float2*>(sums + 16 * s + 8 * h + 2 * t);
+      // sum(x) of this half's groups 2t, 2t + 1 (the same for both rows), from the lanes' own x values.
+      const float2 sx = group_sums(sum_of<T, 4>(xv), t);
       const float sm[4] = {sx.x, sx.y, sx.x, sx.y};
       // This lane's groups 2t, 2t + 1: scales 8 h + 2t, + 1 (word 2 h + t / 2, bytes 2 (t % 2), + 1).
 #pragma unroll
@@ -416,10 +430,10 @@ struct Step<DType::kQ6_K, T> {
 
   // ra, rb: the step's 210 bytes of rows g and g + 8 in shared memory.
   template <int NT>
-  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, const float* sums,
-                                                 bool has_x, int s, int g, int t, float (&acc)[4]) {
+  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, bool has_x, int s, int g,
+                                                 int t, float (&acc)[4]) {
     if constexpr (NT == 1) {
-      compute1(ra, rb, x, sums, s, g, t, acc);
+      compute1(ra, rb, x, s, g, t, acc);
     } else {
       compute_n<NT>(ra, rb, x, has_x, s, t, acc);
     }
@@ -493,7 +507,6 @@ struct Step<DType::kQ6_K, T> {
 template <typename T>
 struct Step<DType::kQ8_0, T> {
   static constexpr int kBlocks = 8, kValues = 32 * kBlocks, kStepBytes = 34 * kBlocks, kStages = 2;
-  static constexpr int kSumGroup = 0;  // no offset to take off
   static constexpr bool kAligned = false;
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
@@ -509,8 +522,8 @@ struct Step<DType::kQ8_0, T> {
   }
 
   template <int NT>
-  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, const float* sums,
-                                                 bool has_x, int s, int g, int t, float (&acc)[4]) {
+  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, bool has_x, int s, int g,
+                                                 int t, float (&acc)[4]) {
     if constexpr (NT == 1) {
       const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)s * kValues + 32 * g + 8 * t);  // block g
       float pe[4] = {0.f, 0.f, 0.f, 0.f}, po[4] = {0.f, 0.f, 0.f, 0.f};  // even / odd blocks: two chains
@@ -580,7 +593,6 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
   const uint8_t* rb = w + (int64_t)min(o0 + g + 8, out - 1) * row_bytes;
   const bool has_x = g < NT;
   const T* xr = x + (int64_t)(has_x ? g : 0) * in;  // one token: its copy in shared memory (below)
-  const float* sums = nullptr;                      // one token: sum(x) per group (below)
   const int n_steps = in / S::kValues;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};  // C fragment: (row g, tokens 2t, 2t+1), (row g+8, tokens 2t, 2t+1)
 
@@ -638,24 +650,6 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     cp_async_wait<0>();
     __syncthreads();
     xr = xs;
-    // And the sums of x over each group of kSumGroup values, which the bias trick's offset and q4_k's
-    // mins multiply (after x in shared memory: in % 256 == 0 keeps them 16-byte aligned).
-    if constexpr (S::kSumGroup > 0) {
-      float* sx = reinterpret_cast<float*>(xs + in);
-      for (int gi = threadIdx.x; gi < in / S::kSumGroup; gi += kWarps * kWarpSize) {
-        float v = 0.f;
-#pragma unroll
-        for (int k = 0; k < S::kSumGroup; k += 8) {
-          float f[8];
-          load_floats<T, 8>(xs + gi * S::kSumGroup + k, f);
-#pragma unroll
-          for (int j = 0; j < 8; ++j) v += f[j];
-        }
-        sx[gi] = v;
-      }
-      __syncthreads();
-      sums = sx;
-    }
   }
   int buf = 0;
   for (int s = warp; s < n_steps; s += kWarps) {
@@ -666,7 +660,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     __syncwarp();
     SRow pa, pb;
     rows_of(s, buf, &pa, &pb);
-    S::template compute<NT>(pa, pb, xr, sums, has_x, s, g, t, acc);
+    S::template compute<NT>(pa, pb, xr, has_x, s, g, t, acc);
     __syncwarp();  // every lane is done with `buf` before a later load overwrites it
     buf = (buf + 1) % Win::kStages;
   }
@@ -703,9 +697,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
 constexpr int kMaxStagedX = 32768;  // values of x a one-token launch copies (64 KiB of fp16 / bf16)
 template <DType QT, typename T, int NT, int kWarps>
 constexpr size_t smem_bytes(int in) {
-  constexpr int kGroup = Step<QT, T>::kSumGroup;
-  const size_t one_token = (size_t)in * sizeof(T) + (kGroup > 0 ? (size_t)in / kGroup * sizeof(float) : 0);
-  return (size_t)kWarps * Window<QT, T>::kWarpBytes + (NT == 1 ? one_token : 0);
+  return (size_t)kWarps * Window<QT, T>::kWarpBytes + (NT == 1 ? (size_t)in * sizeof(T) : 0);
 }
 
 // The kernel instance, its dynamic shared memory allowed once.
