@@ -190,6 +190,7 @@ struct Step<DType::kQ4_K, T> {
   static constexpr bool kAligned = true;  // 144-byte blocks: every step of a 16-byte aligned row is
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
+  static constexpr bool kTwoTiles = true;  // one token: compute_tiles() takes 2 row tiles
   struct Frag {
     uint4 head[2];   // d, dmin, scales
     uint2 qs[2][4];  // [row][chunk]
@@ -228,46 +229,65 @@ struct Step<DType::kQ4_K, T> {
   }
 
   // NT = 1: columns are the 8 sub-blocks (column_of above).
-  static __device__ __forceinline__ void compute1(const Frag& f, const T* x, int s, int g, int t, float (&acc)[4]) {
+  // NT = 1, kTiles row tiles of 16 (rows 16 k + g, + 8): the activations' fragments, their column
+  // selection and sum(x) are worked out once and shared by the tiles.
+  template <int kTiles>
+  static __device__ __forceinline__ void compute1(const Frag (&f)[kTiles], const T* x, int s, int g, int t,
+                                                  float (&acc)[kTiles][4]) {
     const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)s * 256 + 32 * g + 8 * t);  // sub-block g
     uint32_t xb[2][2];
     x_pairs(xv.x, xv.y, xb[0][0], xb[0][1]);
     x_pairs(xv.z, xv.w, xb[1][0], xb[1][1]);
-    // Two independent accumulator chains (the low and the high nibbles' MMAs), added at the end.
-    float p[4] = {0.f, 0.f, 0.f, 0.f}, p2[4] = {0.f, 0.f, 0.f, 0.f};
+    // Two independent accumulator chains a tile (the low and the high nibbles' MMAs), added at the end.
+    float p[kTiles][4] = {}, p2[kTiles][4] = {};
 #pragma unroll
     for (int c = 0; c < 4; ++c)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        uint32_t la[2], ha[2], lb[2], hb[2];
-        pairs(half == 0 ? f.qs[0][c].x : f.qs[0][c].y, la, ha);
-        pairs(half == 0 ? f.qs[1][c].x : f.qs[1][c].y, lb, hb);
-        const uint32_t alo[4] = {la[0], lb[0], la[1], lb[1]}, ahi[4] = {ha[0], hb[0], ha[1], hb[1]};
-        mma_m16n8k16<T>(p, alo, column_of(g == 2 * c, xb[half][0]), column_of(g == 2 * c, xb[half][1]));
-        mma_m16n8k16<T>(p2, ahi, column_of(g == 2 * c + 1, xb[half][0]), column_of(g == 2 * c + 1, xb[half][1]));
+        const uint32_t bl0 = column_of(g == 2 * c, xb[half][0]), bl1 = column_of(g == 2 * c, xb[half][1]);
+        const uint32_t bh0 = column_of(g == 2 * c + 1, xb[half][0]), bh1 = column_of(g == 2 * c + 1, xb[half][1]);
+#pragma unroll
+        for (int k = 0; k < kTiles; ++k) {
+          uint32_t la[2], ha[2], lb[2], hb[2];
+          pairs(half == 0 ? f[k].qs[0][c].x : f[k].qs[0][c].y, la, ha);
+          pairs(half == 0 ? f[k].qs[1][c].x : f[k].qs[1][c].y, lb, hb);
+          const uint32_t alo[4] = {la[0], lb[0], la[1], lb[1]}, ahi[4] = {ha[0], hb[0], ha[1], hb[1]};
+          mma_m16n8k16<T>(p[k], alo, bl0, bl1);
+          mma_m16n8k16<T>(p2[k], ahi, bh0, bh1);
+        }
       }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) p[i] += p2[i];
-    // sum(x) of sub-blocks 2t, 2t + 1 (the same for both rows), from the lanes' own x values.
+    // sum(x) of sub-blocks 2t, 2t + 1 (the same for every row), from the lanes' own x values.
     const float2 sx = group_sums(sum_of<T, 8>(xv), t);
-    const float sm[4] = {sx.x, sx.y, sx.x, sx.y};
     // This lane's sub-blocks 2t (low nibbles) and 2t + 1 (high): packed word t / 2, bytes 2 (t % 2), + 1.
-    const int k = 2 * (t % 2);
+    const int kb = 2 * (t % 2);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const uint4 h = f.head[r];
-      const float d = half_lo(h.x), dmin = half_hi(h.x);
-      const uint32_t sc = t < 2 ? h.y & 0x3F3F3F3Fu : (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
-      const uint32_t mn = t < 2 ? h.z & 0x3F3F3F3Fu : ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
-      const float dsl = fmaf(byte_plus_2p23(sc, k), d, -k2p23 * d);  // d sc_2t, the reference's product
-      const float dml = fmaf(byte_plus_2p23(mn, k), dmin, -k2p23 * dmin);
-      const float dsh = fmaf(byte_plus_2p23(sc, k + 1), d, -k2p23 * d);
-      const float dmh = fmaf(byte_plus_2p23(mn, k + 1), dmin, -k2p23 * dmin);
-      float& lo = acc[2 * r];
-      float& hi = acc[2 * r + 1];
-      lo = fmaf(dsl, p[2 * r], fmaf(-fmaf(Bias<T>::kC, dsl, dml), sm[2 * r], lo));
-      hi = fmaf(dsh * (1.f / kHiMul), p[2 * r + 1], fmaf(-fmaf(Bias<T>::kC / kHiMul, dsh, dmh), sm[2 * r + 1], hi));
-    }
+    for (int k = 0; k < kTiles; ++k)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const uint4 h = f[k].head[r];
+        const float d = half_lo(h.x), dmin = half_hi(h.x);
+        const uint32_t sc = t < 2 ? h.y & 0x3F3F3F3Fu : (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
+        const uint32_t mn = t < 2 ? h.z & 0x3F3F3F3Fu : ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
+        const float dsl = fmaf(byte_plus_2p23(sc, kb), d, -k2p23 * d);  // d sc_2t, the reference's product
+        const float dml = fmaf(byte_plus_2p23(mn, kb), dmin, -k2p23 * dmin);
+        const float dsh = fmaf(byte_plus_2p23(sc, kb + 1), d, -k2p23 * d);
+        const float dmh = fmaf(byte_plus_2p23(mn, kb + 1), dmin, -k2p23 * dmin);
+        const float pl = p[k][2 * r] + p2[k][2 * r], ph = p[k][2 * r + 1] + p2[k][2 * r + 1];
+        float& lo = acc[k][2 * r];
+        float& hi = acc[k][2 * r + 1];
+        lo = fmaf(dsl, pl, fmaf(-fmaf(Bias<T>::kC, dsl, dml), sx.x, lo));
+        hi = fmaf(dsh * (1.f / kHiMul), ph, fmaf(-fmaf(Bias<T>::kC / kHiMul, dsh, dmh), sx.y, hi));
+      }
+  }
+
+  // Several row tiles (one token only).
+  template <int kTiles>
+  static __device__ __forceinline__ void compute_tiles(const SRow (&rows)[kTiles][2], const T* x, int s, int g, int t,
+                                                       float (&acc)[kTiles][4]) {
+    Frag f[kTiles];
+#pragma unroll
+    for (int k = 0; k < kTiles; ++k) f[k] = frag_of(rows[k][0], rows[k][1], t);
+    compute1<kTiles>(f, x, s, g, t, acc);
   }
 
   template <int NT>
@@ -275,7 +295,9 @@ struct Step<DType::kQ4_K, T> {
                                                  int t, float (&acc)[4]) {
     const Frag f = frag_of(ra, rb, t);
     if constexpr (NT == 1) {
-      compute1(f, x, s, g, t, acc);
+      const Frag fs[1] = {f};
+      float(&a1)[1][4] = reinterpret_cast<float(&)[1][4]>(acc);
+      compute1<1>(fs, x, s, g, t, a1);
     } else {
       compute_n<NT>(f, x, has_x, s, t, acc);
     }
@@ -352,6 +374,7 @@ struct Step<DType::kQ6_K, T> {
   static constexpr bool kAligned = false;
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
+  static constexpr bool kTwoTiles = false;
 
   // Pairs (b0, b2), (b1, b3) of the 6-bit values of kind k from an ql word and a qh word: C + u.
   template <int K>
@@ -510,6 +533,7 @@ struct Step<DType::kQ8_0, T> {
   static constexpr bool kAligned = false;
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
+  static constexpr bool kTwoTiles = false;
 
   // The A fragment of half `half` (bytes 4 half .. + 3 of the lane's 8) of block b, rows g and g + 8.
   static __device__ __forceinline__ void a_of(const SRow& ra, const SRow& rb, int b, int t, uint32_t (&a)[2][4]) {
@@ -572,40 +596,48 @@ struct Window {
   static constexpr int kWords = S::kAligned ? S::kStepBytes / 16 : (S::kStepBytes + 14 + 15) / 16;
   static constexpr int kStride = S::kAligned ? kWords + 1 : kWords | 1;
   static constexpr int kStages = S::kStages;
-  static constexpr int kWarpBytes = kStages * kRows * kStride * 16;
+  static constexpr int kWarpBytesPerTile = kStages * kRows * kStride * 16;
 };
 
 // x: T [NT, in]; w: QT [out, in] (row_bytes a row); y: T [NT, out]. grid = ceil(out / 16) blocks of
 // kWarps warps; dynamic shared memory kWarps * Window<QT, T>::kWarpBytes. in % kValues == 0. 128 registers
 // at most: 16 warps on an SM.
-template <DType QT, typename T, int NT, int kWarps>
+template <DType QT, typename T, int NT, int kWarps, int kTiles>
 static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     gemv_quant_mma_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, T* __restrict__ y, int in, int out,
                           int64_t row_bytes) {
   static_assert(NT <= 4, "the decode GEMV takes up to 4 tokens");
   using S = Step<QT, T>;
-  __shared__ float red[kWarps][kRows][NT];
+  static_assert(kTiles == 1 || (NT == 1 && S::kTwoTiles), "row tiles: one token, types with compute_tiles()");
+  constexpr int kBlockRows = kRows * kTiles;  // 16 rows a tile; lane (g, t): rows 16 k + g, + 8 of tile k
+  __shared__ float red[kWarps][kBlockRows][NT];
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const int o0 = blockIdx.x * kRows;
-  // Rows past the end are clamped to the last one: loaded, never stored.
-  const uint8_t* ra = w + (int64_t)min(o0 + g, out - 1) * row_bytes;
-  const uint8_t* rb = w + (int64_t)min(o0 + g + 8, out - 1) * row_bytes;
+  const int o0 = blockIdx.x * kBlockRows;
+  // Rows past the end are clamped to the last one: loaded, never stored. row_lo: the low bits of the
+  // lane's rows' addresses (their byte shifts).
+  auto row_at = [&](int r) { return w + (int64_t)min(o0 + r, out - 1) * row_bytes; };
+  uint32_t row_lo[kTiles][2];
+#pragma unroll
+  for (int k = 0; k < kTiles; ++k)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) row_lo[k][r] = (uint32_t) reinterpret_cast<uintptr_t>(row_at(16 * k + g + 8 * r));
   const bool has_x = g < NT;
   const T* xr = x + (int64_t)(has_x ? g : 0) * in;  // one token: its copy in shared memory (below)
   const int n_steps = in / S::kValues;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};  // C fragment: (row g, tokens 2t, 2t+1), (row g+8, tokens 2t, 2t+1)
+  // C fragment of each tile: (row g, tokens 2t, 2t+1), (row g+8, tokens 2t, 2t+1); one token: groups.
+  float acc[kTiles][4] = {};
 
   // The step pipeline: kStages buffers a warp, step s + (kStages - 1) kWarps copied while step s is
   // computed. Every iteration commits one cp.async group (maybe empty), so waiting for all but the
   // newest kStages - 1 groups means this step's buffer has landed.
   using Win = Window<QT, T>;
-  extern __shared__ uint4 stage[];  // [kWarps][kStages][kRows][kStride]
-  uint4* mine = stage + warp * Win::kStages * kRows * Win::kStride;
-  // Step s of the 16 rows into buffer `buf`: lane l copies words i = l, l + 32, ... of the 16 windows
-  // (row i / kWords, word i % kWords). Its rows' offsets from the block's first row and its words'
-  // places in a buffer are worked out once: a step then costs an add and a mask per copy.
-  constexpr int kCopies = (kRows * Win::kWords + kWarpSize - 1) / kWarpSize;
+  extern __shared__ uint4 stage[];  // [kWarps][kStages][kBlockRows][kStride]
+  uint4* mine = stage + warp * Win::kStages * kBlockRows * Win::kStride;
+  // Step s of the block's rows into buffer `buf`: lane l copies words i = l, l + 32, ... of the rows'
+  // windows (row i / kWords, word i % kWords). Its rows' offsets from the block's first row and its
+  // words' places in a buffer are worked out once: a step then costs an add and a mask per copy.
+  constexpr int kCopies = (kBlockRows * Win::kWords + kWarpSize - 1) / kWarpSize;
   const uint8_t* block_rows = w + (int64_t)o0 * row_bytes;
   uint32_t src_off[kCopies];  // row r_i's byte offset from block_rows (r clamped to the last row)
   int dst_word[kCopies];      // word of the copy in a buffer, -1: none
@@ -613,10 +645,10 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
   for (int j = 0; j < kCopies; ++j) {
     const int i = lane + j * kWarpSize, r = i / Win::kWords;
     src_off[j] = (uint32_t)((int64_t)(min(o0 + r, out - 1) - o0) * row_bytes);
-    dst_word[j] = i < kRows * Win::kWords ? r * Win::kStride + i % Win::kWords : -1;
+    dst_word[j] = i < kBlockRows * Win::kWords ? r * Win::kStride + i % Win::kWords : -1;
   }
   auto load = [&](int s, int buf) {
-    uint4* dst = mine + buf * kRows * Win::kStride;
+    uint4* dst = mine + buf * kBlockRows * Win::kStride;
 #pragma unroll
     for (int j = 0; j < kCopies; ++j) {
       if (dst_word[j] < 0) continue;
@@ -626,14 +658,17 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
       cp_async_16(dst + dst_word[j], base + 16 * c, true);
     }
   };
-  // This lane's rows g and g + 8 of step s in buffer `buf`, at their byte shifts.
-  auto rows_of = [&](int s, int buf, SRow* pa, SRow* pb) {
+  // This lane's rows of step s in buffer `buf`, at their byte shifts.
+  auto rows_of = [&](int s, int buf, SRow(&rows)[kTiles][2]) {
     const uint32_t* words = reinterpret_cast<const uint32_t*>(stage);
-    const int b0 = (warp * Win::kStages + buf) * kRows * Win::kStride * 16;  // the buffer's byte offset
-    const int sa = (int)(reinterpret_cast<uintptr_t>(ra + (int64_t)s * S::kStepBytes) & 15);
-    const int sb = (int)(reinterpret_cast<uintptr_t>(rb + (int64_t)s * S::kStepBytes) & 15);
-    *pa = srow(words, (uint32_t)(b0 + g * Win::kStride * 16 + sa));
-    *pb = srow(words, (uint32_t)(b0 + (g + 8) * Win::kStride * 16 + sb));
+    const uint32_t b0 = (warp * Win::kStages + buf) * kBlockRows * Win::kStride * 16;  // the buffer's byte offset
+#pragma unroll
+    for (int k = 0; k < kTiles; ++k)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const uint32_t shift = (row_lo[k][r] + (uint32_t)s * S::kStepBytes) & 15;
+        rows[k][r] = srow(words, b0 + (16 * k + g + 8 * r) * Win::kStride * 16 + shift);
+      }
   };
 #pragma unroll
   for (int i = 0; i < Win::kStages - 1; ++i) {  // weights only: allowed before pdl_wait()
@@ -644,7 +679,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
   if constexpr (NT == 1) {
     // One token: x (in values) is copied once into shared memory after the stage buffers, so that the
     // steps read it at shared-memory latency.
-    T* xs = reinterpret_cast<T*>(stage + kWarps * Win::kStages * kRows * Win::kStride);
+    T* xs = reinterpret_cast<T*>(stage + kWarps * Win::kStages * kBlockRows * Win::kStride);
     for (int i = threadIdx.x; i < in / 8; i += kWarps * kWarpSize) cp_async_16(xs + 8 * i, x + 8 * i, true);
     cp_async_commit();
     cp_async_wait<0>();
@@ -658,33 +693,41 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     cp_async_commit();
     cp_async_wait<Win::kStages - 1>();
     __syncwarp();
-    SRow pa, pb;
-    rows_of(s, buf, &pa, &pb);
-    S::template compute<NT>(pa, pb, xr, has_x, s, g, t, acc);
+    SRow rows[kTiles][2];
+    rows_of(s, buf, rows);
+    if constexpr (kTiles == 1) {
+      S::template compute<NT>(rows[0][0], rows[0][1], xr, has_x, s, g, t, acc[0]);
+    } else {
+      if constexpr (S::kTwoTiles) S::template compute_tiles<kTiles>(rows, xr, s, g, t, acc);
+    }
     __syncwarp();  // every lane is done with `buf` before a later load overwrites it
     buf = (buf + 1) % Win::kStages;
   }
   cp_async_wait<0>();
   pdl_trigger();
 
-  if constexpr (S::template kGroupColumns<NT>) {  // lane t holds its groups' part of rows g, g + 8
-    float ya = acc[0] + acc[1], yb = acc[2] + acc[3];
 #pragma unroll
-    for (int m = 1; m < 4; m *= 2) ya += __shfl_xor_sync(0xFFFFFFFFu, ya, m), yb += __shfl_xor_sync(0xFFFFFFFFu, yb, m);
-    if (t == 0) red[warp][g][0] = ya, red[warp][g + 8][0] = yb;
-  } else {  // C columns are tokens
+  for (int k = 0; k < kTiles; ++k) {
+    if constexpr (S::template kGroupColumns<NT>) {  // lane t holds its groups' part of rows g, g + 8
+      float ya = acc[k][0] + acc[k][1], yb = acc[k][2] + acc[k][3];
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int n = 2 * t + j;
-      if (n < NT) {
-        red[warp][g][n] = acc[j];
-        red[warp][g + 8][n] = acc[2 + j];
+      for (int m = 1; m < 4; m *= 2)
+        ya += __shfl_xor_sync(0xFFFFFFFFu, ya, m), yb += __shfl_xor_sync(0xFFFFFFFFu, yb, m);
+      if (t == 0) red[warp][16 * k + g][0] = ya, red[warp][16 * k + g + 8][0] = yb;
+    } else {  // C columns are tokens
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int n = 2 * t + j;
+        if (n < NT) {
+          red[warp][16 * k + g][n] = acc[k][j];
+          red[warp][16 * k + g + 8][n] = acc[k][2 + j];
+        }
       }
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < kRows * NT; e += kWarps * kWarpSize) {
-    const int r = e % kRows, n = e / kRows;
+  for (int e = threadIdx.x; e < kBlockRows * NT; e += kWarps * kWarpSize) {
+    const int r = e % kBlockRows, n = e / kBlockRows;
     if (o0 + r >= out) continue;
     float v = 0.f;
 #pragma unroll
@@ -695,17 +738,17 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
 
 // Dynamic shared memory: the stage buffers, and for one token its activations (in values).
 constexpr int kMaxStagedX = 32768;  // values of x a one-token launch copies (64 KiB of fp16 / bf16)
-template <DType QT, typename T, int NT, int kWarps>
-constexpr size_t smem_bytes(int in) {
-  return (size_t)kWarps * Window<QT, T>::kWarpBytes + (NT == 1 ? (size_t)in * sizeof(T) : 0);
+template <DType QT, typename T, int NT, int kWarps, int kTiles>
+size_t smem_bytes(int in) {
+  return (size_t)kWarps * kTiles * Window<QT, T>::kWarpBytesPerTile + (NT == 1 ? (size_t)in * sizeof(T) : 0);
 }
 
 // The kernel instance, its dynamic shared memory allowed once.
-template <DType QT, typename T, int NT, int kWarps>
+template <DType QT, typename T, int NT, int kWarps, int kTiles>
 auto kernel_of() {
-  auto k = gemv_quant_mma_kernel<QT, T, NT, kWarps>;
+  auto k = gemv_quant_mma_kernel<QT, T, NT, kWarps, kTiles>;
   static const bool once = [&] {
-    const size_t most = smem_bytes<QT, T, NT, kWarps>(kMaxStagedX);
+    const size_t most = smem_bytes<QT, T, NT, kWarps, kTiles>(kMaxStagedX);
     if (most > 48 * 1024) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most);
     return true;
   }();
@@ -714,15 +757,15 @@ auto kernel_of() {
 }
 
 // Blocks of the kernel resident on the whole GPU at once (computed once per instantiation).
-template <DType QT, typename T, int NT, int kWarps>
+template <DType QT, typename T, int NT, int kWarps, int kTiles>
 int resident_blocks() {
   static const int blocks = [] {
     int per_sm = 0, dev = 0, sms = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     // (with the x of a 14336-wide input, the widest of the Llama shapes)
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of<QT, T, NT, kWarps>(), kWarps * kWarpSize,
-                                                  smem_bytes<QT, T, NT, kWarps>(14336));
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of<QT, T, NT, kWarps, kTiles>(), kWarps * kWarpSize,
+                                                  smem_bytes<QT, T, NT, kWarps, kTiles>(14336));
     return std::max(1, per_sm * sms);
   }();
   return blocks;
@@ -730,7 +773,7 @@ int resident_blocks() {
 
 // 4 or 8 warps a block: the one whose last wave of blocks is fuller (8 on ties: more bytes in flight
 // per row), as int8_mma_warps() in matmul.cu. KUIPER_QUANT_GEMV_WARPS=4|8 pins it for measurements.
-template <DType QT, typename T, int NT>
+template <DType QT, typename T, int NT, int kTiles>
 int warps_for(int64_t blocks) {
   static const int pinned = [] {
     const char* e = std::getenv("KUIPER_QUANT_GEMV_WARPS");
@@ -741,18 +784,34 @@ int warps_for(int64_t blocks) {
     const int64_t waves = (blocks + resident - 1) / resident;
     return (double)blocks / (double)(waves * resident);
   };
-  return fill(resident_blocks<QT, T, NT, 4>()) > fill(resident_blocks<QT, T, NT, 8>()) + 0.02 ? 4 : 8;
+  return fill(resident_blocks<QT, T, NT, 4, kTiles>()) > fill(resident_blocks<QT, T, NT, 8, kTiles>()) + 0.02 ? 4 : 8;
 }
 
+template <DType QT, typename T, int NT, int kTiles>
+Status launch_tiles(const T* x, const uint8_t* w, T* y, int in, int out, int64_t row_bytes, cudaStream_t stream) {
+  const int64_t blocks = ceil_div(out, kRows * kTiles);
+  const dim3 grid((unsigned)blocks);
+  if (warps_for<QT, T, NT, kTiles>(blocks) == 4)
+    return launch_kernel(kernel_of<QT, T, NT, 4, kTiles>(), grid, 4 * kWarpSize, smem_bytes<QT, T, NT, 4, kTiles>(in),
+                         stream, 1, x, w, y, in, out, row_bytes);
+  return launch_kernel(kernel_of<QT, T, NT, 8, kTiles>(), grid, 8 * kWarpSize, smem_bytes<QT, T, NT, 8, kTiles>(in),
+                       stream, 1, x, w, y, in, out, row_bytes);
+}
+
+// Two row tiles a block (q4_k, one token) when their grid still fills the GPU with one wave of 8-warp
+// blocks (the 4096-row matrices of a 7B would not: 128 blocks): the activations' share of a step's work
+// is then paid once for 32 rows. KUIPER_QUANT_GEMV_TILES=1|2 pins it for measurements.
 template <DType QT, typename T, int NT>
 Status launch_nt(const T* x, const uint8_t* w, T* y, int in, int out, int64_t row_bytes, cudaStream_t stream) {
-  const int64_t blocks = ceil_div(out, kRows);
-  const dim3 grid((unsigned)blocks);
-  if (warps_for<QT, T, NT>(blocks) == 4)
-    return launch_kernel(kernel_of<QT, T, NT, 4>(), grid, 4 * kWarpSize, smem_bytes<QT, T, NT, 4>(in), stream, 1, x, w,
-                         y, in, out, row_bytes);
-  return launch_kernel(kernel_of<QT, T, NT, 8>(), grid, 8 * kWarpSize, smem_bytes<QT, T, NT, 8>(in), stream, 1, x, w, y,
-                       in, out, row_bytes);
+  if constexpr (NT == 1 && Step<QT, T>::kTwoTiles) {
+    static const int pinned = [] {
+      const char* e = std::getenv("KUIPER_QUANT_GEMV_TILES");
+      return e != nullptr ? std::atoi(e) : 0;
+    }();
+    const bool two = pinned == 2 || (pinned != 1 && ceil_div(out, 2 * kRows) >= resident_blocks<QT, T, NT, 8, 2>());
+    if (two) return launch_tiles<QT, T, NT, 2>(x, w, y, in, out, row_bytes, stream);
+  }
+  return launch_tiles<QT, T, NT, 1>(x, w, y, in, out, row_bytes, stream);
 }
 
 template <DType QT, typename T>
