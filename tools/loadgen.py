@@ -6,7 +6,9 @@ total: a prompt of `--prompt-len` tokens (random words; with --shared-prefix N t
 same for every request, to measure the prefix cache) and `--output-len` generated tokens (temperature
 0, ignore_eos where the server knows it, so every request generates to max_tokens). Reports output
 tokens/s over the whole run, time to first token p50/p99 and inter-token latency p50/p99 (the gaps
-between streamed chunks, per token when a chunk carries several).
+between streamed chunks, per token when a chunk carries several), and, to check that two servers got the
+same load, the requests that generated fewer than --output-len tokens, the mean prompt length in the
+server's own tokens and the tokens a streamed chunk carried (all from each response's usage).
 
 Standard library only (urllib, threads): runs on a bare GPU machine.
 
@@ -60,11 +62,12 @@ def one_request(url, model, prompt, output_len, timeout):
             last = now
             tokens += 1
     n_out = usage["completion_tokens"] if usage else tokens
+    n_prompt = usage.get("prompt_tokens") if usage else None
     # A chunk may carry several tokens: spread its gap over them.
     if usage and tokens > 1 and n_out > tokens:
         per = (last - t0 - ttft) / max(1, n_out - 1)
         gaps = [per] * (n_out - 1)
-    return ttft, gaps, n_out
+    return ttft, gaps, n_out, n_prompt, tokens
 
 
 def main():
@@ -89,6 +92,7 @@ def main():
     lock = threading.Lock()
     queue = list(range(total))
     ttfts, itls, outs, errors = [], [], [0], []
+    short, prompt_toks, chunks = [0], [], [0]
 
     def client():
         while True:
@@ -97,11 +101,15 @@ def main():
                     return
                 i = queue.pop()
             try:
-                ttft, gaps, n = one_request(a.url, a.model, prompts[i], a.output_len, a.timeout)
+                ttft, gaps, n, n_prompt, n_chunks = one_request(a.url, a.model, prompts[i], a.output_len, a.timeout)
                 with lock:
                     ttfts.append(ttft)
                     itls.extend(gaps)
                     outs[0] += n
+                    short[0] += n < a.output_len
+                    chunks[0] += n_chunks
+                    if n_prompt is not None:
+                        prompt_toks.append(n_prompt)
             except Exception as e:  # noqa: BLE001
                 with lock:
                     errors.append(repr(e))
@@ -117,13 +125,16 @@ def main():
            "output_len": a.output_len, "shared_prefix": len(shared), "wall_s": round(wall, 2),
            "output_tok_s": round(outs[0] / wall, 1),
            "ttft_p50_ms": round(1e3 * percentile(ttfts, 50), 1), "ttft_p99_ms": round(1e3 * percentile(ttfts, 99), 1),
-           "itl_p50_ms": round(1e3 * percentile(itls, 50), 2), "itl_p99_ms": round(1e3 * percentile(itls, 99), 2)}
+           "itl_p50_ms": round(1e3 * percentile(itls, 50), 2), "itl_p99_ms": round(1e3 * percentile(itls, 99), 2),
+           "short": short[0], "prompt_tokens": round(sum(prompt_toks) / len(prompt_toks), 1) if prompt_toks else None,
+           "tokens_per_chunk": round(outs[0] / chunks[0], 2) if chunks[0] else None}
     if a.json:
         print(json.dumps(res))
     else:
         print(f"concurrency {a.concurrency}: {total} requests ({len(errors)} failed) in {wall:.1f} s; "
               f"output {res['output_tok_s']} tok/s; TTFT p50 {res['ttft_p50_ms']} ms p99 {res['ttft_p99_ms']} ms; "
-              f"ITL p50 {res['itl_p50_ms']} ms p99 {res['itl_p99_ms']} ms")
+              f"ITL p50 {res['itl_p50_ms']} ms p99 {res['itl_p99_ms']} ms; {res['short']} short of {a.output_len} tokens; "
+              f"prompt {res['prompt_tokens']} tokens; {res['tokens_per_chunk']} tokens a chunk")
     if errors:
         print("first error:", errors[0], file=sys.stderr)
     sys.exit(1 if errors else 0)
