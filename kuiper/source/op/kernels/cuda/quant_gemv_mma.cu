@@ -3,15 +3,18 @@
 //
 // Why: the warp-per-row kernel of quant_matmul.cu converts every 4- or 6-bit value to fp32 (16
 // conversions per clock per SM) and multiplies it on the FP32 pipe; it ran Llama-2-7B Q4_K_M at 17% of
-// the bandwidth limit on an H200. Here the values become fp16 / bf16 pairs with two logic operations
-// (the bias trick below), the products run on the tensor cores, and the block scales are applied once
-// per sub-block to the tensor cores' fp32 partial sums.
+// the bandwidth limit on an H200. Here the values become fp16 / bf16 pairs with one LOP3 a pair (the bias
+// trick below; q6_k's 6-bit values take two and shifts), the products run on the tensor cores, and the
+// block scales are applied once per group to the tensor cores' fp32 partial sums.
 //
 // Layout (as gemv_int8_mma_kernel in matmul.cu): a block owns 16 output rows, one m16 tile (A = W,
-// B = x^T, C = y^T). Its warps split the row into steps of 256 values (a k-quant super-block, eight
-// q8_0 blocks), warp w taking steps w, w + kWarps, ...; lane (g = lane / 4, t = lane % 4) works on rows g
-// and g + 8, and lane g < NT also supplies token g's activations. The warps' sums meet in
-// shared memory. The first steps' weights are requested before pdl_wait() (no kernel writes weights).
+// B = x^T, C = y^T), or two tiles (32 rows) for q4_k on large matrices. Its warps split the row into
+// steps of 256 values (a k-quant super-block, eight q8_0 blocks), warp w taking steps w, w + kWarps, ...;
+// lane (g = lane / 4, t = lane % 4) works on rows g and g + 8 of each tile. With several tokens, lane
+// g < NT supplies token g's activations (C's columns are tokens). With one token, C's 8 columns carry the
+// 8 scale groups of a step instead: lane (g, t) supplies group g's values and zeros in the other groups'
+// MMAs, so it ends a step holding groups 2t and 2t + 1 of its rows and decodes only those scales. The
+// warps' sums meet in shared memory.
 //
 // The bias trick: OR-ing a 4-bit value u into the mantissa of C (fp16 1024.0 = 0x6400, bf16 128.0 =
 // 0x4300) gives the number C + u exactly, so a 32-bit word of 4 bytes b0..b3 gives the pairs
@@ -19,18 +22,20 @@
 // with the scales: sum(x) per group comes, for one token, from the lanes' own x values (a warp
 // reduction), and for several from a second MMA of the same B with an A of ones. The k order inside
 // an MMA is free as long as A and B agree: lane t's pair (b0, b2) fills k slots (2t, 2t + 1), so x is
-// permuted the same way (two byte permutes per 4 values). Per sub-block j of a row:
-//   q4_k:  y += (d sc_j) sum(u x) - (dmin m_j) sum(x)            (u: 4 bits)
-//   q6_k:  y += (d sc_j) sum((u - 32) x)                         (u: 6 bits, 16 values per scale)
+// permuted the same way (two byte permutes per 4 values). Per group j of a row:
+//   q4_k:  y += (d sc_j) sum(u x) - (dmin m_j) sum(x)            (u: 4 bits, 32 values per group)
+//   q6_k:  y += (d sc_j) sum((u - 32) x)                         (u: 6 bits, 16 values per group)
 //   q8_0:  y += d sum(q x)                                       (int8x4_to_pairs, exact, no bias)
 // Every scale product is the reference's own fp32 product (d * sc), so only the summation order and the
 // fp32 cancellation of C sum(x) (~2^-17 of the sums) differ from the exact dequantized product.
 //
-// Every step goes through shared memory: the warp copies its 16 rows' bytes of a step with coalesced
-// 16-byte cp.async, kStages - 1 steps ahead (about 7 KB in flight per warp, 110 KB per SM), and lanes
-// read their words there. The copy takes the 16-byte-aligned window around each row's step, so an
-// unaligned type's tensor must be readable up to 15 bytes past its end (the loader pads every tensor to 256 bytes; the
-// caller checks).
+// Every step goes through shared memory: the warp copies its rows' bytes of a step with coalesced
+// 16-byte cp.async, one step ahead (two buffers; deeper pipelines measured no faster: the kernel is bound
+// by instruction issue, docs/benchmarks.md), and lanes read their words there. The copy takes the
+// 16-byte-aligned window around each row's step, so an unaligned type's tensor must be readable up to
+// 15 bytes past its end (the loader pads every tensor to 256 bytes; the caller checks). With one token,
+// the block first copies x into shared memory too. The first steps' weights are requested before
+// pdl_wait() (no kernel writes weights).
 #include <algorithm>
 #include <climits>
 
