@@ -25,7 +25,7 @@ except ImportError:
 SHAPES = {  # dim, hidden, layers, heads, kv heads, vocab, context, rope theta
     "llama2-7b": (4096, 11008, 32, 32, 32, 32000, 4096, 10000.0),
     "llama3-8b": (4096, 14336, 32, 32, 8, 128256, 8192, 500000.0),
-    "tiny": (256, 768, 2, 4, 2, 512, 512, 10000.0),
+    "tiny": (256, 768, 2, 4, 2, 1024, 512, 10000.0),  # vocab: room for the placeholder's 616 pieces
 }
 
 Q = gguf.GGMLQuantizationType
@@ -111,6 +111,8 @@ def vocabulary(n):
         toks.append(piece.encode())
         scores.append(score)
         types.append(1)
+    if len(toks) > n:  # the file's embedding rows must match its vocabulary (llama.cpp checks)
+        sys.exit(f"make_random_gguf: a vocabulary of {n} cannot hold the placeholder's {len(toks)} pieces")
     i = 0
     while len(toks) < n:
         toks.append(f"\u2581t{i}".encode())
