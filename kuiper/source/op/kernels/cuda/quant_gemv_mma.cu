@@ -181,7 +181,8 @@ __device__ __forceinline__ float lds_half(const SRow& r, int o, uint32_t dw = 0)
 
 // ---------------------------------------------------------------------------------------------------
 // One step per type: compute() folds the step of rows g and g + 8 (index r = 0, 1), staged in shared
-// memory (the kernel below), into acc; x: T [in] of this lane's token (only read when has_x).
+// memory (the kernel below), into acc; x: T [in] of this lane's token (only read when has_x). Types with
+// kTwoTiles take one token through compute_tiles() instead, for 1 or 2 tiles of 16 rows.
 
 template <DType QT, typename T>
 struct Step;
@@ -192,7 +193,7 @@ struct Step;
 template <typename T>
 struct Step<DType::kQ4_K, T> {
   static constexpr int kValues = 256, kStepBytes = 144, kStages = 2;
-  static constexpr bool kAligned = true;  // 144-byte blocks: every step of a 16-byte aligned row is
+  static constexpr bool kAligned = true;  // 144-byte blocks keep every step of an aligned row aligned
   template <int NT>
   static constexpr bool kGroupColumns = NT == 1;
   static constexpr bool kTwoTiles = true;  // one token: compute_tiles() takes 2 row tiles
@@ -233,9 +234,27 @@ struct Step<DType::kQ4_K, T> {
     }
   }
 
-  // NT = 1: columns are the 8 sub-blocks (column_of above).
-  // NT = 1, kTiles row tiles of 16 (rows 16 k + g, + 8): the activations' fragments, their column
-  // selection and sum(x) are worked out once and shared by the tiles.
+  // Packed 6-bit scales and mins of sub-blocks 4h .. 4h + 3 (one byte each) from a block's head.
+  static __device__ __forceinline__ void packed_scales(const uint4& h, int half, uint32_t* sc, uint32_t* mn) {
+    *sc = half == 0 ? h.y & 0x3F3F3F3Fu : (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
+    *mn = half == 0 ? h.z & 0x3F3F3F3Fu : ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
+  }
+  // The factors of sub-blocks 4h + k (low nibbles) and 4h + k + 1 (high) of packed words sc, mn:
+  // y += sp P - e S, with P the MMA's sum of (C + u) x (C + 16 u for fp16's high nibbles) and S sum(x).
+  // d * sc and dmin * m are the reference's own products (fma with 2^23 + byte, exact).
+  static __device__ __forceinline__ void factors(uint32_t sc, uint32_t mn, int k, float d, float dmin, float (&sp)[2],
+                                                 float (&e)[2]) {
+    const float dsl = fmaf(byte_plus_2p23(sc, k), d, -k2p23 * d);
+    const float dml = fmaf(byte_plus_2p23(mn, k), dmin, -k2p23 * dmin);
+    const float dsh = fmaf(byte_plus_2p23(sc, k + 1), d, -k2p23 * d);
+    const float dmh = fmaf(byte_plus_2p23(mn, k + 1), dmin, -k2p23 * dmin);
+    sp[0] = dsl, e[0] = fmaf(Bias<T>::kC, dsl, dml);
+    sp[1] = dsh * (1.f / kHiMul), e[1] = fmaf(Bias<T>::kC / kHiMul, dsh, dmh);
+  }
+
+  // NT = 1, kTiles row tiles of 16 (rows 16 k + g, + 8); the 8 MMA columns are the 8 sub-blocks
+  // (column_of above). The activations' fragments, their column selection and sum(x) are worked out
+  // once and shared by the tiles.
   template <int kTiles>
   static __device__ __forceinline__ void compute1(const Frag (&f)[kTiles], const T* x, int s, int g, int t,
                                                   float (&acc)[kTiles][4]) {
@@ -270,18 +289,13 @@ struct Step<DType::kQ4_K, T> {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const uint4 h = f[k].head[r];
-        const float d = half_lo(h.x), dmin = half_hi(h.x);
-        const uint32_t sc = t < 2 ? h.y & 0x3F3F3F3Fu : (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
-        const uint32_t mn = t < 2 ? h.z & 0x3F3F3F3Fu : ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
-        const float dsl = fmaf(byte_plus_2p23(sc, kb), d, -k2p23 * d);  // d sc_2t, the reference's product
-        const float dml = fmaf(byte_plus_2p23(mn, kb), dmin, -k2p23 * dmin);
-        const float dsh = fmaf(byte_plus_2p23(sc, kb + 1), d, -k2p23 * d);
-        const float dmh = fmaf(byte_plus_2p23(mn, kb + 1), dmin, -k2p23 * dmin);
+        uint32_t sc, mn;
+        packed_scales(h, t / 2, &sc, &mn);
+        float sp[2], e[2];
+        factors(sc, mn, kb, half_lo(h.x), half_hi(h.x), sp, e);
         const float pl = p[k][2 * r] + p2[k][2 * r], ph = p[k][2 * r + 1] + p2[k][2 * r + 1];
-        float& lo = acc[k][2 * r];
-        float& hi = acc[k][2 * r + 1];
-        lo = fmaf(dsl, pl, fmaf(-fmaf(Bias<T>::kC, dsl, dml), sx.x, lo));
-        hi = fmaf(dsh * (1.f / kHiMul), ph, fmaf(-fmaf(Bias<T>::kC / kHiMul, dsh, dmh), sx.y, hi));
+        acc[k][2 * r] = fmaf(sp[0], pl, fmaf(-e[0], sx.x, acc[k][2 * r]));
+        acc[k][2 * r + 1] = fmaf(sp[1], ph, fmaf(-e[1], sx.y, acc[k][2 * r + 1]));
       }
   }
 
@@ -295,34 +309,20 @@ struct Step<DType::kQ4_K, T> {
     compute1<kTiles>(f, x, s, g, t, acc);
   }
 
+  // Several tokens (C's columns are tokens; one token goes through compute_tiles()).
   template <int NT>
-  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, bool has_x, int s, int g,
-                                                 int t, float (&acc)[4]) {
+  static __device__ __forceinline__ void compute(const SRow& ra, const SRow& rb, const T* x, bool has_x, int s,
+                                                 int /*g*/, int t, float (&acc)[4]) {
+    static_assert(NT > 1, "one token: compute_tiles()");
     const Frag f = frag_of(ra, rb, t);
-    if constexpr (NT == 1) {
-      const Frag fs[1] = {f};
-      float(&a1)[1][4] = reinterpret_cast<float(&)[1][4]>(acc);
-      compute1<1>(fs, x, s, g, t, a1);
-    } else {
-      compute_n<NT>(f, x, has_x, s, t, acc);
-    }
-  }
-
-  template <int NT>
-  static __device__ __forceinline__ void compute_n(const Frag& f, const T* x, bool has_x, int s, int t,
-                                                   float (&acc)[4]) {
     // Scales: sc[r][h] / mn[r][h] pack the 6-bit scales / mins of sub-blocks 4h .. 4h + 3 of row r.
     uint32_t sc[2][2], mn[2][2];
-    float d[2], dmin[2], nd[2], ndmin[2];
+    float d[2], dmin[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const uint4 h = f.head[r];
-      d[r] = half_lo(h.x), dmin[r] = half_hi(h.x);
-      nd[r] = -k2p23 * d[r], ndmin[r] = -k2p23 * dmin[r];
-      sc[r][0] = h.y & 0x3F3F3F3Fu;
-      mn[r][0] = h.z & 0x3F3F3F3Fu;
-      sc[r][1] = (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
-      mn[r][1] = ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
+      d[r] = half_lo(f.head[r].x), dmin[r] = half_hi(f.head[r].x);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) packed_scales(f.head[r], h, &sc[r][h], &mn[r][h]);
     }
     const T* xs = x + (int64_t)s * 256 + 8 * t;
 #pragma unroll
@@ -346,17 +346,13 @@ struct Step<DType::kQ4_K, T> {
         mma_with_sum<T>(pl, sl, alo, b0, b1);
         mma_with_sum<T>(ph, sh, ahi, c0, c1);
       }
-      // Sub-blocks j = 2c (bytes 2 (c % 2) of word c / 2) and 2c + 1.
+      // Sub-blocks 2c (bytes 2 (c % 2) of packed word c / 2) and 2c + 1.
       float spl[2], el[2], sph[2], eh[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int k = 2 * (c % 2);
-        const float dsl = fmaf(byte_plus_2p23(sc[r][c / 2], k), d[r], nd[r]);        // d sc_2c
-        const float dml = fmaf(byte_plus_2p23(mn[r][c / 2], k), dmin[r], ndmin[r]);  // dmin m_2c
-        const float dsh = fmaf(byte_plus_2p23(sc[r][c / 2], k + 1), d[r], nd[r]);
-        const float dmh = fmaf(byte_plus_2p23(mn[r][c / 2], k + 1), dmin[r], ndmin[r]);
-        spl[r] = dsl, el[r] = fmaf(Bias<T>::kC, dsl, dml);
-        sph[r] = dsh * (1.f / kHiMul), eh[r] = fmaf(Bias<T>::kC / kHiMul, dsh, dmh);
+        float sp[2], e[2];
+        factors(sc[r][c / 2], mn[r][c / 2], 2 * (c % 2), d[r], dmin[r], sp, e);
+        spl[r] = sp[0], el[r] = e[0], sph[r] = sp[1], eh[r] = e[1];
       }
       fold<NT>(acc, pl, sl, spl, el);
       fold<NT>(acc, ph, sh, sph, eh);
@@ -402,6 +398,35 @@ struct Step<DType::kQ6_K, T> {
     a[0] = pa[0], a[1] = pb[0], a[2] = pa[1], a[3] = pb[1];
   }
 
+  // This lane's ql words (at l, l + 32) and qh word of rows g, g + 8 for half h, l = 16 i + 4 t.
+  static __device__ __forceinline__ void words(const SRow (&rows)[2], int h, int i, int t, uint32_t (&ql)[2][2],
+                                               uint32_t (&qh)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      ql[r][0] = lds32(rows[r], 64 * h + 16 * i, t);
+      ql[r][1] = lds32(rows[r], 64 * h + 32 + 16 * i, t);
+      qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + 16 * i, t);
+    }
+  }
+  // a_of<k> for a k known only after unrolling.
+  static __device__ __forceinline__ void a_of(int k, const uint32_t (&ql)[2][2], const uint32_t (&qh)[2],
+                                              uint32_t (&a)[4]) {
+    switch (k) {
+      case 0:
+        a_of<0>(ql, qh, a);
+        break;
+      case 1:
+        a_of<1>(ql, qh, a);
+        break;
+      case 2:
+        a_of<2>(ql, qh, a);
+        break;
+      default:
+        a_of<3>(ql, qh, a);
+        break;
+    }
+  }
+
   // NT = 1, per half: columns are its 8 scale groups j = i + 2 k (column_of above).
   static __device__ __forceinline__ void compute1(const SRow& ra, const SRow& rb, const T* x, int s, int g, int t,
                                                   float (&acc)[4]) {
@@ -419,23 +444,14 @@ struct Step<DType::kQ6_K, T> {
       float pi[2][4] = {};  // two independent chains (i = 0, 1), added below
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        float(&p)[4] = pi[i];
         uint32_t ql[2][2], qh[2];
+        words(rows, h, i, t, ql, qh);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          ql[r][0] = lds32(rows[r], 64 * h + 16 * i, t);  // byte 64 h + l, l = 16 i + 4 t
-          ql[r][1] = lds32(rows[r], 64 * h + 32 + 16 * i, t);
-          qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + 16 * i, t);
+        for (int k = 0; k < 4; ++k) {  // group i + 2 k
+          uint32_t a[4];
+          a_of(k, ql, qh, a);
+          mma_m16n8k16<T>(pi[i], a, column_of(g == i + 2 * k, xb0), column_of(g == i + 2 * k, xb1));
         }
-        uint32_t a[4];
-        a_of<0>(ql, qh, a);
-        mma_m16n8k16<T>(p, a, column_of(g == i, xb0), column_of(g == i, xb1));
-        a_of<1>(ql, qh, a);
-        mma_m16n8k16<T>(p, a, column_of(g == i + 2, xb0), column_of(g == i + 2, xb1));
-        a_of<2>(ql, qh, a);
-        mma_m16n8k16<T>(p, a, column_of(g == i + 4, xb0), column_of(g == i + 4, xb1));
-        a_of<3>(ql, qh, a);
-        mma_m16n8k16<T>(p, a, column_of(g == i + 6, xb0), column_of(g == i + 6, xb1));
       }
       float p[4];
 #pragma unroll
@@ -467,6 +483,7 @@ struct Step<DType::kQ6_K, T> {
     }
   }
 
+  // Several tokens: C's columns are tokens, one MMA (and its ones-MMA for sum(x)) a scale group.
   template <int NT>
   static __device__ __forceinline__ void compute_n(const SRow& ra, const SRow& rb, const T* x, bool has_x, int s, int t,
                                                    float (&acc)[4]) {
@@ -480,12 +497,7 @@ struct Step<DType::kQ6_K, T> {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         uint32_t ql[2][2], qh[2], scw[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          ql[r][0] = lds32(rows[r], 64 * h + 16 * i, t);  // byte 64 h + l, l = 16 i + 4 t
-          ql[r][1] = lds32(rows[r], 64 * h + 32 + 16 * i, t);
-          qh[r] = lds32(rows[r], q::kQ6_KQh + 32 * h + 16 * i, t);
-        }
+        words(rows, h, i, t, ql, qh);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           const int j = i + 2 * k;  // scale 8 h + j: word 2 h + j / 4, byte j % 4
@@ -497,23 +509,8 @@ struct Step<DType::kQ6_K, T> {
           if (has_x) xv = *reinterpret_cast<const uint2*>(xs + 128 * h + 32 * k + 16 * i);
           uint32_t b0, b1;
           x_pairs(xv.x, xv.y, b0, b1);
-          uint32_t pa[2], pb[2];
-          const int w = k % 2;  // ql word at l (k = 0, 2) or l + 32 (k = 1, 3)
-          switch (k) {
-            case 0:
-              pairs<0>(ql[0][w], qh[0], pa), pairs<0>(ql[1][w], qh[1], pb);
-              break;
-            case 1:
-              pairs<1>(ql[0][w], qh[0], pa), pairs<1>(ql[1][w], qh[1], pb);
-              break;
-            case 2:
-              pairs<2>(ql[0][w], qh[0], pa), pairs<2>(ql[1][w], qh[1], pb);
-              break;
-            default:
-              pairs<3>(ql[0][w], qh[0], pa), pairs<3>(ql[1][w], qh[1], pb);
-              break;
-          }
-          const uint32_t a[4] = {pa[0], pb[0], pa[1], pb[1]};
+          uint32_t a[4];
+          a_of(k, ql, qh, a);
           float p[4] = {0.f, 0.f, 0.f, 0.f}, sm[4] = {0.f, 0.f, 0.f, 0.f};
           mma_with_sum<T>(p, sm, a, b0, b1);
           float sp[2], e[2];
@@ -700,10 +697,10 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     __syncwarp();
     SRow rows[kTiles][2];
     rows_of(s, buf, rows);
-    if constexpr (kTiles == 1) {
-      S::template compute<NT>(rows[0][0], rows[0][1], xr, has_x, s, g, t, acc[0]);
+    if constexpr (NT == 1 && S::kTwoTiles) {
+      S::template compute_tiles<kTiles>(rows, xr, s, g, t, acc);
     } else {
-      if constexpr (S::kTwoTiles) S::template compute_tiles<kTiles>(rows, xr, s, g, t, acc);
+      S::template compute<NT>(rows[0][0], rows[0][1], xr, has_x, s, g, t, acc[0]);
     }
     __syncwarp();  // every lane is done with `buf` before a later load overwrites it
     buf = (buf + 1) % Win::kStages;
