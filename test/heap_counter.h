@@ -24,6 +24,9 @@ int64_t heap_allocations();
 // never comes from a hook that is not there.
 bool heap_counter_works();
 
+// Heap allocations made so far by the calling thread alone.
+int64_t heap_allocations_this_thread();
+
 // Allocations made between construction and count().
 class HeapCounter {
  public:
@@ -43,9 +46,6 @@ class HeapCounter {
 //
 // `probe`, when given, runs as the window opens (before the count starts) and as it closes (after the
 // count ends), e.g. to read the GPU's free memory; whatever it allocates is outside the window.
-// Heap allocations made so far by the calling thread alone.
-int64_t heap_allocations_this_thread();
-
 class DecodeWindow {
  public:
   explicit DecodeWindow(int steps, std::function<void()> probe = nullptr) : steps_(steps), probe_(std::move(probe)) {}
