@@ -7,12 +7,13 @@
 # 4, 32 and 128 prompts of its c=8, 32 and 64 loads were those of the loads before, for the prefix cache).
 #
 # llama-server: llama.cpp commit 0c1e570 (vendor/llama.cpp of the llama_cpp_python 0.3.36 sdist, as
-# ../shared/anchors), built on the dev machine into .llamacpp/bin/llama-server.xz: Release, CUDA 13.0,
+# ../shared/anchors), built on this machine by build_llama_server.sh into .llamacpp-build/ (a warm machine
+# keeps it between calls), or else built on the dev machine and carried as .llamacpp/bin/llama-server.xz: Release, CUDA 13.0,
 # sm_90 SASS only (90-real), FA on (FA_ALL_QUANTS off), CUDA graphs on, NCCL off (one GPU), static
 # llama/ggml/common; links the GPU machine's libcudart / cuBLAS / libcuda, libgomp from .anchors/lib if
 # the system has none. Started with its defaults otherwise (f16 KV cache, -b 2048 -ub 512, prompt cache on).
 #
-# carry: .pack (or .gpu), .anchors/lib, .llamacpp     kind: nvidia-h200      prints "-- t=Ns" markers
+# carry: .pack (or .gpu), .anchors, .llamacpp     kind: nvidia-h200      prints "-- t=Ns" markers
 set -u
 T0=$(date +%s); BUDGET=${RUN9_BUDGET_S:-530}
 t() { echo "-- t=$(( $(date +%s) - T0 ))s"; }
@@ -25,8 +26,12 @@ LC_LIB=/usr/local/cuda/lib64:$PWD/.anchors/lib:${LD_LIBRARY_PATH:-}
 b=.gpu/bin; M=/dev/shm/l3-8b-bf16.gguf; LC=/tmp/llama-server
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-xz -dc .llamacpp/bin/llama-server.xz > $LC && chmod +x $LC || { echo "no .llamacpp/bin/llama-server.xz"; exit 1; }
-echo "$(cut -d' ' -f1 .llamacpp/bin/llama-server.sha256)  $LC" | sha256sum -c --quiet || exit 1
+if [ -x .llamacpp-build/llama-server ]; then  # built on this machine (build_llama_server.sh), as the issue asks
+  LC=$PWD/.llamacpp-build/llama-server
+else  # built on the dev machine and carried
+  xz -dc .llamacpp/bin/llama-server.xz > $LC && chmod +x $LC || { echo "no llama-server: build_llama_server.sh first"; exit 1; }
+  echo "$(cut -d' ' -f1 .llamacpp/bin/llama-server.sha256)  $LC" | sha256sum -c --quiet || exit 1
+fi
 LD_LIBRARY_PATH=$LC_LIB timeout 20 $LC --version 2>&1 | grep -E "^(version|built)"
 LD_LIBRARY_PATH=$LC_LIB ldd $LC | grep -E "not found|cuda|cublas|gomp"
 rm -f /dev/shm/l2-*.gguf
