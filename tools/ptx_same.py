@@ -33,7 +33,8 @@ def digest(*parts):
 
 def kernels(path):
     text = open(path).read()
-    text = re.sub(r"_GLOBAL__N__\w+?_cu_[0-9a-f]+", "ANON", text)  # the anonymous namespace's file hash
+    # The anonymous namespace's mangled name holds the file's name and hashes: <n>_GLOBAL__N__<hash>_<n>_<file>_cu_<8 hex>.
+    text = re.sub(r"\d+_GLOBAL__N__[0-9a-f]+_\d+_\w+?_cu_[0-9a-f]{8}", "ANON", text)
     return {m.group(1): m.group(0) for m in re.finditer(r"\.entry (\S+)\((.*?)\n\}\n", text, re.S)}
 
 

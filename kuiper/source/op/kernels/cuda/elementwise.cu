@@ -60,8 +60,7 @@ static __global__ void add_kernel(const T* a, const T* b, T* out, int64_t numel)
     for (int j = 0; j < N; ++j) fa[j] += fb[j];
     store_floats<T, N>(out + v * N, fa);
   }
-  for (int64_t i = n_vec * N + tid; i < numel; i += stride)
-    out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+  for (int64_t i = n_vec * N + tid; i < numel; i += stride) out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
 }
 
 // out = (To) in. in: Ti [numel]; out: To [numel].
@@ -139,6 +138,16 @@ static __global__ void argmax_kernel(const T* __restrict__ x, int cols, int32_t*
   }
 }
 
+// Launches an elementwise kernel over numel elements: vec_kernel (kVec elements a thread) when every
+// pointer is 16-byte aligned, scalar_kernel (one a thread) otherwise; both take (args..., numel).
+template <typename Kernel, typename... Args>
+Status launch_elementwise(Kernel vec_kernel, Kernel scalar_kernel, bool vec, int64_t numel, cudaStream_t stream,
+                          Args... args) {
+  if (vec)
+    return launch_kernel(vec_kernel, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream, 1, args..., numel);
+  return launch_kernel(scalar_kernel, grid_for(numel, kThreads), kThreads, 0, stream, 1, args..., numel);
+}
+
 }  // namespace
 
 Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t stream) {
@@ -149,10 +158,7 @@ Status swiglu(const Tensor& gate, const Tensor& up, Tensor& out, cudaStream_t st
     const T* g = static_cast<const T*>(gate.data());
     const T* u = static_cast<const T*>(up.data());
     T* o = static_cast<T*>(out.data());
-    if (vec)
-      return launch_kernel(swiglu_kernel<T, kVec>, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream, 1, g, u,
-                           o, numel);
-    return launch_kernel(swiglu_kernel<T, 1>, grid_for(numel, kThreads), kThreads, 0, stream, 1, g, u, o, numel);
+    return launch_elementwise(swiglu_kernel<T, kVec>, swiglu_kernel<T, 1>, vec, numel, stream, g, u, o);
   });
 }
 
@@ -164,10 +170,7 @@ Status add(const Tensor& a, const Tensor& b, Tensor& out, cudaStream_t stream) {
     const T* pa = static_cast<const T*>(a.data());
     const T* pb = static_cast<const T*>(b.data());
     T* po = static_cast<T*>(out.data());
-    if (vec)
-      return launch_kernel(add_kernel<T, kVec>, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream, 1, pa, pb,
-                           po, numel);
-    return launch_kernel(add_kernel<T, 1>, grid_for(numel, kThreads), kThreads, 0, stream, 1, pa, pb, po, numel);
+    return launch_elementwise(add_kernel<T, kVec>, add_kernel<T, 1>, vec, numel, stream, pa, pb, po);
   });
 }
 
@@ -180,11 +183,7 @@ Status convert(const Tensor& in, Tensor& out, cudaStream_t stream) {
       using To = typename decltype(out_tag)::type;
       const Ti* pi = static_cast<const Ti*>(in.data());
       To* po = static_cast<To*>(out.data());
-      if (vec)
-        return launch_kernel(convert_kernel<Ti, To, kVec>, grid_for(numel / kVec + 1, kThreads), kThreads, 0, stream,
-                             1, pi, po, numel);
-      return launch_kernel(convert_kernel<Ti, To, 1>, grid_for(numel, kThreads), kThreads, 0, stream, 1, pi, po,
-                           numel);
+      return launch_elementwise(convert_kernel<Ti, To, kVec>, convert_kernel<Ti, To, 1>, vec, numel, stream, pi, po);
     });
   });
 }
