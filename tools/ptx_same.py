@@ -13,13 +13,20 @@ instructions do not matter. The kernel's effects (stores, cp.async copies, barri
 loads, shuffles and MMAs it executes) are compared as multisets of those numbers. Equal effects mean the
 same operations on the same values; a loop is followed in program order, once, which is the same for
 both builds when their loops have the same shape (the label count is printed beside). One identity is
-known besides commutativity: (x & 3) < 2 and (x & 2) == 0 are the same predicate.
+known besides commutativity: (x & 3) < 2 and (x & 2) == 0 are the same predicate; a mov of one register
+to another is the value itself; integer sums, differences and products by constants (shifts too) are compared as linear forms
+modulo 2^n, so any order or grouping of the same arithmetic is the same. Kernels are named as c++filt (binutils) prints them.
 
-Exit 0 when every kernel of old.ptx is in new.ptx with equal effects, 1 otherwise.
+Exit 0 when every kernel of old.ptx is in new.ptx with equal effects, 1 otherwise. "Different" is a
+place to look, not a verdict: the compiler may write the same arithmetic otherwise after a change
+elsewhere (seen: ~(x & 31) as ~x | -32, an index widened to 64 bits before or after a multiply), which
+this comparison does not follow; the GPU tests decide those. test/ptx_same_test.py checks that a
+rewrite is found the same and three one-line bugs different.
 """
 import collections
 import hashlib
 import re
+import subprocess
 import sys
 
 COMMUTATIVE = {"add", "or", "and", "xor", "mul", "min", "max"}
@@ -31,11 +38,36 @@ def digest(*parts):
     return hashlib.md5(repr(parts).encode()).hexdigest()[:16]
 
 
+ANON = "12_GLOBAL__N_1"  # a mangled anonymous namespace with no file in it (c++filt: "(anonymous namespace)")
+
+
+def without_file_names(text):
+    """The anonymous namespaces' mangled names, <n>_GLOBAL__N__<hash>_<len>_<file>_cu_<hash> (n its length),
+    replaced by ANON: they differ between two files, and kernels, their parameters and their static shared
+    arrays all carry them."""
+    out, pos = [], 0
+    for m in re.finditer(r"(\d+)(_GLOBAL__N_)", text):
+        digits = m.group(1)
+        for i in range(len(digits)):  # the length is a suffix of the digit run
+            n = int(digits[i:])
+            after = m.start(2) + n
+            if after <= len(text) and (after == len(text) or text[after].isdigit() or text[after] in "EIS"):
+                out.append(text[pos:m.start(1) + i])
+                out.append(ANON)
+                pos = after
+                break
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def kernels(path):
-    text = open(path).read()
-    # The anonymous namespace's mangled name holds the file's name and hashes: <n>_GLOBAL__N__<hash>_<n>_<file>_cu_<8 hex>.
-    text = re.sub(r"\d+_GLOBAL__N__[0-9a-f]+_\d+_\w+?_cu_[0-9a-f]{8}", "ANON", text)
-    return {m.group(1): m.group(0) for m in re.finditer(r"\.entry (\S+)\((.*?)\n\}\n", text, re.S)}
+    text = without_file_names(open(path).read())
+    found = {m.group(1): m.group(0) for m in re.finditer(r"\.entry (\S+)\((.*?)\n\}\n", text, re.S)}
+    names = list(found)
+    readable = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.split("\n")
+    if len(readable) < len(names):
+        readable = names  # no c++filt: the mangled names
+    return {nice: found[name] for name, nice in zip(names, readable)}
 
 
 def split_operands(args):
@@ -43,9 +75,61 @@ def split_operands(args):
     return [t.strip() for t in re.split(r",(?![^{]*\})(?![^\[]*\])", args)] if args else []
 
 
+def base_op(op):
+    return op.split(".")[0]
+
+
+LINEAR_OPS = {"add", "sub", "mul", "shl", "neg"}
+
+
+def linear_form(op, srcs, linear):
+    """(bits, ((atom, coefficient), ...), constant) for integer +, -, * constant, << constant and
+    negation of n-bit values, modulo 2^n: the same for every order and grouping of the same sums."""
+    parts = op.split(".")
+    if parts[0] not in LINEAR_OPS or parts[-1][0] not in ("s", "u", "b") or parts[-1][1:] not in ("32", "64"):
+        return None
+    if parts[0] == "mul" and (len(parts) != 3 or parts[1] != "lo"):
+        return None
+    bits = int(parts[-1][1:])
+    mod = 1 << bits
+
+    def form_of(x):
+        if x in linear and linear[x][0] == bits:
+            return dict(linear[x][1]), linear[x][2]
+        if isinstance(x, tuple) and len(x) == 2 and x[0] == "imm" and re.match(r"-?\d+$", x[1]):
+            return {}, int(x[1]) % mod
+        return {x: 1}, 0
+
+    def combine(a, b, sign):
+        terms = dict(a[0])
+        for atom, c in b[0].items():
+            terms[atom] = terms.get(atom, 0) + sign * c
+        return terms, a[1] + sign * b[1]
+
+    def scaled(a, k):
+        return {atom: c * k for atom, c in a[0].items()}, a[1] * k
+
+    forms = [form_of(x) for x in srcs]
+    if parts[0] == "add" and len(forms) == 2:
+        terms, const = combine(forms[0], forms[1], 1)
+    elif parts[0] == "sub" and len(forms) == 2:
+        terms, const = combine(forms[0], forms[1], -1)
+    elif parts[0] == "neg" and len(forms) == 1:
+        terms, const = scaled(forms[0], -1)
+    elif parts[0] in ("mul", "shl") and len(forms) == 2 and not forms[1][0]:
+        terms, const = scaled(forms[0], forms[1][1] if parts[0] == "mul" else 1 << forms[1][1])
+    elif parts[0] == "mul" and len(forms) == 2 and not forms[0][0]:
+        terms, const = scaled(forms[1], forms[0][1])
+    else:
+        return None
+    kept = tuple(sorted(((atom, c % mod) for atom, c in terms.items() if c % mod), key=repr))
+    return bits, kept, const % mod
+
+
 def effects_of(body):
     value = {}       # register -> value number
     masked = {}      # value number of (x & 2) or (x & 3) -> (mask, value number of x)
+    linear = {}      # value number of integer add / sub / mul / shl arithmetic -> its linear form
     effects = collections.Counter()
     labels = 0
 
@@ -55,8 +139,8 @@ def effects_of(body):
             return tuple(number(x) for x in tok.strip("{}").split(","))
         if tok.startswith("["):
             inner = tok.strip("[]")
-            m = re.match(r"(%\w+)([+-]\d+)?$", inner)
-            return ("addr", number(m.group(1)), m.group(2) or "0") if m else ("addr", inner)
+            m = re.match(r"(%\w+)((?:\+-?|-)\d+)?$", inner)  # [%rd5], [%rd5+16], [%rd5+-128]
+            return ("addr", number(m.group(1)), int((m.group(2) or "0").replace("+", ""))) if m else ("addr", inner)
         if tok.startswith("!%"):
             return ("not", number(tok[1:]))
         if tok.startswith("%"):
@@ -83,12 +167,19 @@ def effects_of(body):
             effects[digest(op, guard, tuple(number(t) for t in ops))] += 1
             continue
         dst, srcs = ops[0], [number(t) for t in ops[1:]]
+        if base_op(op) == "mov" and len(srcs) == 1 and not dst.startswith("{") and guard is None:
+            value[dst] = srcs[0]  # a copy: the value itself
+            continue
         base = op.split(".")[0]
         if base in COMMUTATIVE and len(srcs) == 2:
             srcs.sort(key=repr)
         if base in ("fma", "mad") and len(srcs) == 3:
             srcs = sorted(srcs[:2], key=repr) + srcs[2:]
         v = digest(op, guard, tuple(srcs))
+        form = linear_form(op, srcs, linear) if guard is None else None
+        if form is not None:  # integer arithmetic (mod 2^n): one value per linear form
+            v = digest("linear", form)
+            linear[v] = form
         if op == "and.b32" and len(srcs) == 2:
             masks = [s for s in srcs if s in (("imm", "2"), ("imm", "3"))]
             others = [s for s in srcs if s not in masks]
