@@ -9,8 +9,9 @@
 //   GET /v1/models, /health, /metrics
 //
 // Each request's Stream is shared by its HTTP thread (which writes the response) and the engine thread
-// (which appends text). A streaming client that goes away makes the next write fail; the request is
-// cancelled and its pages released at the next step. Errors are OpenAI-style JSON bodies: 400 for
+// (which appends text). A client that goes away makes the next write fail (a stream's next event, or
+// the space a longer non-streamed reply writes every 100 ms); the request is cancelled and its pages
+// released at the next step. Errors are OpenAI-style JSON bodies: 400 for
 // bad requests, 503 with Retry-After when the queue is full. docs/serving.md explains the parts.
 #include <gflags/gflags.h>
 #include <httplib.h>
@@ -49,9 +50,12 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 const app::ArgSpec& spec() {
-  static const app::ArgSpec s = app::with_common_aliases(
-      {{"-c", "max_seq_len"}, {"--ctx-size", "max_seq_len"}, {"-np", "parallel"}, {"-b", "batch_tokens"},
-       {"--kv-gib", "kv_gib"}, {"--batch-size", "batch_tokens"}});
+  static const app::ArgSpec s = app::with_common_aliases({{"-c", "max_seq_len"},
+                                                          {"--ctx-size", "max_seq_len"},
+                                                          {"-np", "parallel"},
+                                                          {"-b", "batch_tokens"},
+                                                          {"--kv-gib", "kv_gib"},
+                                                          {"--batch-size", "batch_tokens"}});
   return s;
 }
 
@@ -59,7 +63,7 @@ const app::ArgSpec& spec() {
 struct Stream {
   std::mutex mu;
   std::condition_variable cv;
-  std::string pending;                         // text not yet written
+  std::string pending;  // text not yet written
   std::vector<app::TokenLogprob> pending_lp;
   bool done = false;
   runtime::Finish finish;
@@ -134,8 +138,10 @@ void wire_callbacks(Server& sv, const std::shared_ptr<Stream>& st, bool logprobs
   app::Metrics* metrics = &sv.metrics;
   r->on_token = [st, tok, metrics, logprobs](int32_t token, float lp) {
     const auto now = Clock::now();
-    if (!st->seen_token) metrics->first_token(std::chrono::duration<double>(now - st->start).count());
-    else metrics->inter_token(std::chrono::duration<double>(now - st->last).count());
+    if (!st->seen_token)
+      metrics->first_token(std::chrono::duration<double>(now - st->start).count());
+    else
+      metrics->inter_token(std::chrono::duration<double>(now - st->last).count());
     st->seen_token = true;
     st->last = now;
     const std::string piece = tok->decode_token(st->prev, token);
@@ -160,6 +166,66 @@ void wire_callbacks(Server& sv, const std::shared_ptr<Stream>& st, bool logprobs
   };
 }
 
+// Called when a response is over: if its request is still running, the client has gone, and the
+// request is cancelled (its pages are freed at the next step).
+void cancel_unless_done(Server& sv, Stream& st, uint64_t sid) {
+  bool done;
+  {
+    std::lock_guard<std::mutex> lock(st.mu);
+    done = st.done;
+  }
+  if (!done) sv.sched->cancel(sid);
+}
+
+// How often a non-streamed reply that is still being generated writes a space (below).
+constexpr auto kHeartbeat = std::chrono::milliseconds(100);
+
+// The body of a finished non-streamed request and its HTTP status. Call with st->mu held and st->done.
+std::pair<int, std::string> whole_body(const Stream& st, const std::string& id, int64_t created,
+                                       const std::string& model, bool chat, bool logprobs) {
+  if (st.finish.reason == "error")
+    return {500, app::error_body(server_error(500, st.finish.error.message(), "server_error"))};
+  const app::Usage u{st.finish.prompt_tokens, st.finish.completion_tokens, st.finish.cached_tokens};
+  return {200, app::completion_body(id, created, model, chat, st.pending, st.finish_reason,
+                                    logprobs ? &st.pending_lp : nullptr, u)};
+}
+
+// A non-streamed reply. One that finishes within kHeartbeat is sent whole, with its status. A longer one
+// is sent as it goes: status 200 and a chunked JSON body that starts with a space every kHeartbeat (JSON
+// allows whitespace before a value), so that a client which has gone away makes a write fail and the
+// request is cancelled, its pages freed, as for a stream. An engine error after that point arrives as
+// an OpenAI error body under the 200 already sent.
+void reply_whole(Server& sv, const std::shared_ptr<Stream>& st, uint64_t sid, const std::string& endpoint,
+                 const std::string& id, int64_t created, const std::string& model, bool chat, bool logprobs,
+                 httplib::Response& res) {
+  {
+    std::unique_lock<std::mutex> lock(st->mu);
+    if (st->cv.wait_for(lock, kHeartbeat, [&] { return st->done; })) {
+      auto [status, body] = whole_body(*st, id, created, model, chat, logprobs);
+      sv.metrics.request_done(endpoint, status);
+      res.status = status;
+      res.set_content(body, "application/json");
+      return;
+    }
+  }
+  sv.metrics.request_done(endpoint, 200);
+  Server* svp = &sv;
+  res.set_chunked_content_provider(
+      "application/json",
+      [st, id, created, model, chat, logprobs](size_t, httplib::DataSink& sink) {
+        std::string body;
+        {
+          std::unique_lock<std::mutex> lock(st->mu);
+          if (!st->cv.wait_for(lock, kHeartbeat, [&] { return st->done; })) return sink.write(" ", 1);
+          body = whole_body(*st, id, created, model, chat, logprobs).second;
+        }
+        sink.write(body.data(), body.size());
+        sink.done();
+        return true;
+      },
+      [st, svp, sid](bool) { cancel_unless_done(*svp, *st, sid); });
+}
+
 void handle_generate(Server& sv, const httplib::Request& req, httplib::Response& res, bool chat) {
   const std::string endpoint = chat ? "chat" : "completions";
   app::ApiRequest ar;
@@ -175,8 +241,10 @@ void handle_generate(Server& sv, const httplib::Request& req, httplib::Response&
   }
   if ((int32_t)ids.size() >= sv.max_seq_len) {
     sv.metrics.request_done(endpoint, 400);
-    return reply_error(res, server_error(400, "the prompt is " + std::to_string(ids.size()) + " tokens; the context is " +
-                                                  std::to_string(sv.max_seq_len), "invalid_request_error"));
+    return reply_error(res, server_error(400,
+                                         "the prompt is " + std::to_string(ids.size()) + " tokens; the context is " +
+                                             std::to_string(sv.max_seq_len),
+                                         "invalid_request_error"));
   }
   runtime::Request r;
   r.prompt = ids;
@@ -197,25 +265,13 @@ void handle_generate(Server& sv, const httplib::Request& req, httplib::Response&
     const bool busy = s.code() == base::StatusCode::kUnavailable;
     sv.metrics.request_done(endpoint, busy ? 503 : 400);
     if (busy) res.set_header("Retry-After", "1");
-    return reply_error(res, server_error(busy ? 503 : 400, s.message(), busy ? "server_error" : "invalid_request_error"));
+    return reply_error(res,
+                       server_error(busy ? 503 : 400, s.message(), busy ? "server_error" : "invalid_request_error"));
   }
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(sv.next_id++);
   const int64_t created = (int64_t)std::time(nullptr);
   const std::string model = sv.model_name;
-  if (!ar.stream) {
-    std::unique_lock<std::mutex> lock(st->mu);
-    st->cv.wait(lock, [&] { return st->done; });
-    if (st->finish.reason == "error") {
-      sv.metrics.request_done(endpoint, 500);
-      return reply_error(res, server_error(500, st->finish.error.message(), "server_error"));
-    }
-    const app::Usage u{st->finish.prompt_tokens, st->finish.completion_tokens, st->finish.cached_tokens};
-    res.set_content(app::completion_body(id, created, model, chat, st->pending, st->finish_reason,
-                                         ar.logprobs ? &st->pending_lp : nullptr, u),
-                    "application/json");
-    sv.metrics.request_done(endpoint, 200);
-    return;
-  }
+  if (!ar.stream) return reply_whole(sv, st, sid, endpoint, id, created, model, chat, ar.logprobs, res);
   sv.metrics.request_done(endpoint, 200);
   Server* svp = &sv;
   const bool include_usage = ar.include_usage, lps = ar.logprobs;
@@ -262,14 +318,7 @@ void handle_generate(Server& sv, const httplib::Request& req, httplib::Response&
         sink.done();
         return true;
       },
-      [st, svp, sid](bool) {  // the response is over: a client that left cancels its request
-        bool done;
-        {
-          std::lock_guard<std::mutex> lock(st->mu);
-          done = st->done;
-        }
-        if (!done) svp->sched->cancel(sid);
-      });
+      [st, svp, sid](bool) { cancel_unless_done(*svp, *st, sid); });
 }
 
 std::atomic<bool> g_stop{false};
@@ -289,14 +338,18 @@ int main(int argc, char** argv) {
   const int rc = app::open_engine(&sv.engine, [](const model::ModelConfig& c, model::ModelOptions* o) -> std::string {
     const int32_t ctx = o->max_seq_len > 0 ? o->max_seq_len : c.max_seq_len;
     o->max_batch_seqs = FLAGS_parallel;
-    o->max_batch_tokens = std::max(FLAGS_parallel, FLAGS_batch_tokens > 0 ? FLAGS_batch_tokens
-                                                   : o->device == base::DeviceType::kCPU ? 256 : 2048);
+    o->max_batch_tokens = std::max(FLAGS_parallel, FLAGS_batch_tokens > 0                ? FLAGS_batch_tokens
+                                                   : o->device == base::DeviceType::kCPU ? 256
+                                                                                         : 2048);
     o->page_size = FLAGS_page_size;
     const int tp = std::max(1, app::tp_flag());
-    const uint64_t per_token = (uint64_t)c.n_layers * 2 * (c.n_kv_heads / tp) * c.head_dim * base::dtype_size(o->act_dtype);
-    const uint64_t tokens = FLAGS_kv_gib > 0 ? (uint64_t)(FLAGS_kv_gib * (1ull << 30)) / std::max<uint64_t>(1, per_token)
-                                             : (uint64_t)FLAGS_parallel * ctx;
-    if (tokens < (uint64_t)FLAGS_page_size) return "--kv_gib " + std::to_string(FLAGS_kv_gib) + " holds less than one page";
+    const uint64_t per_token =
+        (uint64_t)c.n_layers * 2 * (c.n_kv_heads / tp) * c.head_dim * base::dtype_size(o->act_dtype);
+    const uint64_t tokens = FLAGS_kv_gib > 0
+                                ? (uint64_t)(FLAGS_kv_gib * (1ull << 30)) / std::max<uint64_t>(1, per_token)
+                                : (uint64_t)FLAGS_parallel * ctx;
+    if (tokens < (uint64_t)FLAGS_page_size)
+      return "--kv_gib " + std::to_string(FLAGS_kv_gib) + " holds less than one page";
     o->kv_capacity = (int32_t)std::min<uint64_t>(tokens, INT32_MAX / 2);
     return "";
   });
@@ -323,36 +376,46 @@ int main(int argc, char** argv) {
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(16 << 20);
   http.set_keep_alive_max_count(1000);
-  http.Post("/v1/completions", [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, false); });
-  http.Post("/v1/chat/completions", [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, true); });
+  http.Post("/v1/completions",
+            [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, false); });
+  http.Post("/v1/chat/completions",
+            [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, true); });
   http.Get("/v1/models", [&](const httplib::Request&, httplib::Response& r) {
     const json j = {{"object", "list"},
-                    {"data", json::array({{{"id", sv.model_name}, {"object", "model"}, {"created", 0},
-                                           {"owned_by", "llama_infer"}, {"max_model_len", sv.max_seq_len}}})}};
+                    {"data", json::array({{{"id", sv.model_name},
+                                           {"object", "model"},
+                                           {"created", 0},
+                                           {"owned_by", "llama_infer"},
+                                           {"max_model_len", sv.max_seq_len}}})}};
     r.set_content(j.dump(), "application/json");
   });
-  http.Get("/health", [&](const httplib::Request&, httplib::Response& r) { r.set_content("{\"status\":\"ok\"}", "application/json"); });
+  http.Get("/health", [&](const httplib::Request&, httplib::Response& r) {
+    r.set_content("{\"status\":\"ok\"}", "application/json");
+  });
   http.Get("/metrics", [&](const httplib::Request&, httplib::Response& r) {
     r.set_content(sv.metrics.text(sv.sched->stats()), "text/plain; version=0.0.4");
   });
   http.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
     if (!r.body.empty()) return;
-    reply_error(r, server_error(r.status, r.status == 404 ? "no such endpoint: " + q.method + " " + q.path
-                                                          : "request refused (HTTP " + std::to_string(r.status) + ")",
+    reply_error(r, server_error(r.status,
+                                r.status == 404 ? "no such endpoint: " + q.method + " " + q.path
+                                                : "request refused (HTTP " + std::to_string(r.status) + ")",
                                 "invalid_request_error"));
   });
   http.set_exception_handler([](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
     reply_error(r, server_error(500, "internal error", "server_error"));
   });
 
-  const int port = FLAGS_port == 0 ? http.bind_to_any_port(FLAGS_host) : (http.bind_to_port(FLAGS_host, FLAGS_port) ? FLAGS_port : -1);
+  const int port = FLAGS_port == 0 ? http.bind_to_any_port(FLAGS_host)
+                                   : (http.bind_to_port(FLAGS_host, FLAGS_port) ? FLAGS_port : -1);
   if (port < 0) {
     sv.sched->shutdown();
     engine.join();
     return app::fail(1, "cannot listen on " + FLAGS_host + ":" + std::to_string(FLAGS_port));
   }
   const runtime::SchedulerStats st0 = sv.sched->stats();
-  std::fprintf(stderr, "llama_server: listening on http://%s:%d (model %s, context %d, %d parallel, %d KV pages of %d)\n",
+  std::fprintf(stderr,
+               "llama_server: listening on http://%s:%d (model %s, context %d, %d parallel, %d KV pages of %d)\n",
                FLAGS_host.c_str(), port, sv.model_name.c_str(), sv.max_seq_len, FLAGS_parallel,
                runner.pages().n_pages(), FLAGS_page_size);
   (void)st0;

@@ -2,16 +2,18 @@
 """llama_server through the `openai` client (PyPI), on loopback, on this machine's CPU.
 
 storyteller (models/storyteller.bin): completions whole and streamed, stop strings, logprobs, 32
-concurrent greedy requests each returning exactly what it returns alone, cancellation of a stream
-(its pages back at once), bad requests (400 with an OpenAI error body), a full queue (503 with
+concurrent greedy requests each returning exactly what it returns alone, cancellation of a stream and
+of non-streamed requests whose clients leave (their pages back at once), bad requests (400 with an OpenAI error body), a full queue (503 with
 Retry-After), a bounded load test (clients for a fixed time: no request lost, the KV pages back to zero,
 resident memory where it was). A tiny Llama-3-style model (test/chat_model.py; needs the Llama 3
 tokenizer of MODELS_DIR): chat whole and streamed.
 usage: server_test.py BIN_DIR SOURCE_DIR MODELS_DIR     (exit 77 = skipped: no openai package)
 """
+import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -160,6 +162,34 @@ def storyteller_tests():
         check("a dropped stream is cancelled and its pages freed",
               m["llama_kv_pages_used"] == 0 and m["llama_requests_running"] == 0 and
               m["llama_generation_tokens_total"] < 100000, repr(m))
+
+        # A non-streamed reply that takes longer than 100 ms is written as it goes (spaces, then the JSON):
+        # it parses as a whole reply. Its clients leaving cancels such requests too (the spaces fail to write).
+        long_body = json.dumps({"prompt": "Once upon a time", "max_tokens": 480, "ignore_eos": True, "temperature": 0})
+        code, headers, text = s.post("/v1/completions", long_body)
+        whole = json.loads(text) if code == 200 else {}
+        check("a long non-streamed reply is one JSON body with every token",
+              whole.get("usage", {}).get("completion_tokens") == 480 and whole["choices"][0]["finish_reason"] == "length",
+              f"{code} {text[:200]!r}")
+
+        def leave():
+            conn = http.client.HTTPConnection(s.url.split("//")[1], timeout=10)
+            conn.request("POST", "/v1/completions", body=long_body, headers={"Content-Type": "application/json"})
+            conn.sock.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+        before = s.metrics()["llama_generation_tokens_total"]
+        leavers = [threading.Thread(target=leave) for _ in range(8)]
+        for t in leavers:
+            t.start()
+        for t in leavers:
+            t.join()
+        time.sleep(0.2)  # admitted and generating
+        m = s.wait_pages_free()
+        generated = m["llama_generation_tokens_total"] - before
+        check("non-streamed requests whose clients left are cancelled and their pages freed",
+              m["llama_kv_pages_used"] == 0 and m["llama_requests_running"] == 0 and generated < 0.8 * 8 * 480,
+              f"{generated:.0f} of {8 * 480} tokens generated; {m!r}")
 
         # Bad requests: 400 with an OpenAI error body; the server stays up.
         cases = {"malformed JSON": "{bad", "not an object": "[1]", "negative max_tokens": '{"prompt":"a","max_tokens":-1}',
