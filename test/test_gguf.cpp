@@ -36,6 +36,7 @@
 
 #ifdef KUIPER_WITH_CUDA
 #include "base/cuda_utils.h"
+#include "kernels/cuda/quant_gemv_mma.h"
 #endif
 
 namespace {
@@ -53,11 +54,11 @@ std::string dir(const char* env, const char* fallback) {
 std::string gguf_dir() { return dir("KUIPER_GGUF_EXPORTS", KUIPER_GGUF_EXPORTS_DIR); }
 std::string bin_dir() { return dir("KUIPER_HF_EXPORTS", KUIPER_HF_EXPORTS_DIR); }
 
-#define SKIP_WITHOUT_GGUF()                                                                          \
-  do {                                                                                               \
-    if (gguf_dir().empty())                                                                          \
+#define SKIP_WITHOUT_GGUF()                                                                            \
+  do {                                                                                                 \
+    if (gguf_dir().empty())                                                                            \
       GTEST_SKIP() << "needs the files of test/export_gguf_fixtures.py in " << KUIPER_GGUF_EXPORTS_DIR \
-                   << " (CTest fixture gguf_exports: ../shared/models and the gguf package)";         \
+                   << " (CTest fixture gguf_exports: ../shared/models and the gguf package)";          \
   } while (0)
 
 std::string read_file(const std::string& path) {
@@ -139,8 +140,8 @@ TEST(GgufDequant, CudaMatchesGgufPackage) {
 }
 
 // y = x W^T against float64 with the package's dequantized W. 13 output rows, 512 inputs.
-std::vector<double> reference_product(const std::vector<float>& x, const std::vector<float>& wd, int64_t n,
-                                      int64_t in, int64_t out) {
+std::vector<double> reference_product(const std::vector<float>& x, const std::vector<float>& wd, int64_t n, int64_t in,
+                                      int64_t out) {
   std::vector<double> y(n * out);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t o = 0; o < out; ++o) {
@@ -188,39 +189,39 @@ TEST(GgufDequant, CudaMatmulMatchesFloat64) {
 #ifdef KUIPER_WITH_CUDA
   for (const char* type : kBlockTypes)
     for (bool padded : {false, true}) {
-    DequantCase c;
-    ASSERT_NO_FATAL_FAILURE(load_case(type, &c));
-    const ConstTensor w = block_tensor_to_gpu(c.w, padded);
-    const int64_t out = c.w.dim(0), in = c.w.dim(1);
-    for (DType act : {DType::kFp32, DType::kFp16, DType::kBf16}) {
-      // n 1..4: the GEMV (padded fp16 / bf16: the tensor cores'); 5 and 37: the prefill path
-      // (dequantized tiles and cuBLAS).
-      for (int64_t n : {1, 2, 3, 4, 5, 37}) {
-        SCOPED_TRACE(std::string(type) + (padded ? " padded" : "") + " act " + base::dtype_name(act) + " n " +
-                     std::to_string(n));
-        const Tensor x32 = testutil::random_cpu({n, in}, 29 + n);
-        const Tensor xa = testutil::to_dtype_cpu(x32, act);
-        const Tensor x = testutil::to_gpu(xa);
-        Tensor y;
-        ASSERT_TRUE(Tensor::create(act, {n, out}, base::CUDAAllocator::get(0), &y).ok());
-        ASSERT_TRUE(kernel::matmul(x, w, ConstTensor(), 0, y, nullptr).ok());
-        const Tensor xr = testutil::to_fp32_cpu(xa);  // the rounded activations the kernel saw
-        std::vector<float> xv(xr.ptr<float>(), xr.ptr<float>() + n * in);
-        // The prefill path rounds W to the activation dtype for the tensor cores, so its reference is
-        // the product with W rounded the same way. Left: fp32 summation order and the output's
-        // rounding (fp16 / bf16: ~1e-3 / 1e-2 of values of magnitude ~10).
-        const bool prefill = n > 4 && act != DType::kFp32;
-        std::vector<float> wr = c.ref;
-        if (prefill)
-          for (float& v : wr)
-            v = act == DType::kFp16 ? base::half_to_float(base::float_to_half(v))
-                                    : base::bf16_to_float(base::float_to_bf16(v));
-        const double tol = act == DType::kFp32 ? 1e-4 : act == DType::kFp16 ? 2e-2 : 1.5e-1;
-        EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), reference_product(xv, wr, n, in, out), tol,
-                                        act == DType::kFp32 ? 1e-4 : 1e-2));
+      DequantCase c;
+      ASSERT_NO_FATAL_FAILURE(load_case(type, &c));
+      const ConstTensor w = block_tensor_to_gpu(c.w, padded);
+      const int64_t out = c.w.dim(0), in = c.w.dim(1);
+      for (DType act : {DType::kFp32, DType::kFp16, DType::kBf16}) {
+        // n 1..4: the GEMV (padded fp16 / bf16: the tensor cores'); 5 and 37: the prefill path
+        // (dequantized tiles and cuBLAS).
+        for (int64_t n : {1, 2, 3, 4, 5, 37}) {
+          SCOPED_TRACE(std::string(type) + (padded ? " padded" : "") + " act " + base::dtype_name(act) + " n " +
+                       std::to_string(n));
+          const Tensor x32 = testutil::random_cpu({n, in}, 29 + n);
+          const Tensor xa = testutil::to_dtype_cpu(x32, act);
+          const Tensor x = testutil::to_gpu(xa);
+          Tensor y;
+          ASSERT_TRUE(Tensor::create(act, {n, out}, base::CUDAAllocator::get(0), &y).ok());
+          ASSERT_TRUE(kernel::matmul(x, w, ConstTensor(), 0, y, nullptr).ok());
+          const Tensor xr = testutil::to_fp32_cpu(xa);  // the rounded activations the kernel saw
+          std::vector<float> xv(xr.ptr<float>(), xr.ptr<float>() + n * in);
+          // The prefill path rounds W to the activation dtype for the tensor cores, so its reference is
+          // the product with W rounded the same way. Left: fp32 summation order and the output's
+          // rounding (fp16 / bf16: ~1e-3 / 1e-2 of values of magnitude ~10).
+          const bool prefill = n > 4 && act != DType::kFp32;
+          std::vector<float> wr = c.ref;
+          if (prefill)
+            for (float& v : wr)
+              v = act == DType::kFp16 ? base::half_to_float(base::float_to_half(v))
+                                      : base::bf16_to_float(base::float_to_bf16(v));
+          const double tol = act == DType::kFp32 ? 1e-4 : act == DType::kFp16 ? 2e-2 : 1.5e-1;
+          EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), reference_product(xv, wr, n, in, out), tol,
+                                          act == DType::kFp32 ? 1e-4 : 1e-2));
+        }
       }
     }
-  }
 #endif
 }
 
@@ -229,25 +230,34 @@ TEST(GgufDequant, CudaMatmulMatchesFloat64) {
 // multiple of the 16-row tiles, against float64 with the CPU's exact dequantization of the same bytes
 // (bit for bit the gguf package's, CpuMatchesGgufPackage). Random block bytes with random finite fp16
 // scales: every bit pattern of the values and of the 6-bit scales and mins occurs.
+// Random block bytes [out, in] of qt (q4_k, q6_k, q8_0) with random finite fp16 scales (|scale| <= 0.02):
+// every bit pattern of the values and of the 6-bit scales and mins occurs.
+Tensor random_blocks(DType qt, int64_t out, int64_t in, uint64_t seed) {
+  const int block = qt == DType::kQ8_0 ? 34 : (qt == DType::kQ4_K ? 144 : 210);
+  const std::vector<int> scale_at = qt == DType::kQ4_K   ? std::vector<int>{0, 2}
+                                    : qt == DType::kQ6_K ? std::vector<int>{208}
+                                                         : std::vector<int>{0};
+  Tensor w;
+  EXPECT_TRUE(Tensor::create(qt, {out, in}, base::CPUAllocator::get(), &w).ok());
+  uint8_t* bytes = static_cast<uint8_t*>(w.data());
+  uint64_t st = seed;
+  auto next = [&] { return st = st * 6364136223846793005ull + 1442695040888963407ull, (uint32_t)(st >> 33); };
+  for (size_t i = 0; i < w.nbytes(); ++i) bytes[i] = (uint8_t)next();
+  for (size_t b = 0; b + block <= w.nbytes(); b += block)
+    for (int f : scale_at) {
+      const uint16_t h = base::float_to_half(((int)(next() % 2001) - 1000) * 2e-5f);
+      std::memcpy(bytes + b + f, &h, 2);
+    }
+  return w;
+}
+
 TEST(GgufDequant, CudaGemvWideRows) {
   KP_SKIP_WITHOUT_GPU();
 #ifdef KUIPER_WITH_CUDA
   const int64_t out = 37, in = 11008;
   for (DType qt : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
-    const int block = qt == DType::kQ8_0 ? 34 : (qt == DType::kQ4_K ? 144 : 210);
-    const std::vector<int> scale_at = qt == DType::kQ4_K ? std::vector<int>{0, 2}
-                                      : qt == DType::kQ6_K ? std::vector<int>{208} : std::vector<int>{0};
-    Tensor host_w, deq;
-    ASSERT_TRUE(Tensor::create(qt, {out, in}, base::CPUAllocator::get(), &host_w).ok());
-    uint8_t* bytes = static_cast<uint8_t*>(host_w.data());
-    uint64_t st = 12345;
-    auto next = [&] { return st = st * 6364136223846793005ull + 1442695040888963407ull, (uint32_t)(st >> 33); };
-    for (size_t i = 0; i < host_w.nbytes(); ++i) bytes[i] = (uint8_t)next();
-    for (size_t b = 0; b + block <= host_w.nbytes(); b += block)
-      for (int f : scale_at) {
-        const uint16_t h = base::float_to_half(((int)(next() % 2001) - 1000) * 2e-5f);  // |scale| <= 0.02
-        std::memcpy(bytes + b + f, &h, 2);
-      }
+    const Tensor host_w = random_blocks(qt, out, in, 12345);
+    Tensor deq;
     ASSERT_TRUE(Tensor::create(DType::kFp32, {out, in}, base::CPUAllocator::get(), &deq).ok());
     ASSERT_TRUE(kernel::dequantize(host_w, deq, nullptr).ok());
     const std::vector<float> wd(deq.ptr<float>(), deq.ptr<float>() + out * in);
@@ -271,6 +281,50 @@ TEST(GgufDequant, CudaGemvWideRows) {
         EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), ref, atol, act == DType::kFp16 ? 2e-3 : 1e-2));
       }
   }
+#endif
+}
+
+// The decode GEMV with SwiGLU in its epilogue (quant_gemv_mma_swiglu, called directly: matmul_swiglu
+// takes it only with KUIPER_QUANT_SWIGLU=fused) against the plain GEMV of the same stacked [W1; W3]
+// followed by the swiglu kernel. Each feature's gate and up sums are the plain kernel's own (same
+// rows, same steps), so the two agree to the last bit where both split the rows over the same warps, and
+// within an ulp of the gate and up otherwise; a wrong row (gate for up, a neighbour's feature, a clamped
+// row stored) is off by the values themselves. hidden 37: the last block has 5 of its 8 features.
+TEST(GgufDequant, CudaGemvSwigluEqualsGemvThenSwiglu) {
+  KP_SKIP_WITHOUT_GPU();
+#ifdef KUIPER_WITH_CUDA
+  const int64_t in = 2048;
+  for (int64_t hidden : {37, 64})
+    for (DType qt : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
+      const ConstTensor w13 = block_tensor_to_gpu(random_blocks(qt, 2 * hidden, in, 777 + hidden), true);
+      for (DType act : {DType::kFp16, DType::kBf16})
+        for (int64_t n : {1, 2, 3, 4}) {
+          SCOPED_TRACE(std::string(base::dtype_name(qt)) + " hidden " + std::to_string(hidden) + " act " +
+                       base::dtype_name(act) + " n " + std::to_string(n));
+          const Tensor x = testutil::to_gpu(testutil::to_dtype_cpu(testutil::random_cpu({n, in}, 90 + n), act));
+          ASSERT_TRUE(kernel::cuda::quant_gemv_mma_swiglu_takes(x, w13));
+          Tensor gu, ref, got;
+          ASSERT_TRUE(Tensor::create(act, {n, 2 * hidden}, base::CUDAAllocator::get(0), &gu).ok());
+          ASSERT_TRUE(Tensor::create(act, {n, hidden}, base::CUDAAllocator::get(0), &ref).ok());
+          ASSERT_TRUE(Tensor::create(act, {n, hidden}, base::CUDAAllocator::get(0), &got).ok());
+          ASSERT_TRUE(kernel::matmul(x, w13, ConstTensor(), 0, gu, nullptr).ok());
+          for (int64_t i = 0; i < n; ++i) {
+            Tensor row = gu.slice_rows(i, i + 1).view({2, hidden});
+            Tensor o = ref.slice_rows(i, i + 1);
+            ASSERT_TRUE(kernel::swiglu(row.slice_rows(0, 1), row.slice_rows(1, 2), o, nullptr).ok());
+          }
+          ASSERT_TRUE(kernel::cuda::quant_gemv_mma_swiglu(x, w13, got, nullptr).ok());
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const Tensor r = testutil::to_fp32_cpu(ref), g = testutil::to_fp32_cpu(got);
+          // An ulp of T in the gate or the up (another split of the sums) moves the result by a few ulps
+          // (silu's relative slope is |gate| at most); a wrong row by the values themselves (~peak).
+          const double ulp = act == DType::kFp16 ? 1.0 / 1024 : 1.0 / 128;
+          double peak = 0;
+          for (int64_t i = 0; i < n * hidden; ++i) peak = std::max(peak, (double)std::fabs(r.ptr<float>()[i]));
+          EXPECT_TRUE(testutil::all_close(g, std::vector<double>(r.ptr<float>(), r.ptr<float>() + n * hidden),
+                                          2 * ulp * peak, 8 * ulp));
+        }
+    }
 #endif
 }
 
@@ -381,12 +435,21 @@ TEST(GgufModel, CpuMatchesExportAndTransformers) {
 // These random 2-layer models amplify weight error about 5x into the logits (int8 with group 64 does
 // the same in test_hf_fixtures); 4-bit weights have 8% weight error here (q4_k 7.7%, q6_k 1.9%, q8_0
 // 0.5%). The bounds on (b) are 1.5x the measurements: a regression, not a rounding, trips them.
-struct QuantCase { const char* file; const char* ref; double bound; };
+struct QuantCase {
+  const char* file;
+  const char* ref;
+  double bound;
+};
 const QuantCase kQuantCases[] = {
-    {"llama3_gqa.q8_0", "hf:llama3_gqa", 3.6e-2},   {"llama3_gqa.q4_0", "hf:llama3_gqa", 5.6e-1},
-    {"llama32_tied.q8_0", "hf:llama32_tied", 5.1e-2}, {"llama32_tied.q4_0", "hf:llama32_tied", 7.8e-1},
-    {"kq.q8_0", "kq.f32", 2.2e-2},  {"kq.q4_0", "kq.f32", 3.5e-1}, {"kq.q4_k", "kq.f32", 3.4e-1},
-    {"kq.q6_k", "kq.f32", 8.1e-2},  {"kq.q4_k_m", "kq.f32", 2.7e-1},
+    {"llama3_gqa.q8_0", "hf:llama3_gqa", 3.6e-2},
+    {"llama3_gqa.q4_0", "hf:llama3_gqa", 5.6e-1},
+    {"llama32_tied.q8_0", "hf:llama32_tied", 5.1e-2},
+    {"llama32_tied.q4_0", "hf:llama32_tied", 7.8e-1},
+    {"kq.q8_0", "kq.f32", 2.2e-2},
+    {"kq.q4_0", "kq.f32", 3.5e-1},
+    {"kq.q4_k", "kq.f32", 3.4e-1},
+    {"kq.q6_k", "kq.f32", 8.1e-2},
+    {"kq.q4_k_m", "kq.f32", 2.7e-1},
 };
 
 const std::vector<int32_t> kPrompt = {1, 37, 401, 89, 260, 15, 311, 452, 7, 198, 333, 64};  // the HF fixtures' ids
@@ -408,8 +471,8 @@ void expect_quantized_close(const model::ModelOptions& opts, const char* device,
     ASSERT_NO_FATAL_FAILURE(run_model(gguf_dir() + "/" + q.file + ".gguf", opts, kPrompt, &g));
     ASSERT_NO_FATAL_FAILURE(run_model(gguf_dir() + "/" + q.file + ".deq.gguf", model::ModelOptions{}, kPrompt, &d));
     const double vs_deq = worst(g, d.logits), err = worst(g, ref_logits), pre = rel_error(g.prefill, ref_logits.back());
-    std::printf("[%s] %-18s vs dequantized %.2e (prefill %.2e)  vs %-15s %.2e (prefill %.2e)\n", device, q.file,
-                vs_deq, rel_error(g.prefill, d.prefill), q.ref, err, pre);
+    std::printf("[%s] %-18s vs dequantized %.2e (prefill %.2e)  vs %-15s %.2e (prefill %.2e)\n", device, q.file, vs_deq,
+                rel_error(g.prefill, d.prefill), q.ref, err, pre);
     EXPECT_LE(vs_deq, deq_bound);
     EXPECT_LE(rel_error(g.prefill, d.prefill), deq_bound);
     EXPECT_LE(err, q.bound * scale);
@@ -476,14 +539,18 @@ TEST(GgufModel, CudaQuantizedLogitError) {
 // ---------------------------------------------------------------------------------------------------
 // Tokenizers and chat templates.
 
-struct TokCase { const char* gguf; const char* fixture; };
+struct TokCase {
+  const char* gguf;
+  const char* fixture;
+};
 
 TEST(GgufTokenizer, MatchesTheOriginalTokenizers) {
   SKIP_WITHOUT_GGUF();
   std::ifstream jf(testutil::source_dir() + "/test/fixtures/tokenizer_ids.json");
   const nlohmann::json j = nlohmann::json::parse(jf);
   const auto& strings = j["strings"];
-  for (const TokCase c : {TokCase{"vocab.llama2", "llama2"}, TokCase{"vocab.llama3", "llama3"}, TokCase{"vocab.tok512", "tok512"}}) {
+  for (const TokCase c :
+       {TokCase{"vocab.llama2", "llama2"}, TokCase{"vocab.llama3", "llama3"}, TokCase{"vocab.tok512", "tok512"}}) {
     SCOPED_TRACE(c.gguf);
     std::unique_ptr<model::ModelFile> f;
     base::Status s = model::ModelFile::open(gguf_dir() + "/" + c.gguf + ".gguf", &f);

@@ -67,7 +67,9 @@ def kernels(path):
     readable = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.split("\n")
     if len(readable) < len(names):
         readable = names  # no c++filt: the mangled names
-    return {nice: found[name] for name, nice in zip(names, readable)}
+    # Its parameters and static shared arrays are named after it: as "KERNEL", so that kernels whose
+    # names differ (a template argument added) compare.
+    return {nice: found[name].replace(name[2:], "KERNEL") for name, nice in zip(names, readable)}
 
 
 def split_operands(args):

@@ -145,6 +145,14 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
+// silu(gate) * up of two fp32 sums, each rounded to T first: what swiglu() computes from a stored gate
+// and up (the GEMVs with SwiGLU in their epilogue, matmul.cu and quant_gemv_mma.cu).
+template <typename T>
+__device__ __forceinline__ float swiglu_of(float gate, float up) {
+  const float g = to_float(from_float<T>(gate)), u = to_float(from_float<T>(up));
+  return g / (1.f + expf(-g)) * u;
+}
+
 // Elements of T in one 16-byte access.
 template <typename T> constexpr int kVec16 = 16 / (int)sizeof(T);
 

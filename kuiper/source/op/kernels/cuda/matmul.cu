@@ -31,6 +31,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemv_scalar.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/quant_gemv_mma.h"
 
 namespace kernel::cuda {
 namespace {
@@ -117,14 +118,6 @@ constexpr cudaDataType_t cuda_dtype<__nv_bfloat16>() {
 
 // ---------------------------------------------------------------------------------------------------
 // Kernels.
-
-// silu(gate) * up of two fp32 sums, each rounded to T first: what swiglu() computes from a stored
-// gate and up.
-template <typename T>
-__device__ __forceinline__ float swiglu_of(float gate, float up) {
-  const float g = to_float(from_float<T>(gate)), u = to_float(from_float<T>(up));
-  return g / (1.f + expf(-g)) * u;
-}
 
 // Vector GEMV for NT tokens. x: T [NT, in]; w: WT [out, in]; scales: fp32 [out, in / group_size] (int8
 // only, else unused); y: T [NT, out]. Block = kGemvWarps warps, warp w of block b computes row
@@ -840,8 +833,8 @@ Status matmul_swiglu_fused(const Tensor& x, const ConstTensor& w13, const ConstT
         return matmul_swiglu_typed<T, __nv_bfloat16>(x, w13, scales, group_size, out, stream, fused);
       case base::DType::kInt8:
         return matmul_swiglu_typed<T, int8_t>(x, w13, scales, group_size, out, stream, fused);
-      default:
-        return Status::Ok();
+      default:  // the GGUF block types
+        return quant_gemv_mma_swiglu_fused(x, w13, out, stream, fused);
     }
   });
 }

@@ -601,24 +601,35 @@ struct Window {
   static constexpr int kWarpBytesPerTile = kStages * kRows * kStride * 16;
 };
 
-// x: T [NT, in]; w: QT [out, in] (row_bytes a row); y: T [NT, out]. grid = ceil(out / 16) blocks of
-// kWarps warps; dynamic shared memory kWarps * Window<QT, T>::kWarpBytes. in % kValues == 0. 128 registers
-// at most: 16 warps on an SM.
-template <DType QT, typename T, int NT, int kWarps, int kTiles>
+// x: T [NT, in]; w: QT [out, in] (row_bytes a row); y: T [NT, out]. grid = ceil(out / (16 kTiles)) blocks
+// of kWarps warps; dynamic shared memory smem_bytes() below. in % kValues == 0. 128 registers at most: 16
+// warps on an SM.
+// kSwiglu (one tile): w = [W1; W3] (out = 2 hidden rows) and y: T [NT, hidden] = swiglu(x W1^T, x W3^T),
+// as gemv_int8_mma_kernel in matmul.cu: the tile's rows 0..7 are the gate features o0 .. o0 + 7, its
+// rows 8..15 the up features hidden + o0 ..; grid = ceil(hidden / 8). Only the rows and the epilogue
+// differ, so each feature's two sums are those of the plain kernel.
+template <DType QT, typename T, int NT, int kWarps, int kTiles, bool kSwiglu = false>
 static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     gemv_quant_mma_kernel(const T* __restrict__ x, const uint8_t* __restrict__ w, T* __restrict__ y, int in, int out,
                           int64_t row_bytes) {
   static_assert(NT <= 4, "the decode GEMV takes up to 4 tokens");
   using S = Step<QT, T>;
   static_assert(kTiles == 1 || (NT == 1 && S::kTwoTiles), "row tiles: one token, types with compute_tiles()");
+  static_assert(kTiles == 1 || !kSwiglu, "swiglu: one tile of 8 gate and 8 up rows");
   constexpr int kBlockRows = kRows * kTiles;  // 16 rows a tile; lane (g, t): rows 16 k + g, + 8 of tile k
+  constexpr int kHalf = kRows / 2;            // kSwiglu: features a block
   __shared__ float red[kWarps][kBlockRows][NT];
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const int o0 = blockIdx.x * kBlockRows;
-  // Rows past the end are clamped to the last one: loaded, never stored. row_lo: the low bits of the
-  // lane's rows' addresses (their byte shifts).
-  auto row_at = [&](int r) { return w + (int64_t)min(o0 + r, out - 1) * row_bytes; };
+  const int hidden = out / 2;
+  const int o0 = blockIdx.x * (kSwiglu ? kHalf : kBlockRows);
+  // The weight row of the block's row r. Rows past the end are clamped to the last one: loaded, never
+  // stored. row_lo: the low bits of the lane's rows' addresses (their byte shifts).
+  auto w_row = [&](int r) {
+    if constexpr (kSwiglu) return (r < kHalf ? 0 : hidden) + min(o0 + r % kHalf, hidden - 1);
+    return min(o0 + r, out - 1);
+  };
+  auto row_at = [&](int r) { return w + (int64_t)w_row(r) * row_bytes; };
   uint32_t row_lo[kTiles][2];
 #pragma unroll
   for (int k = 0; k < kTiles; ++k)
@@ -646,7 +657,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
 #pragma unroll
   for (int j = 0; j < kCopies; ++j) {
     const int i = lane + j * kWarpSize, r = i / Win::kWords;
-    src_off[j] = (uint32_t)((int64_t)(min(o0 + r, out - 1) - o0) * row_bytes);
+    src_off[j] = (uint32_t)((int64_t)(w_row(r) - o0) * row_bytes);  // < 2^32: quant_gemv_mma_swiglu_takes()
     dst_word[j] = i < kBlockRows * Win::kWords ? r * Win::kStride + i % Win::kWords : -1;
   }
   auto load = [&](int s, int buf) {
@@ -728,27 +739,37 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize, 16 / kWarps)
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < kBlockRows * NT; e += kWarps * kWarpSize) {
-    const int r = e % kBlockRows, n = e / kBlockRows;
-    if (o0 + r >= out) continue;
+  auto row_sum = [&](int r, int n) {  // block row r's sum for token n, over the warps
     float v = 0.f;
 #pragma unroll
     for (int wi = 0; wi < kWarps; ++wi) v += red[wi][r][n];
-    y[(int64_t)n * out + o0 + r] = from_float<T>(v);
+    return v;
+  };
+  if constexpr (kSwiglu) {
+    for (int e = threadIdx.x; e < kHalf * NT; e += kWarps * kWarpSize) {
+      const int r = e % kHalf, n = e / kHalf;
+      if (o0 + r < hidden)
+        y[(int64_t)n * hidden + o0 + r] = from_float<T>(swiglu_of<T>(row_sum(r, n), row_sum(r + kHalf, n)));
+    }
+  } else {
+    for (int e = threadIdx.x; e < kBlockRows * NT; e += kWarps * kWarpSize) {
+      const int r = e % kBlockRows, n = e / kBlockRows;
+      if (o0 + r < out) y[(int64_t)n * out + o0 + r] = from_float<T>(row_sum(r, n));
+    }
   }
 }
 
 // Dynamic shared memory: the stage buffers, and for one token its activations (in values).
 constexpr int kMaxStagedX = 32768;  // values of x a one-token launch copies (64 KiB of fp16 / bf16)
 template <DType QT, typename T, int NT, int kWarps, int kTiles>
-size_t smem_bytes(int in) {
+size_t smem_bytes(int in) {  // (the same with kSwiglu)
   return (size_t)kWarps * kTiles * Window<QT, T>::kWarpBytesPerTile + (NT == 1 ? (size_t)in * sizeof(T) : 0);
 }
 
 // The kernel instance, its dynamic shared memory allowed once.
-template <DType QT, typename T, int NT, int kWarps, int kTiles>
+template <DType QT, typename T, int NT, int kWarps, int kTiles, bool kSwiglu>
 auto kernel_of() {
-  auto k = gemv_quant_mma_kernel<QT, T, NT, kWarps, kTiles>;
+  auto k = gemv_quant_mma_kernel<QT, T, NT, kWarps, kTiles, kSwiglu>;
   static const bool once = [&] {
     const size_t most = smem_bytes<QT, T, NT, kWarps, kTiles>(kMaxStagedX);
     if (most > 48 * 1024) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)most);
@@ -759,15 +780,15 @@ auto kernel_of() {
 }
 
 // Blocks of the kernel resident on the whole GPU at once (computed once per instantiation).
-template <DType QT, typename T, int NT, int kWarps, int kTiles>
+template <DType QT, typename T, int NT, int kWarps, int kTiles, bool kSwiglu = false>
 int resident_blocks() {
   static const int blocks = [] {
     int per_sm = 0, dev = 0, sms = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     // (with the x of a 14336-wide input, the widest of the Llama shapes)
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of<QT, T, NT, kWarps, kTiles>(), kWarps * kWarpSize,
-                                                  smem_bytes<QT, T, NT, kWarps, kTiles>(14336));
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of<QT, T, NT, kWarps, kTiles, kSwiglu>(),
+                                                  kWarps * kWarpSize, smem_bytes<QT, T, NT, kWarps, kTiles>(14336));
     return std::max(1, per_sm * sms);
   }();
   return blocks;
@@ -775,7 +796,7 @@ int resident_blocks() {
 
 // 4 or 8 warps a block: the one whose last wave of blocks is fuller (8 on ties: more bytes in flight
 // per row), as int8_mma_warps() in matmul.cu. KUIPER_QUANT_GEMV_WARPS=4|8 pins it for measurements.
-template <DType QT, typename T, int NT, int kTiles>
+template <DType QT, typename T, int NT, int kTiles, bool kSwiglu>
 int warps_for(int64_t blocks) {
   static const int pinned = [] {
     const char* e = std::getenv("KUIPER_QUANT_GEMV_WARPS");
@@ -786,18 +807,22 @@ int warps_for(int64_t blocks) {
     const int64_t waves = (blocks + resident - 1) / resident;
     return (double)blocks / (double)(waves * resident);
   };
-  return fill(resident_blocks<QT, T, NT, 4, kTiles>()) > fill(resident_blocks<QT, T, NT, 8, kTiles>()) + 0.02 ? 4 : 8;
+  return fill(resident_blocks<QT, T, NT, 4, kTiles, kSwiglu>()) >
+                 fill(resident_blocks<QT, T, NT, 8, kTiles, kSwiglu>()) + 0.02
+             ? 4
+             : 8;
 }
 
-template <DType QT, typename T, int NT, int kTiles>
+// kSwiglu: y is [NT, out / 2] = swiglu(x W1^T, x W3^T) of w = [W1; W3] (see the kernel).
+template <DType QT, typename T, int NT, int kTiles, bool kSwiglu = false>
 Status launch_tiles(const T* x, const uint8_t* w, T* y, int in, int out, int64_t row_bytes, cudaStream_t stream) {
-  const int64_t blocks = ceil_div(out, kRows * kTiles);
+  const int64_t blocks = kSwiglu ? ceil_div(out / 2, kRows / 2) : ceil_div(out, kRows * kTiles);
   const dim3 grid((unsigned)blocks);
-  if (warps_for<QT, T, NT, kTiles>(blocks) == 4)
-    return launch_kernel(kernel_of<QT, T, NT, 4, kTiles>(), grid, 4 * kWarpSize, smem_bytes<QT, T, NT, 4, kTiles>(in),
-                         stream, 1, x, w, y, in, out, row_bytes);
-  return launch_kernel(kernel_of<QT, T, NT, 8, kTiles>(), grid, 8 * kWarpSize, smem_bytes<QT, T, NT, 8, kTiles>(in),
-                       stream, 1, x, w, y, in, out, row_bytes);
+  if (warps_for<QT, T, NT, kTiles, kSwiglu>(blocks) == 4)
+    return launch_kernel(kernel_of<QT, T, NT, 4, kTiles, kSwiglu>(), grid, 4 * kWarpSize,
+                         smem_bytes<QT, T, NT, 4, kTiles>(in), stream, 1, x, w, y, in, out, row_bytes);
+  return launch_kernel(kernel_of<QT, T, NT, 8, kTiles, kSwiglu>(), grid, 8 * kWarpSize,
+                       smem_bytes<QT, T, NT, 8, kTiles>(in), stream, 1, x, w, y, in, out, row_bytes);
 }
 
 // Two row tiles a block (q4_k, one token) when their grid still fills the GPU with one wave of 8-warp
@@ -833,6 +858,36 @@ Status launch_typed(const Tensor& x, const ConstTensor& weight, Tensor& y, cudaS
     default:
       return launch_nt<QT, T, 4>(xp, wp, yp, in, out, row_bytes, stream);
   }
+}
+
+template <DType QT, typename T>
+Status launch_swiglu_typed(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream) {
+  const int n = (int)x.dim(0), in = (int)x.dim(1), rows = (int)w13.dim(0);
+  const int64_t row_bytes = (int64_t)base::dtype_bytes(QT, in);
+  const T* xp = static_cast<const T*>(x.data());
+  const uint8_t* wp = static_cast<const uint8_t*>(w13.data());
+  T* yp = static_cast<T*>(out.data());
+  switch (n) {
+    case 1:
+      return launch_tiles<QT, T, 1, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
+    case 2:
+      return launch_tiles<QT, T, 2, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
+    case 3:
+      return launch_tiles<QT, T, 3, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
+    default:
+      return launch_tiles<QT, T, 4, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
+  }
+}
+
+// Whether matmul_swiglu() on a block type runs the fused kernel: KUIPER_QUANT_SWIGLU=fused, until it
+// has been measured on a GPU (then the default); otherwise the GEMV and the swiglu kernel, one after
+// the other.
+bool swiglu_chosen() {
+  static const bool fused = [] {
+    const char* e = std::getenv("KUIPER_QUANT_SWIGLU");
+    return e != nullptr && std::string(e) == "fused";
+  }();
+  return fused;
 }
 
 // Which decode GEMV the block types use: this one (default) or quant_matmul.cu's warp-per-row kernel,
@@ -882,6 +937,40 @@ Status quant_gemv_mma(const Tensor& x, const ConstTensor& weight, Tensor& y, cud
       }
     }
   });
+}
+
+bool quant_gemv_mma_swiglu_takes(const Tensor& x, const ConstTensor& w13) {
+  if (!quant_gemv_mma_takes(x, w13) || w13.dim(0) % 2 != 0) return false;
+  // A block's up rows lie hidden rows past its gate rows: the copies keep that offset in 32 bits.
+  const uint64_t row_bytes = base::dtype_bytes(w13.dtype(), x.dim(1));
+  return (uint64_t)(w13.dim(0) / 2 + kRows) * row_bytes < (1ull << 32);
+}
+
+Status quant_gemv_mma_swiglu(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream) {
+  const DType qt = w13.dtype();
+  return dispatch_float(x.dtype(), "matmul_swiglu", [&](auto tag) -> Status {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same_v<T, float>) {
+      return base::Internal("matmul_swiglu: the tensor-core block GEMV takes fp16 / bf16 activations");
+    } else {
+      switch (qt) {
+        case DType::kQ4_K:
+          return launch_swiglu_typed<DType::kQ4_K, T>(x, w13, out, stream);
+        case DType::kQ6_K:
+          return launch_swiglu_typed<DType::kQ6_K, T>(x, w13, out, stream);
+        case DType::kQ8_0:
+          return launch_swiglu_typed<DType::kQ8_0, T>(x, w13, out, stream);
+        default:
+          return base::Internal(std::string("matmul_swiglu: no tensor-core GEMV for ") + base::dtype_name(qt));
+      }
+    }
+  });
+}
+
+Status quant_gemv_mma_swiglu_fused(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream,
+                                   bool* fused) {
+  *fused = swiglu_chosen() && quant_gemv_mma_swiglu_takes(x, w13);
+  return *fused ? quant_gemv_mma_swiglu(x, w13, out, stream) : Status::Ok();
 }
 
 }  // namespace kernel::cuda
