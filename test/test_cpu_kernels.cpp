@@ -368,56 +368,6 @@ TEST(Rope, RejectsPositionsBeyondTable) {
 // (n_tokens, pos, head_dim, n_kv_heads) with n_heads = 6: n_kv_heads 2 is GQA, 6 is MHA.
 class AttentionTest : public ::testing::TestWithParam<std::tuple<int64_t, int, int, int>> {};
 
-TEST_P(AttentionTest, CausalGqaOverCacheMatchesReference) {
-  const auto [n, pos, head_dim, n_kv_heads] = GetParam();
-  const int n_heads = 6, group = n_heads / n_kv_heads;
-  const int64_t max_seq = 24, q_width = n_heads * head_dim, kv_width = n_kv_heads * head_dim;
-
-  // Rows not yet written hold NaN: reading any of them (a causality bug) turns the output into NaN.
-  Tensor k_cache = make(DType::kFp32, {max_seq, kv_width}), v_cache = make(DType::kFp32, {max_seq, kv_width});
-  for (int64_t j = 0; j < k_cache.numel(); ++j)
-    k_cache.ptr<float>()[j] = v_cache.ptr<float>()[j] = std::numeric_limits<float>::quiet_NaN();
-
-  // Keys and values for positions 0..pos+n-1: a prefix written at 0, then the n new rows at pos.
-  Tensor k_all = random_cpu({pos + n, kv_width}, 81), v_all = random_cpu({pos + n, kv_width}, 82);
-  if (pos > 0) {
-    Tensor k0 = k_all.slice_rows(0, pos), v0 = v_all.slice_rows(0, pos);
-    ASSERT_TRUE(kernel::kv_append(k0, v0, k_cache, v_cache, ints({0}), nullptr).ok());
-  }
-  Tensor k_new = k_all.slice_rows(pos, pos + n), v_new = v_all.slice_rows(pos, pos + n);
-  Tensor p = ints({pos});
-  ASSERT_TRUE(kernel::kv_append(k_new, v_new, k_cache, v_cache, p, nullptr).ok());
-
-  Tensor q = random_cpu({n, q_width}, 83), out = make(DType::kFp32, {n, q_width});
-  Tensor scratch = make(DType::kFp32, {kernel::attention_scratch_floats(n, n_heads, head_dim, max_seq,
-                                                                         base::DeviceType::kCPU)});
-  ASSERT_TRUE(kernel::attention(q, k_cache, v_cache, p, n_heads, n_kv_heads, head_dim, scratch, out, nullptr).ok());
-
-  const std::vector<double> qv = values(q), kv = values(k_all), vv = values(v_all);
-  std::vector<double> ref(n * q_width, 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int h = 0; h < n_heads; ++h) {
-      const int64_t len = pos + i + 1, kv_off = (int64_t)(h / group) * head_dim;
-      std::vector<double> s(len);
-      double max_s = -INFINITY, sum = 0;
-      for (int64_t t = 0; t < len; ++t) {
-        double dot = 0;
-        for (int d = 0; d < head_dim; ++d) dot += qv[i * q_width + h * head_dim + d] * kv[t * kv_width + kv_off + d];
-        s[t] = dot / std::sqrt((double)head_dim);
-        max_s = std::max(max_s, s[t]);
-      }
-      for (double& e : s) sum += (e = std::exp(e - max_s));
-      for (int64_t t = 0; t < len; ++t)
-        for (int d = 0; d < head_dim; ++d)
-          ref[i * q_width + h * head_dim + d] += s[t] / sum * vv[t * kv_width + kv_off + d];
-    }
-  EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-4));
-}
-
-INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
-                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(0, 9),
-                                            ::testing::Values(8, 64), ::testing::Values(2, 6)));
-
 // Causal GQA reference: query i of a sequence (position first + i) over the sequence's rows [0, first + i].
 // q: [n, n_heads * hd]; k, v: the sequence's rows [len, n_kv_heads * hd].
 std::vector<double> attention_ref(const std::vector<double>& q, const std::vector<double>& k,
@@ -443,6 +393,40 @@ std::vector<double> attention_ref(const std::vector<double>& q, const std::vecto
     }
   return ref;
 }
+
+TEST_P(AttentionTest, CausalGqaOverCacheMatchesReference) {
+  const auto [n, pos, head_dim, n_kv_heads] = GetParam();
+  const int n_heads = 6;
+  const int64_t max_seq = 24, q_width = n_heads * head_dim, kv_width = n_kv_heads * head_dim;
+
+  // Rows not yet written hold NaN: reading any of them (a causality bug) turns the output into NaN.
+  Tensor k_cache = make(DType::kFp32, {max_seq, kv_width}), v_cache = make(DType::kFp32, {max_seq, kv_width});
+  for (int64_t j = 0; j < k_cache.numel(); ++j)
+    k_cache.ptr<float>()[j] = v_cache.ptr<float>()[j] = std::numeric_limits<float>::quiet_NaN();
+
+  // Keys and values for positions 0..pos+n-1: a prefix written at 0, then the n new rows at pos.
+  Tensor k_all = random_cpu({pos + n, kv_width}, 81), v_all = random_cpu({pos + n, kv_width}, 82);
+  if (pos > 0) {
+    Tensor k0 = k_all.slice_rows(0, pos), v0 = v_all.slice_rows(0, pos);
+    ASSERT_TRUE(kernel::kv_append(k0, v0, k_cache, v_cache, ints({0}), nullptr).ok());
+  }
+  Tensor k_new = k_all.slice_rows(pos, pos + n), v_new = v_all.slice_rows(pos, pos + n);
+  Tensor p = ints({pos});
+  ASSERT_TRUE(kernel::kv_append(k_new, v_new, k_cache, v_cache, p, nullptr).ok());
+
+  Tensor q = random_cpu({n, q_width}, 83), out = make(DType::kFp32, {n, q_width});
+  Tensor scratch = make(DType::kFp32, {kernel::attention_scratch_floats(n, n_heads, head_dim, max_seq,
+                                                                         base::DeviceType::kCPU)});
+  ASSERT_TRUE(kernel::attention(q, k_cache, v_cache, p, n_heads, n_kv_heads, head_dim, scratch, out, nullptr).ok());
+
+  const std::vector<double> ref = attention_ref(values(q), values(k_all), values(v_all), pos, n, n_heads, n_kv_heads,
+                                                head_dim);
+  EXPECT_TRUE(all_close(out, ref, 1e-5, 1e-4));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Combine(::testing::Values<int64_t>(1, 7), ::testing::Values(0, 9),
+                                            ::testing::Values(8, 64), ::testing::Values(2, 6)));
 
 // Sequences' K and V rows scattered over a pool of pages [n_pages, page_size, kv_dim] at shuffled page
 // ids; rows no sequence owns (two spare pages, the tails of last pages) are NaN, and table entries

@@ -342,6 +342,25 @@ std::string check_norm(DType dt, const NormCase& c, float eps, const std::vector
   return bad == 0 ? "" : std::to_string(bad) + " elements wrong:" + os.str();
 }
 
+// Uploads in[r] into t[r] on every rank, all-reduces, and checks each rank's result against the fp32
+// rank-order sum (check_sum) and against rank 0's bits.
+void expect_all_reduced(Ranks& ranks, DType dt, const std::vector<std::vector<float>>& in, std::vector<Tensor>& t) {
+  const int world = ranks.world();
+  std::vector<std::vector<uint8_t>> out(world);
+  ASSERT_TRUE(all_ranks_ok(ranks.run([&](int r) -> std::string {
+    cudaStream_t s = ranks.stream(r);
+    TRY_CUDA(upload(t[r], encode(dt, in[r]), s));
+    TRY(ranks.comm(r)->all_reduce_sum(t[r], s));
+    TRY(ranks.comm(r)->wait(s));
+    TRY_CUDA(download(t[r], &out[r], s));
+    return "";
+  })));
+  for (int r = 0; r < world; ++r) {
+    EXPECT_EQ(check_sum(dt, in, out[r]), "") << "rank " << r;
+    EXPECT_TRUE(out[r] == out[0]) << "rank " << r << " differs from rank 0";
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The tests.
 
@@ -387,19 +406,7 @@ TEST_P(PeerComm, AllReduce) {
         in[r] = random_values(dt, n, 1000 * r + n);
         t[r] = device_tensor(dt, {n}, ranks.device(r));
       }
-      std::vector<std::vector<uint8_t>> out(world);
-      ASSERT_TRUE(all_ranks_ok(ranks.run([&](int r) -> std::string {
-        cudaStream_t s = ranks.stream(r);
-        TRY_CUDA(upload(t[r], encode(dt, in[r]), s));
-        TRY(ranks.comm(r)->all_reduce_sum(t[r], s));
-        TRY(ranks.comm(r)->wait(s));
-        TRY_CUDA(download(t[r], &out[r], s));
-        return "";
-      })));
-      for (int r = 0; r < world; ++r) {
-        EXPECT_EQ(check_sum(dt, in, out[r]), "") << "rank " << r;
-        EXPECT_TRUE(out[r] == out[0]) << "rank " << r << " differs from rank 0";
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_all_reduced(ranks, dt, in, t));
     }
   }
 }
@@ -419,19 +426,7 @@ TEST_P(PeerComm, AllReduceUnalignedBuffers) {
         in[r] = random_values(dt, n, 77 + r);
         t[r] = device_view(dt, n, ranks.device(r), r % 2);  // odd ranks unaligned
       }
-      std::vector<std::vector<uint8_t>> out(world);
-      ASSERT_TRUE(all_ranks_ok(ranks.run([&](int r) -> std::string {
-        cudaStream_t s = ranks.stream(r);
-        TRY_CUDA(upload(t[r], encode(dt, in[r]), s));
-        TRY(ranks.comm(r)->all_reduce_sum(t[r], s));
-        TRY(ranks.comm(r)->wait(s));
-        TRY_CUDA(download(t[r], &out[r], s));
-        return "";
-      })));
-      for (int r = 0; r < world; ++r) {
-        EXPECT_EQ(check_sum(dt, in, out[r]), "") << "rank " << r;
-        EXPECT_TRUE(out[r] == out[0]) << "rank " << r << " differs from rank 0";
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_all_reduced(ranks, dt, in, t));
     }
   }
 }
@@ -452,19 +447,7 @@ TEST_P(PeerComm, AllReducePrefillSizes) {
         in[r] = random_values(dt, n, 5 + r);
         t[r] = device_tensor(dt, {tokens, 8192}, ranks.device(r));
       }
-      std::vector<std::vector<uint8_t>> out(world);
-      ASSERT_TRUE(all_ranks_ok(ranks.run([&](int r) -> std::string {
-        cudaStream_t s = ranks.stream(r);
-        TRY_CUDA(upload(t[r], encode(dt, in[r]), s));
-        TRY(ranks.comm(r)->all_reduce_sum(t[r], s));
-        TRY(ranks.comm(r)->wait(s));
-        TRY_CUDA(download(t[r], &out[r], s));
-        return "";
-      })));
-      for (int r = 0; r < world; ++r) {
-        EXPECT_EQ(check_sum(dt, in, out[r]), "") << "rank " << r;
-        EXPECT_TRUE(out[r] == out[0]) << "rank " << r << " differs from rank 0";
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_all_reduced(ranks, dt, in, t));
     }
   }
 }
