@@ -827,10 +827,11 @@ Status launch_tiles(const T* x, const uint8_t* w, T* y, int in, int out, int64_t
 
 // Two row tiles a block (q4_k, one token) when their grid still fills the GPU with one wave of 8-warp
 // blocks (the 4096-row matrices of a 7B would not: 128 blocks): the activations' share of a step's work
-// is then paid once for 32 rows. KUIPER_QUANT_GEMV_TILES=1|2 pins it for measurements.
-template <DType QT, typename T, int NT>
+// is then paid once for 32 rows. KUIPER_QUANT_GEMV_TILES=1|2 pins it for measurements. kSwiglu: one tile
+// (launch_tiles).
+template <DType QT, typename T, int NT, bool kSwiglu>
 Status launch_nt(const T* x, const uint8_t* w, T* y, int in, int out, int64_t row_bytes, cudaStream_t stream) {
-  if constexpr (NT == 1 && Step<QT, T>::kTwoTiles) {
+  if constexpr (NT == 1 && Step<QT, T>::kTwoTiles && !kSwiglu) {
     static const int pinned = [] {
       const char* e = std::getenv("KUIPER_QUANT_GEMV_TILES");
       return e != nullptr ? std::atoi(e) : 0;
@@ -838,10 +839,10 @@ Status launch_nt(const T* x, const uint8_t* w, T* y, int in, int out, int64_t ro
     const bool two = pinned == 2 || (pinned != 1 && ceil_div(out, 2 * kRows) >= resident_blocks<QT, T, NT, 8, 2>());
     if (two) return launch_tiles<QT, T, NT, 2>(x, w, y, in, out, row_bytes, stream);
   }
-  return launch_tiles<QT, T, NT, 1>(x, w, y, in, out, row_bytes, stream);
+  return launch_tiles<QT, T, NT, 1, kSwiglu>(x, w, y, in, out, row_bytes, stream);
 }
 
-template <DType QT, typename T>
+template <DType QT, typename T, bool kSwiglu>
 Status launch_typed(const Tensor& x, const ConstTensor& weight, Tensor& y, cudaStream_t stream) {
   const int n = (int)x.dim(0), in = (int)x.dim(1), out = (int)weight.dim(0);
   const int64_t row_bytes = (int64_t)base::dtype_bytes(QT, in);
@@ -850,33 +851,37 @@ Status launch_typed(const Tensor& x, const ConstTensor& weight, Tensor& y, cudaS
   T* yp = static_cast<T*>(y.data());
   switch (n) {
     case 1:
-      return launch_nt<QT, T, 1>(xp, wp, yp, in, out, row_bytes, stream);
+      return launch_nt<QT, T, 1, kSwiglu>(xp, wp, yp, in, out, row_bytes, stream);
     case 2:
-      return launch_nt<QT, T, 2>(xp, wp, yp, in, out, row_bytes, stream);
+      return launch_nt<QT, T, 2, kSwiglu>(xp, wp, yp, in, out, row_bytes, stream);
     case 3:
-      return launch_nt<QT, T, 3>(xp, wp, yp, in, out, row_bytes, stream);
+      return launch_nt<QT, T, 3, kSwiglu>(xp, wp, yp, in, out, row_bytes, stream);
     default:
-      return launch_nt<QT, T, 4>(xp, wp, yp, in, out, row_bytes, stream);
+      return launch_nt<QT, T, 4, kSwiglu>(xp, wp, yp, in, out, row_bytes, stream);
   }
 }
 
-template <DType QT, typename T>
-Status launch_swiglu_typed(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream) {
-  const int n = (int)x.dim(0), in = (int)x.dim(1), rows = (int)w13.dim(0);
-  const int64_t row_bytes = (int64_t)base::dtype_bytes(QT, in);
-  const T* xp = static_cast<const T*>(x.data());
-  const uint8_t* wp = static_cast<const uint8_t*>(w13.data());
-  T* yp = static_cast<T*>(out.data());
-  switch (n) {
-    case 1:
-      return launch_tiles<QT, T, 1, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
-    case 2:
-      return launch_tiles<QT, T, 2, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
-    case 3:
-      return launch_tiles<QT, T, 3, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
-    default:
-      return launch_tiles<QT, T, 4, 1, true>(xp, wp, yp, in, rows, row_bytes, stream);
-  }
+// The instance for the activations' and the weight's types (fp16 / bf16; q4_k, q6_k, q8_0).
+template <bool kSwiglu>
+Status launch_block_type(const char* op, const Tensor& x, const ConstTensor& weight, Tensor& y, cudaStream_t stream) {
+  const DType qt = weight.dtype();
+  return dispatch_float(x.dtype(), op, [&](auto tag) -> Status {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same_v<T, float>) {
+      return base::Internal(std::string(op) + ": the tensor-core block GEMV takes fp16 / bf16 activations");
+    } else {
+      switch (qt) {
+        case DType::kQ4_K:
+          return launch_typed<DType::kQ4_K, T, kSwiglu>(x, weight, y, stream);
+        case DType::kQ6_K:
+          return launch_typed<DType::kQ6_K, T, kSwiglu>(x, weight, y, stream);
+        case DType::kQ8_0:
+          return launch_typed<DType::kQ8_0, T, kSwiglu>(x, weight, y, stream);
+        default:
+          return base::Internal(std::string(op) + ": no tensor-core GEMV for " + base::dtype_name(qt));
+      }
+    }
+  });
 }
 
 // Whether matmul_swiglu() on a block type runs the fused kernel: KUIPER_QUANT_SWIGLU=fused, until it
@@ -919,24 +924,7 @@ bool quant_gemv_mma_takes(const Tensor& x, const ConstTensor& weight) {
 }
 
 Status quant_gemv_mma(const Tensor& x, const ConstTensor& weight, Tensor& y, cudaStream_t stream) {
-  const DType qt = weight.dtype();
-  return dispatch_float(x.dtype(), "matmul", [&](auto tag) -> Status {
-    using T = typename decltype(tag)::type;
-    if constexpr (std::is_same_v<T, float>) {
-      return base::Internal("matmul: the tensor-core block GEMV takes fp16 / bf16 activations");
-    } else {
-      switch (qt) {
-        case DType::kQ4_K:
-          return launch_typed<DType::kQ4_K, T>(x, weight, y, stream);
-        case DType::kQ6_K:
-          return launch_typed<DType::kQ6_K, T>(x, weight, y, stream);
-        case DType::kQ8_0:
-          return launch_typed<DType::kQ8_0, T>(x, weight, y, stream);
-        default:
-          return base::Internal(std::string("matmul: no tensor-core GEMV for ") + base::dtype_name(qt));
-      }
-    }
-  });
+  return launch_block_type<false>("matmul", x, weight, y, stream);
 }
 
 bool quant_gemv_mma_swiglu_takes(const Tensor& x, const ConstTensor& w13) {
@@ -947,24 +935,7 @@ bool quant_gemv_mma_swiglu_takes(const Tensor& x, const ConstTensor& w13) {
 }
 
 Status quant_gemv_mma_swiglu(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream) {
-  const DType qt = w13.dtype();
-  return dispatch_float(x.dtype(), "matmul_swiglu", [&](auto tag) -> Status {
-    using T = typename decltype(tag)::type;
-    if constexpr (std::is_same_v<T, float>) {
-      return base::Internal("matmul_swiglu: the tensor-core block GEMV takes fp16 / bf16 activations");
-    } else {
-      switch (qt) {
-        case DType::kQ4_K:
-          return launch_swiglu_typed<DType::kQ4_K, T>(x, w13, out, stream);
-        case DType::kQ6_K:
-          return launch_swiglu_typed<DType::kQ6_K, T>(x, w13, out, stream);
-        case DType::kQ8_0:
-          return launch_swiglu_typed<DType::kQ8_0, T>(x, w13, out, stream);
-        default:
-          return base::Internal(std::string("matmul_swiglu: no tensor-core GEMV for ") + base::dtype_name(qt));
-      }
-    }
-  });
+  return launch_block_type<true>("matmul_swiglu", x, w13, out, stream);
 }
 
 Status quant_gemv_mma_swiglu_fused(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream,
