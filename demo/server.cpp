@@ -50,12 +50,9 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 const app::ArgSpec& spec() {
-  static const app::ArgSpec s = app::with_common_aliases({{"-c", "max_seq_len"},
-                                                          {"--ctx-size", "max_seq_len"},
-                                                          {"-np", "parallel"},
-                                                          {"-b", "batch_tokens"},
-                                                          {"--kv-gib", "kv_gib"},
-                                                          {"--batch-size", "batch_tokens"}});
+  static const app::ArgSpec s = app::with_common_aliases(
+      {{"-c", "max_seq_len"}, {"--ctx-size", "max_seq_len"}, {"-np", "parallel"}, {"-b", "batch_tokens"},
+       {"--kv-gib", "kv_gib"}, {"--batch-size", "batch_tokens"}});
   return s;
 }
 
@@ -63,7 +60,7 @@ const app::ArgSpec& spec() {
 struct Stream {
   std::mutex mu;
   std::condition_variable cv;
-  std::string pending;  // text not yet written
+  std::string pending;                         // text not yet written
   std::vector<app::TokenLogprob> pending_lp;
   bool done = false;
   runtime::Finish finish;
@@ -138,10 +135,8 @@ void wire_callbacks(Server& sv, const std::shared_ptr<Stream>& st, bool logprobs
   app::Metrics* metrics = &sv.metrics;
   r->on_token = [st, tok, metrics, logprobs](int32_t token, float lp) {
     const auto now = Clock::now();
-    if (!st->seen_token)
-      metrics->first_token(std::chrono::duration<double>(now - st->start).count());
-    else
-      metrics->inter_token(std::chrono::duration<double>(now - st->last).count());
+    if (!st->seen_token) metrics->first_token(std::chrono::duration<double>(now - st->start).count());
+    else metrics->inter_token(std::chrono::duration<double>(now - st->last).count());
     st->seen_token = true;
     st->last = now;
     const std::string piece = tok->decode_token(st->prev, token);
@@ -241,10 +236,8 @@ void handle_generate(Server& sv, const httplib::Request& req, httplib::Response&
   }
   if ((int32_t)ids.size() >= sv.max_seq_len) {
     sv.metrics.request_done(endpoint, 400);
-    return reply_error(res, server_error(400,
-                                         "the prompt is " + std::to_string(ids.size()) + " tokens; the context is " +
-                                             std::to_string(sv.max_seq_len),
-                                         "invalid_request_error"));
+    return reply_error(res, server_error(400, "the prompt is " + std::to_string(ids.size()) + " tokens; the context is " +
+                                                  std::to_string(sv.max_seq_len), "invalid_request_error"));
   }
   runtime::Request r;
   r.prompt = ids;
@@ -265,8 +258,7 @@ void handle_generate(Server& sv, const httplib::Request& req, httplib::Response&
     const bool busy = s.code() == base::StatusCode::kUnavailable;
     sv.metrics.request_done(endpoint, busy ? 503 : 400);
     if (busy) res.set_header("Retry-After", "1");
-    return reply_error(res,
-                       server_error(busy ? 503 : 400, s.message(), busy ? "server_error" : "invalid_request_error"));
+    return reply_error(res, server_error(busy ? 503 : 400, s.message(), busy ? "server_error" : "invalid_request_error"));
   }
   const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(sv.next_id++);
   const int64_t created = (int64_t)std::time(nullptr);
@@ -338,18 +330,14 @@ int main(int argc, char** argv) {
   const int rc = app::open_engine(&sv.engine, [](const model::ModelConfig& c, model::ModelOptions* o) -> std::string {
     const int32_t ctx = o->max_seq_len > 0 ? o->max_seq_len : c.max_seq_len;
     o->max_batch_seqs = FLAGS_parallel;
-    o->max_batch_tokens = std::max(FLAGS_parallel, FLAGS_batch_tokens > 0                ? FLAGS_batch_tokens
-                                                   : o->device == base::DeviceType::kCPU ? 256
-                                                                                         : 2048);
+    o->max_batch_tokens = std::max(FLAGS_parallel, FLAGS_batch_tokens > 0 ? FLAGS_batch_tokens
+                                                   : o->device == base::DeviceType::kCPU ? 256 : 2048);
     o->page_size = FLAGS_page_size;
     const int tp = std::max(1, app::tp_flag());
-    const uint64_t per_token =
-        (uint64_t)c.n_layers * 2 * (c.n_kv_heads / tp) * c.head_dim * base::dtype_size(o->act_dtype);
-    const uint64_t tokens = FLAGS_kv_gib > 0
-                                ? (uint64_t)(FLAGS_kv_gib * (1ull << 30)) / std::max<uint64_t>(1, per_token)
-                                : (uint64_t)FLAGS_parallel * ctx;
-    if (tokens < (uint64_t)FLAGS_page_size)
-      return "--kv_gib " + std::to_string(FLAGS_kv_gib) + " holds less than one page";
+    const uint64_t per_token = (uint64_t)c.n_layers * 2 * (c.n_kv_heads / tp) * c.head_dim * base::dtype_size(o->act_dtype);
+    const uint64_t tokens = FLAGS_kv_gib > 0 ? (uint64_t)(FLAGS_kv_gib * (1ull << 30)) / std::max<uint64_t>(1, per_token)
+                                             : (uint64_t)FLAGS_parallel * ctx;
+    if (tokens < (uint64_t)FLAGS_page_size) return "--kv_gib " + std::to_string(FLAGS_kv_gib) + " holds less than one page";
     o->kv_capacity = (int32_t)std::min<uint64_t>(tokens, INT32_MAX / 2);
     return "";
   });
@@ -376,46 +364,36 @@ int main(int argc, char** argv) {
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(16 << 20);
   http.set_keep_alive_max_count(1000);
-  http.Post("/v1/completions",
-            [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, false); });
-  http.Post("/v1/chat/completions",
-            [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, true); });
+  http.Post("/v1/completions", [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, false); });
+  http.Post("/v1/chat/completions", [&](const httplib::Request& q, httplib::Response& r) { handle_generate(sv, q, r, true); });
   http.Get("/v1/models", [&](const httplib::Request&, httplib::Response& r) {
     const json j = {{"object", "list"},
-                    {"data", json::array({{{"id", sv.model_name},
-                                           {"object", "model"},
-                                           {"created", 0},
-                                           {"owned_by", "llama_infer"},
-                                           {"max_model_len", sv.max_seq_len}}})}};
+                    {"data", json::array({{{"id", sv.model_name}, {"object", "model"}, {"created", 0},
+                                           {"owned_by", "llama_infer"}, {"max_model_len", sv.max_seq_len}}})}};
     r.set_content(j.dump(), "application/json");
   });
-  http.Get("/health", [&](const httplib::Request&, httplib::Response& r) {
-    r.set_content("{\"status\":\"ok\"}", "application/json");
-  });
+  http.Get("/health", [&](const httplib::Request&, httplib::Response& r) { r.set_content("{\"status\":\"ok\"}", "application/json"); });
   http.Get("/metrics", [&](const httplib::Request&, httplib::Response& r) {
     r.set_content(sv.metrics.text(sv.sched->stats()), "text/plain; version=0.0.4");
   });
   http.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
     if (!r.body.empty()) return;
-    reply_error(r, server_error(r.status,
-                                r.status == 404 ? "no such endpoint: " + q.method + " " + q.path
-                                                : "request refused (HTTP " + std::to_string(r.status) + ")",
+    reply_error(r, server_error(r.status, r.status == 404 ? "no such endpoint: " + q.method + " " + q.path
+                                                          : "request refused (HTTP " + std::to_string(r.status) + ")",
                                 "invalid_request_error"));
   });
   http.set_exception_handler([](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
     reply_error(r, server_error(500, "internal error", "server_error"));
   });
 
-  const int port = FLAGS_port == 0 ? http.bind_to_any_port(FLAGS_host)
-                                   : (http.bind_to_port(FLAGS_host, FLAGS_port) ? FLAGS_port : -1);
+  const int port = FLAGS_port == 0 ? http.bind_to_any_port(FLAGS_host) : (http.bind_to_port(FLAGS_host, FLAGS_port) ? FLAGS_port : -1);
   if (port < 0) {
     sv.sched->shutdown();
     engine.join();
     return app::fail(1, "cannot listen on " + FLAGS_host + ":" + std::to_string(FLAGS_port));
   }
   const runtime::SchedulerStats st0 = sv.sched->stats();
-  std::fprintf(stderr,
-               "llama_server: listening on http://%s:%d (model %s, context %d, %d parallel, %d KV pages of %d)\n",
+  std::fprintf(stderr, "llama_server: listening on http://%s:%d (model %s, context %d, %d parallel, %d KV pages of %d)\n",
                FLAGS_host.c_str(), port, sv.model_name.c_str(), sv.max_seq_len, FLAGS_parallel,
                runner.pages().n_pages(), FLAGS_page_size);
   (void)st0;

@@ -54,11 +54,11 @@ std::string dir(const char* env, const char* fallback) {
 std::string gguf_dir() { return dir("KUIPER_GGUF_EXPORTS", KUIPER_GGUF_EXPORTS_DIR); }
 std::string bin_dir() { return dir("KUIPER_HF_EXPORTS", KUIPER_HF_EXPORTS_DIR); }
 
-#define SKIP_WITHOUT_GGUF()                                                                            \
-  do {                                                                                                 \
-    if (gguf_dir().empty())                                                                            \
+#define SKIP_WITHOUT_GGUF()                                                                          \
+  do {                                                                                               \
+    if (gguf_dir().empty())                                                                          \
       GTEST_SKIP() << "needs the files of test/export_gguf_fixtures.py in " << KUIPER_GGUF_EXPORTS_DIR \
-                   << " (CTest fixture gguf_exports: ../shared/models and the gguf package)";          \
+                   << " (CTest fixture gguf_exports: ../shared/models and the gguf package)";         \
   } while (0)
 
 std::string read_file(const std::string& path) {
@@ -140,8 +140,8 @@ TEST(GgufDequant, CudaMatchesGgufPackage) {
 }
 
 // y = x W^T against float64 with the package's dequantized W. 13 output rows, 512 inputs.
-std::vector<double> reference_product(const std::vector<float>& x, const std::vector<float>& wd, int64_t n, int64_t in,
-                                      int64_t out) {
+std::vector<double> reference_product(const std::vector<float>& x, const std::vector<float>& wd, int64_t n,
+                                      int64_t in, int64_t out) {
   std::vector<double> y(n * out);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t o = 0; o < out; ++o) {
@@ -189,39 +189,39 @@ TEST(GgufDequant, CudaMatmulMatchesFloat64) {
 #ifdef KUIPER_WITH_CUDA
   for (const char* type : kBlockTypes)
     for (bool padded : {false, true}) {
-      DequantCase c;
-      ASSERT_NO_FATAL_FAILURE(load_case(type, &c));
-      const ConstTensor w = block_tensor_to_gpu(c.w, padded);
-      const int64_t out = c.w.dim(0), in = c.w.dim(1);
-      for (DType act : {DType::kFp32, DType::kFp16, DType::kBf16}) {
-        // n 1..4: the GEMV (padded fp16 / bf16: the tensor cores'); 5 and 37: the prefill path
-        // (dequantized tiles and cuBLAS).
-        for (int64_t n : {1, 2, 3, 4, 5, 37}) {
-          SCOPED_TRACE(std::string(type) + (padded ? " padded" : "") + " act " + base::dtype_name(act) + " n " +
-                       std::to_string(n));
-          const Tensor x32 = testutil::random_cpu({n, in}, 29 + n);
-          const Tensor xa = testutil::to_dtype_cpu(x32, act);
-          const Tensor x = testutil::to_gpu(xa);
-          Tensor y;
-          ASSERT_TRUE(Tensor::create(act, {n, out}, base::CUDAAllocator::get(0), &y).ok());
-          ASSERT_TRUE(kernel::matmul(x, w, ConstTensor(), 0, y, nullptr).ok());
-          const Tensor xr = testutil::to_fp32_cpu(xa);  // the rounded activations the kernel saw
-          std::vector<float> xv(xr.ptr<float>(), xr.ptr<float>() + n * in);
-          // The prefill path rounds W to the activation dtype for the tensor cores, so its reference is
-          // the product with W rounded the same way. Left: fp32 summation order and the output's
-          // rounding (fp16 / bf16: ~1e-3 / 1e-2 of values of magnitude ~10).
-          const bool prefill = n > 4 && act != DType::kFp32;
-          std::vector<float> wr = c.ref;
-          if (prefill)
-            for (float& v : wr)
-              v = act == DType::kFp16 ? base::half_to_float(base::float_to_half(v))
-                                      : base::bf16_to_float(base::float_to_bf16(v));
-          const double tol = act == DType::kFp32 ? 1e-4 : act == DType::kFp16 ? 2e-2 : 1.5e-1;
-          EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), reference_product(xv, wr, n, in, out), tol,
-                                          act == DType::kFp32 ? 1e-4 : 1e-2));
-        }
+    DequantCase c;
+    ASSERT_NO_FATAL_FAILURE(load_case(type, &c));
+    const ConstTensor w = block_tensor_to_gpu(c.w, padded);
+    const int64_t out = c.w.dim(0), in = c.w.dim(1);
+    for (DType act : {DType::kFp32, DType::kFp16, DType::kBf16}) {
+      // n 1..4: the GEMV (padded fp16 / bf16: the tensor cores'); 5 and 37: the prefill path
+      // (dequantized tiles and cuBLAS).
+      for (int64_t n : {1, 2, 3, 4, 5, 37}) {
+        SCOPED_TRACE(std::string(type) + (padded ? " padded" : "") + " act " + base::dtype_name(act) + " n " +
+                     std::to_string(n));
+        const Tensor x32 = testutil::random_cpu({n, in}, 29 + n);
+        const Tensor xa = testutil::to_dtype_cpu(x32, act);
+        const Tensor x = testutil::to_gpu(xa);
+        Tensor y;
+        ASSERT_TRUE(Tensor::create(act, {n, out}, base::CUDAAllocator::get(0), &y).ok());
+        ASSERT_TRUE(kernel::matmul(x, w, ConstTensor(), 0, y, nullptr).ok());
+        const Tensor xr = testutil::to_fp32_cpu(xa);  // the rounded activations the kernel saw
+        std::vector<float> xv(xr.ptr<float>(), xr.ptr<float>() + n * in);
+        // The prefill path rounds W to the activation dtype for the tensor cores, so its reference is
+        // the product with W rounded the same way. Left: fp32 summation order and the output's
+        // rounding (fp16 / bf16: ~1e-3 / 1e-2 of values of magnitude ~10).
+        const bool prefill = n > 4 && act != DType::kFp32;
+        std::vector<float> wr = c.ref;
+        if (prefill)
+          for (float& v : wr)
+            v = act == DType::kFp16 ? base::half_to_float(base::float_to_half(v))
+                                    : base::bf16_to_float(base::float_to_bf16(v));
+        const double tol = act == DType::kFp32 ? 1e-4 : act == DType::kFp16 ? 2e-2 : 1.5e-1;
+        EXPECT_TRUE(testutil::all_close(testutil::to_fp32_cpu(y), reference_product(xv, wr, n, in, out), tol,
+                                        act == DType::kFp32 ? 1e-4 : 1e-2));
       }
     }
+  }
 #endif
 }
 
@@ -435,21 +435,12 @@ TEST(GgufModel, CpuMatchesExportAndTransformers) {
 // These random 2-layer models amplify weight error about 5x into the logits (int8 with group 64 does
 // the same in test_hf_fixtures); 4-bit weights have 8% weight error here (q4_k 7.7%, q6_k 1.9%, q8_0
 // 0.5%). The bounds on (b) are 1.5x the measurements: a regression, not a rounding, trips them.
-struct QuantCase {
-  const char* file;
-  const char* ref;
-  double bound;
-};
+struct QuantCase { const char* file; const char* ref; double bound; };
 const QuantCase kQuantCases[] = {
-    {"llama3_gqa.q8_0", "hf:llama3_gqa", 3.6e-2},
-    {"llama3_gqa.q4_0", "hf:llama3_gqa", 5.6e-1},
-    {"llama32_tied.q8_0", "hf:llama32_tied", 5.1e-2},
-    {"llama32_tied.q4_0", "hf:llama32_tied", 7.8e-1},
-    {"kq.q8_0", "kq.f32", 2.2e-2},
-    {"kq.q4_0", "kq.f32", 3.5e-1},
-    {"kq.q4_k", "kq.f32", 3.4e-1},
-    {"kq.q6_k", "kq.f32", 8.1e-2},
-    {"kq.q4_k_m", "kq.f32", 2.7e-1},
+    {"llama3_gqa.q8_0", "hf:llama3_gqa", 3.6e-2},   {"llama3_gqa.q4_0", "hf:llama3_gqa", 5.6e-1},
+    {"llama32_tied.q8_0", "hf:llama32_tied", 5.1e-2}, {"llama32_tied.q4_0", "hf:llama32_tied", 7.8e-1},
+    {"kq.q8_0", "kq.f32", 2.2e-2},  {"kq.q4_0", "kq.f32", 3.5e-1}, {"kq.q4_k", "kq.f32", 3.4e-1},
+    {"kq.q6_k", "kq.f32", 8.1e-2},  {"kq.q4_k_m", "kq.f32", 2.7e-1},
 };
 
 const std::vector<int32_t> kPrompt = {1, 37, 401, 89, 260, 15, 311, 452, 7, 198, 333, 64};  // the HF fixtures' ids
@@ -471,8 +462,8 @@ void expect_quantized_close(const model::ModelOptions& opts, const char* device,
     ASSERT_NO_FATAL_FAILURE(run_model(gguf_dir() + "/" + q.file + ".gguf", opts, kPrompt, &g));
     ASSERT_NO_FATAL_FAILURE(run_model(gguf_dir() + "/" + q.file + ".deq.gguf", model::ModelOptions{}, kPrompt, &d));
     const double vs_deq = worst(g, d.logits), err = worst(g, ref_logits), pre = rel_error(g.prefill, ref_logits.back());
-    std::printf("[%s] %-18s vs dequantized %.2e (prefill %.2e)  vs %-15s %.2e (prefill %.2e)\n", device, q.file, vs_deq,
-                rel_error(g.prefill, d.prefill), q.ref, err, pre);
+    std::printf("[%s] %-18s vs dequantized %.2e (prefill %.2e)  vs %-15s %.2e (prefill %.2e)\n", device, q.file,
+                vs_deq, rel_error(g.prefill, d.prefill), q.ref, err, pre);
     EXPECT_LE(vs_deq, deq_bound);
     EXPECT_LE(rel_error(g.prefill, d.prefill), deq_bound);
     EXPECT_LE(err, q.bound * scale);
@@ -539,18 +530,14 @@ TEST(GgufModel, CudaQuantizedLogitError) {
 // ---------------------------------------------------------------------------------------------------
 // Tokenizers and chat templates.
 
-struct TokCase {
-  const char* gguf;
-  const char* fixture;
-};
+struct TokCase { const char* gguf; const char* fixture; };
 
 TEST(GgufTokenizer, MatchesTheOriginalTokenizers) {
   SKIP_WITHOUT_GGUF();
   std::ifstream jf(testutil::source_dir() + "/test/fixtures/tokenizer_ids.json");
   const nlohmann::json j = nlohmann::json::parse(jf);
   const auto& strings = j["strings"];
-  for (const TokCase c :
-       {TokCase{"vocab.llama2", "llama2"}, TokCase{"vocab.llama3", "llama3"}, TokCase{"vocab.tok512", "tok512"}}) {
+  for (const TokCase c : {TokCase{"vocab.llama2", "llama2"}, TokCase{"vocab.llama3", "llama3"}, TokCase{"vocab.tok512", "tok512"}}) {
     SCOPED_TRACE(c.gguf);
     std::unique_ptr<model::ModelFile> f;
     base::Status s = model::ModelFile::open(gguf_dir() + "/" + c.gguf + ".gguf", &f);

@@ -77,10 +77,6 @@ def split_operands(args):
     return [t.strip() for t in re.split(r",(?![^{]*\})(?![^\[]*\])", args)] if args else []
 
 
-def base_op(op):
-    return op.split(".")[0]
-
-
 LINEAR_OPS = {"add", "sub", "mul", "shl", "neg"}
 
 
@@ -169,10 +165,10 @@ def effects_of(body):
             effects[digest(op, guard, tuple(number(t) for t in ops))] += 1
             continue
         dst, srcs = ops[0], [number(t) for t in ops[1:]]
-        if base_op(op) == "mov" and len(srcs) == 1 and not dst.startswith("{") and guard is None:
+        base = op.split(".")[0]
+        if base == "mov" and len(srcs) == 1 and not dst.startswith("{") and guard is None:
             value[dst] = srcs[0]  # a copy: the value itself
             continue
-        base = op.split(".")[0]
         if base in COMMUTATIVE and len(srcs) == 2:
             srcs.sort(key=repr)
         if base in ("fma", "mad") and len(srcs) == 3:

@@ -60,7 +60,8 @@ static __global__ void add_kernel(const T* a, const T* b, T* out, int64_t numel)
     for (int j = 0; j < N; ++j) fa[j] += fb[j];
     store_floats<T, N>(out + v * N, fa);
   }
-  for (int64_t i = n_vec * N + tid; i < numel; i += stride) out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+  for (int64_t i = n_vec * N + tid; i < numel; i += stride)
+    out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
 }
 
 // out = (To) in. in: Ti [numel]; out: To [numel].

@@ -6,10 +6,11 @@
 //    step, so the kernel must keep HBM busy, which needs many bytes in flight per SM (512 B per warp
 //    per unrolled load, 2 KiB with kGemvUnroll = 4, dozens of warps per SM). For fp16/bf16/fp32
 //    weights the first kGemvUnroll loads are issued before pdl_wait(), while the previous kernel is
-//    still finishing (no kernel of a step writes weights). On the fused Llama stacks this runs at 2.7-3.0 TB/s on an
-//    H100 (copy: 3.0 TB/s); a double-buffered variant measured slower (docs/perf_notes.md). int8 weights (W8A16) are
-//    dequantised in registers: the 16-weight dot product is accumulated unscaled and multiplied once by its group
-//    scale. Misaligned pointers or sizes fall back to a scalar GEMV with the same warp-per-row layout.
+//    still finishing (no kernel of a step writes weights). On the fused Llama stacks this runs at 2.7-3.0 TB/s on an H100 (copy:
+//    3.0 TB/s); a double-buffered variant measured slower (docs/perf_notes.md). int8 weights (W8A16)
+//    are dequantised in registers: the 16-weight dot product is accumulated unscaled and multiplied
+//    once by its group scale. Misaligned pointers or sizes fall back to a scalar GEMV with the same
+//    warp-per-row layout (gemv_scalar.cuh).
 //  - n_tokens > kGemvMaxTokens with float weights of the activation dtype: cuBLAS GemmEx, fp32 compute.
 //  - n_tokens > kGemvMaxTokens, int8 weights, fp16/bf16 activations (W8A16 prefill): a tensor-core GEMM
 //    (mma.sync m16n8k16, fp32 accumulation) that dequantises W on the way from shared memory to the
@@ -22,8 +23,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
-#include <memory>
 #include <string>
+#include <memory>
 #include <unordered_map>
 
 #include "kernels/cuda/cublas_gemm.h"
@@ -46,14 +47,14 @@ constexpr int kGemvUnroll = 4;     // 16-byte weight loads in flight per lane
 Status cublas_error(cublasStatus_t st, const char* stmt, const char* file, int line) {
   int dev = -1;
   cudaGetDevice(&dev);
-  return {base::StatusCode::kCudaError, std::string("cuBLAS error '") + cublasGetStatusString(st) + "' in " + stmt +
-                                            " at " + file + ":" + std::to_string(line) + " (device " +
+  return {base::StatusCode::kCudaError, std::string("cuBLAS error '") + cublasGetStatusString(st) + "' in " +
+                                            stmt + " at " + file + ":" + std::to_string(line) + " (device " +
                                             std::to_string(dev) + ")"};
 }
 
-#define CUBLAS_CHECK(stmt)                                                                       \
-  do {                                                                                           \
-    cublasStatus_t kp_st_ = (stmt);                                                              \
+#define CUBLAS_CHECK(stmt)                                                                 \
+  do {                                                                                     \
+    cublasStatus_t kp_st_ = (stmt);                                                        \
     if (kp_st_ != CUBLAS_STATUS_SUCCESS) return cublas_error(kp_st_, #stmt, __FILE__, __LINE__); \
   } while (0)
 
@@ -101,20 +102,10 @@ Status cublas_handle(int device, cublasHandle_t* out) {
   return Status::Ok();
 }
 
-template <typename T>
-constexpr cudaDataType_t cuda_dtype();
-template <>
-constexpr cudaDataType_t cuda_dtype<float>() {
-  return CUDA_R_32F;
-}
-template <>
-constexpr cudaDataType_t cuda_dtype<__half>() {
-  return CUDA_R_16F;
-}
-template <>
-constexpr cudaDataType_t cuda_dtype<__nv_bfloat16>() {
-  return CUDA_R_16BF;
-}
+template <typename T> constexpr cudaDataType_t cuda_dtype();
+template <> constexpr cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
+template <> constexpr cudaDataType_t cuda_dtype<__half>() { return CUDA_R_16F; }
+template <> constexpr cudaDataType_t cuda_dtype<__nv_bfloat16>() { return CUDA_R_16BF; }
 
 // ---------------------------------------------------------------------------------------------------
 // Kernels.
@@ -132,8 +123,8 @@ constexpr cudaDataType_t cuda_dtype<__nv_bfloat16>() {
 // first, as the separate swiglu kernel would read them).
 template <typename T, typename WT, int NT, bool kSwiglu = false>
 static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
-    gemv_vec_kernel(const T* __restrict__ x, const WT* __restrict__ w, const float* __restrict__ scales, int group_size,
-                    T* __restrict__ y, int in, int out) {
+    gemv_vec_kernel(const T* __restrict__ x, const WT* __restrict__ w, const float* __restrict__ scales,
+                    int group_size, T* __restrict__ y, int in, int out) {
   constexpr int kW = kVec16<WT>;  // weights per 16-byte load
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
   constexpr int kStep = kGemvUnroll * kWarpSize;  // chunks per step of the warp
@@ -142,8 +133,8 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
   const int hidden = out / 2;
   const int j = blockIdx.x * kHalf + warp % kHalf;  // kSwiglu: the feature of this warp
   const bool row_ok = kSwiglu ? j < hidden : blockIdx.x * kGemvWarps + warp < out;
-  const int o =
-      kSwiglu ? (warp < kHalf ? 0 : hidden) + (row_ok ? j : 0) : (row_ok ? blockIdx.x * kGemvWarps + warp : 0);
+  const int o = kSwiglu ? (warp < kHalf ? 0 : hidden) + (row_ok ? j : 0)
+                        : (row_ok ? blockIdx.x * kGemvWarps + warp : 0);
   const WT* wrow = w + (int64_t)o * in;
   const int n_chunks = in / kW;
 
@@ -230,9 +221,9 @@ static __global__ void __launch_bounds__(kGemvWarps* kWarpSize)
   });
 }
 
-constexpr int kTileM = 64;         // tokens per block
-constexpr int kTileN = 64;         // output features per block
-constexpr int kTileK = 32;         // input features per shared-memory stage
+constexpr int kTileM = 64;  // tokens per block
+constexpr int kTileN = 64;  // output features per block
+constexpr int kTileK = 32;  // input features per shared-memory stage
 constexpr int kTileThreads = 256;  // 16 x 16 threads, each computing a 4 x 4 patch of y
 static_assert(kTileM == kTileN && kTileM == 4 * 16, "the tile loader and the 4 x 4 patches assume this");
 
@@ -307,22 +298,21 @@ static __global__ void __launch_bounds__(kTileThreads)
 // Shared-memory row strides: W rows are kMmaK + 32 bytes (40 words = 8 mod 32: the 8-byte loads of
 // rows g = 0..3 and t = 0..3 in one half-warp hit distinct banks), x rows are 2 kMmaK + 64 bytes (80
 // words = 16 mod 32: the 16-byte loads of a quarter-warp hit distinct banks).
-constexpr int kMmaRows = 32;  // output features per block: two m16 tiles
-constexpr int kMmaK = 128;    // k per pipeline stage
+constexpr int kMmaRows = 32;                   // output features per block: two m16 tiles
+constexpr int kMmaK = 128;                     // k per pipeline stage
 constexpr int kMmaWarps = 4;
-constexpr int kMmaSlice = kMmaK / kMmaWarps;  // 32: k per warp per stage; one group scale per slice
-constexpr int kMmaWStride = kMmaK + 32;       // bytes
-constexpr int kMmaXStride = 2 * kMmaK + 64;   // bytes
+constexpr int kMmaSlice = kMmaK / kMmaWarps;   // 32: k per warp per stage; one group scale per slice
+constexpr int kMmaWStride = kMmaK + 32;        // bytes
+constexpr int kMmaXStride = 2 * kMmaK + 64;    // bytes
 
-template <int kTok, int kStages>
-struct MmaLayout {
+template <int kTok, int kStages> struct MmaLayout {
   static constexpr int kWBytes = kMmaRows * kMmaWStride;
   static constexpr int kXBytes = kTok * kMmaXStride;
   static constexpr int kSBytes = kMmaRows * kMmaWarps * 4;  // fp32 scale per (row, warp slice)
   static constexpr int kStageBytes = kWBytes + kXBytes + kSBytes;
   static constexpr int kRedStride = kTok + 1;  // floats per row of the final reduction buffer
   static constexpr int kRedBytes = kMmaWarps * kMmaRows * kRedStride * 4;
-  static constexpr int kSmemBytes = kStages * kStageBytes > kRedBytes ? kStages* kStageBytes : kRedBytes;
+  static constexpr int kSmemBytes = kStages * kStageBytes > kRedBytes ? kStages * kStageBytes : kRedBytes;
   static_assert(kStageBytes % 16 == 0, "stages must keep 16-byte alignment");
 };
 
@@ -370,7 +360,8 @@ static __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
     for (int e = tid; e < kMmaRows * kMmaWarps; e += kThreads) {
       const int r = e / kMmaWarps, j = e % kMmaWarps;
       const bool ok = o0 + r < out;
-      cp_async4(ss + e, ok ? scales + (int64_t)(o0 + r) * n_groups + (k0 + j * kMmaSlice) / group_size : scales, ok);
+      cp_async4(ss + e, ok ? scales + (int64_t)(o0 + r) * n_groups + (k0 + j * kMmaSlice) / group_size : scales,
+                ok);
     }
   };
 
@@ -456,6 +447,7 @@ static __global__ void __launch_bounds__(kMmaWarps* kWarpSize)
   }
 }
 
+
 // int8 GEMV on the tensor cores (decode: n <= kGemvMaxTokens, fp16/bf16 activations, in % 64 == 0,
 // group_size % 64 == 0). Why: the warp-per-row GEMV spends ~3 instructions per int8 weight (convert,
 // widen x, FMA), and its int8 -> fp32 conversions alone, at 16 per clock per SM, cap it at ~4.2 TB/s on
@@ -488,8 +480,8 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
   // Rows past the end are clamped to the last one: loaded, never stored.
   const int ra = kSwiglu ? min(o0 + g, hidden - 1) : min(o0 + g, out - 1);
   const int rb = kSwiglu ? hidden + ra : min(o0 + g + 8, out - 1);
-  const int8_t* wa = w + (int64_t)ra * in + 16 * t;  // int8 [in] of row g, this lane's 16 bytes
-  const int8_t* wb = w + (int64_t)rb * in + 16 * t;  // int8 [in] of row g + 8
+  const int8_t* wa = w + (int64_t)ra * in + 16 * t;                     // int8 [in] of row g, this lane's 16 bytes
+  const int8_t* wb = w + (int64_t)rb * in + 16 * t;                     // int8 [in] of row g + 8
   const int n_steps = in / 64, n_groups = in / group_size;
   const float* sa = scales + (int64_t)ra * n_groups;  // fp32 [n_groups] of row g
   const float* sb = scales + (int64_t)rb * n_groups;
@@ -567,8 +559,7 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
   if constexpr (kSwiglu) {
     for (int e = threadIdx.x; e < (kQRows / 2) * NT; e += kWarps * kWarpSize) {
       const int r = e % (kQRows / 2), n = e / (kQRows / 2);
-      if (o0 + r < hidden)
-        y[(int64_t)n * hidden + o0 + r] = from_float<T>(swiglu_of<T>(row_sum(r, n), row_sum(r + 8, n)));
+      if (o0 + r < hidden) y[(int64_t)n * hidden + o0 + r] = from_float<T>(swiglu_of<T>(row_sum(r, n), row_sum(r + 8, n)));
     }
   } else {
     for (int e = threadIdx.x; e < kQRows * NT; e += kWarps * kWarpSize) {
@@ -581,13 +572,12 @@ static __global__ void __launch_bounds__(kWarps* kWarpSize)
 // ---------------------------------------------------------------------------------------------------
 // Launchers.
 
-template <typename T, typename WT>
-struct MatmulArgs {
-  const T* x;           // [n, in]
-  const WT* w;          // [out, in]
-  const float* scales;  // fp32 [out, in / group_size] for int8, else nullptr
-  int group_size;       // int8 only (1 otherwise)
-  T* y;                 // [n, out]
+template <typename T, typename WT> struct MatmulArgs {
+  const T* x;             // [n, in]
+  const WT* w;            // [out, in]
+  const float* scales;    // fp32 [out, in / group_size] for int8, else nullptr
+  int group_size;         // int8 only (1 otherwise)
+  T* y;                   // [n, out]
   int n, in, out;
 };
 
@@ -603,8 +593,7 @@ Int8Gemv int8_gemv_choice() {
 }
 
 // Blocks of gemv_int8_mma_kernel<T, NT, kWarps, S> resident on the whole GPU at once (computed once).
-template <typename T, int NT, int kWarps, bool S>
-int int8_mma_resident_blocks() {
+template <typename T, int NT, int kWarps, bool S> int int8_mma_resident_blocks() {
   static const int blocks = [] {
     int per_sm = 0, dev = 0, sms = 0;
     cudaGetDevice(&dev);
@@ -620,8 +609,7 @@ int int8_mma_resident_blocks() {
 // partly full leaves most SMs idle at the end: the Llama-3-70B w2 (8192 x 28672, 512 blocks) ran 1.3
 // waves of 8-warp blocks at 71% of the copy bandwidth. Take the block size whose last wave is fullest
 // (fewer warps: more blocks resident), preferring more warps (more bytes in flight per row) on ties.
-template <typename T, int NT, bool S>
-int int8_mma_warps(int64_t blocks) {
+template <typename T, int NT, bool S> int int8_mma_warps(int64_t blocks) {
   static const int pinned = [] {
     const char* e = std::getenv("KUIPER_INT8_GEMV_WARPS");
     return e != nullptr ? std::atoi(e) : 0;
@@ -645,48 +633,34 @@ Status launch_gemv_int8_mma_nt(const MatmulArgs<T, int8_t>& a, cudaStream_t stre
   const int64_t blocks = S ? ceil_div(a.out / 2, kQRows / 2) : ceil_div(a.out, kQRows);
   const dim3 grid((unsigned)blocks);
   switch (int8_mma_warps<T, NT, S>(blocks)) {
-    case 2:
-      return launch_kernel(gemv_int8_mma_kernel<T, NT, 2, S>, grid, 2 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales,
-                           a.group_size, a.y, a.in, a.out);
-    case 4:
-      return launch_kernel(gemv_int8_mma_kernel<T, NT, 4, S>, grid, 4 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales,
-                           a.group_size, a.y, a.in, a.out);
-    default:
-      return launch_kernel(gemv_int8_mma_kernel<T, NT, 8, S>, grid, 8 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales,
-                           a.group_size, a.y, a.in, a.out);
+    case 2: return launch_kernel(gemv_int8_mma_kernel<T, NT, 2, S>, grid, 2 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 4: return launch_kernel(gemv_int8_mma_kernel<T, NT, 4, S>, grid, 4 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    default: return launch_kernel(gemv_int8_mma_kernel<T, NT, 8, S>, grid, 8 * kWarpSize, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
   }
 }
 
-template <typename T, bool S>
-Status launch_gemv_int8_mma(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
+template <typename T, bool S> Status launch_gemv_int8_mma(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
   switch (a.n) {
-    case 1:
-      return launch_gemv_int8_mma_nt<T, 1, S>(a, stream);
-    case 2:
-      return launch_gemv_int8_mma_nt<T, 2, S>(a, stream);
-    case 3:
-      return launch_gemv_int8_mma_nt<T, 3, S>(a, stream);
-    case 4:
-      return launch_gemv_int8_mma_nt<T, 4, S>(a, stream);
-    default:
-      return base::Internal("matmul: int8 GEMV called with " + std::to_string(a.n) + " tokens");
+    case 1: return launch_gemv_int8_mma_nt<T, 1, S>(a, stream);
+    case 2: return launch_gemv_int8_mma_nt<T, 2, S>(a, stream);
+    case 3: return launch_gemv_int8_mma_nt<T, 3, S>(a, stream);
+    case 4: return launch_gemv_int8_mma_nt<T, 4, S>(a, stream);
+    default: return base::Internal("matmul: int8 GEMV called with " + std::to_string(a.n) + " tokens");
   }
 }
 
 // True when the tensor-core int8 GEMV takes these arguments (see gemv_int8_mma_kernel).
-template <typename T, typename WT>
-bool int8_gemv_mma_ok(const MatmulArgs<T, WT>& a) {
+template <typename T, typename WT> bool int8_gemv_mma_ok(const MatmulArgs<T, WT>& a) {
   if constexpr (!std::is_same_v<WT, int8_t> || std::is_same_v<T, float>) {
     return false;
   } else {
-    return int8_gemv_choice() != Int8Gemv::kVec && a.in % 64 == 0 && a.group_size % 64 == 0 && is_aligned(a.x, 16) &&
-           is_aligned(a.w, 16);
+    return int8_gemv_choice() != Int8Gemv::kVec && a.in % 64 == 0 && a.group_size % 64 == 0 &&
+           is_aligned(a.x, 16) && is_aligned(a.w, 16);
   }
 }
 
 // True when the vector GEMV takes these arguments (else the scalar one).
-template <typename T, typename WT>
-bool gemv_vec_ok(const MatmulArgs<T, WT>& a) {
+template <typename T, typename WT> bool gemv_vec_ok(const MatmulArgs<T, WT>& a) {
   constexpr int kW = kVec16<WT>;
   return a.in % kW == 0 && is_aligned(a.x, 16) && is_aligned(a.w, 16) &&
          (!std::is_same_v<WT, int8_t> || a.group_size % kW == 0);
@@ -694,8 +668,7 @@ bool gemv_vec_ok(const MatmulArgs<T, WT>& a) {
 
 // S (swiglu): see gemv_vec_kernel / gemv_int8_mma_kernel; a.out is then 2 hidden, and the caller has
 // checked gemv_fusable().
-template <typename T, typename WT, bool S = false>
-Status launch_gemv(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
+template <typename T, typename WT, bool S = false> Status launch_gemv(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
   if constexpr (std::is_same_v<WT, int8_t> && !std::is_same_v<T, float>) {
     if (int8_gemv_mma_ok(a)) return launch_gemv_int8_mma<T, S>(a, stream);
   }
@@ -707,25 +680,15 @@ Status launch_gemv(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
                          a.n, a.in, a.out);
   }
   switch (a.n) {
-    case 1:
-      return launch_kernel(gemv_vec_kernel<T, WT, 1, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size,
-                           a.y, a.in, a.out);
-    case 2:
-      return launch_kernel(gemv_vec_kernel<T, WT, 2, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size,
-                           a.y, a.in, a.out);
-    case 3:
-      return launch_kernel(gemv_vec_kernel<T, WT, 3, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size,
-                           a.y, a.in, a.out);
-    case 4:
-      return launch_kernel(gemv_vec_kernel<T, WT, 4, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size,
-                           a.y, a.in, a.out);
-    default:
-      return base::Internal("matmul: GEMV called with " + std::to_string(a.n) + " tokens");
+    case 1: return launch_kernel(gemv_vec_kernel<T, WT, 1, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 2: return launch_kernel(gemv_vec_kernel<T, WT, 2, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 3: return launch_kernel(gemv_vec_kernel<T, WT, 3, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    case 4: return launch_kernel(gemv_vec_kernel<T, WT, 4, S>, grid, block, 0, stream, 1, a.x, a.w, a.scales, a.group_size, a.y, a.in, a.out);
+    default: return base::Internal("matmul: GEMV called with " + std::to_string(a.n) + " tokens");
   }
 }
 
-template <typename T, typename WT>
-Status launch_gemm_tiled(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
+template <typename T, typename WT> Status launch_gemm_tiled(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
   const int64_t m_blocks = ceil_div(a.n, kTileM);
   KP_CHECK_ARG(m_blocks <= 65535, "matmul: " + std::to_string(a.n) + " tokens exceed the tiled GEMM grid");
   const dim3 grid((unsigned)ceil_div(a.out, kTileN), (unsigned)m_blocks);
@@ -734,9 +697,8 @@ Status launch_gemm_tiled(const MatmulArgs<T, WT>& a, cudaStream_t stream) {
 }
 
 // True when the W8A16 tensor-core GEMM takes these arguments (see gemm_int8_mma_kernel).
-template <typename T>
-bool int8_mma_ok(const MatmulArgs<T, int8_t>& a) {
-  return (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>)&&a.in % kMmaK == 0 &&
+template <typename T> bool int8_mma_ok(const MatmulArgs<T, int8_t>& a) {
+  return (std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>) && a.in % kMmaK == 0 &&
          a.group_size % kMmaSlice == 0 && is_aligned(a.x, 16) && is_aligned(a.w, 16);
 }
 
@@ -754,8 +716,7 @@ Status launch_gemm_int8_mma_tiles(const MatmulArgs<T, int8_t>& a, cudaStream_t s
 
 // Token tile: 16 for short prompts (one tile, a 6-deep pipeline of W to keep HBM busy: this case is
 // bound by reading the weights once), 64 beyond (W is then re-read once per 64 tokens).
-template <typename T>
-Status launch_gemm_int8_mma(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
+template <typename T> Status launch_gemm_int8_mma(const MatmulArgs<T, int8_t>& a, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, float>) {
     return base::Internal("matmul: no int8 tensor-core GEMM for fp32 activations");
   } else {
@@ -804,14 +765,9 @@ template <typename T, typename WT>
 Status matmul_swiglu_typed(const Tensor& x, const ConstTensor& w13, const ConstTensor& scales, int group_size,
                            Tensor& out, cudaStream_t stream, bool* fused) {
   constexpr bool kInt8 = std::is_same_v<WT, int8_t>;
-  MatmulArgs<T, WT> a{static_cast<const T*>(x.data()),
-                      static_cast<const WT*>(w13.data()),
-                      kInt8 ? scales.ptr<float>() : nullptr,
-                      kInt8 ? group_size : 1,
-                      static_cast<T*>(out.data()),
-                      (int)x.dim(0),
-                      (int)x.dim(1),
-                      (int)w13.dim(0)};
+  MatmulArgs<T, WT> a{static_cast<const T*>(x.data()), static_cast<const WT*>(w13.data()),
+                      kInt8 ? scales.ptr<float>() : nullptr, kInt8 ? group_size : 1, static_cast<T*>(out.data()),
+                      (int)x.dim(0), (int)x.dim(1), (int)w13.dim(0)};
   *fused = a.n <= kGemvMaxTokens && (int8_gemv_mma_ok(a) || gemv_vec_ok(a));
   return *fused ? launch_gemv<T, WT, true>(a, stream) : Status::Ok();
 }
@@ -825,16 +781,12 @@ Status matmul_swiglu_fused(const Tensor& x, const ConstTensor& w13, const ConstT
   return dispatch_float(x.dtype(), "matmul_swiglu", [&](auto tag) -> Status {
     using T = typename decltype(tag)::type;
     switch (w13.dtype()) {
-      case base::DType::kFp32:
-        return matmul_swiglu_typed<T, float>(x, w13, scales, group_size, out, stream, fused);
-      case base::DType::kFp16:
-        return matmul_swiglu_typed<T, __half>(x, w13, scales, group_size, out, stream, fused);
+      case base::DType::kFp32: return matmul_swiglu_typed<T, float>(x, w13, scales, group_size, out, stream, fused);
+      case base::DType::kFp16: return matmul_swiglu_typed<T, __half>(x, w13, scales, group_size, out, stream, fused);
       case base::DType::kBf16:
         return matmul_swiglu_typed<T, __nv_bfloat16>(x, w13, scales, group_size, out, stream, fused);
-      case base::DType::kInt8:
-        return matmul_swiglu_typed<T, int8_t>(x, w13, scales, group_size, out, stream, fused);
-      default:  // the GGUF block types
-        return quant_gemv_mma_swiglu_fused(x, w13, out, stream, fused);
+      case base::DType::kInt8: return matmul_swiglu_typed<T, int8_t>(x, w13, scales, group_size, out, stream, fused);
+      default: return quant_gemv_mma_swiglu_fused(x, w13, out, stream, fused);  // the GGUF block types
     }
   });
 }
@@ -846,14 +798,13 @@ Status cublas_gemm_nt(const T* x, const T* w, T* y, int n, int in, int rows, int
   const float alpha = 1.f, beta = 0.f;
   // As launch_cublas: y^T [rows, n] (column-major, ld ldy) = W (as [in, rows] column-major)^T x^T.
   CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, in, &alpha, w, cuda_dtype<T>(), in, x,
-                            cuda_dtype<T>(), in, &beta, y, cuda_dtype<T>(), ldy, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT));
+                            cuda_dtype<T>(), in, &beta, y, cuda_dtype<T>(), ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return Status::Ok();
 }
 template Status cublas_gemm_nt<float>(const float*, const float*, float*, int, int, int, int, int, cudaStream_t);
 template Status cublas_gemm_nt<__half>(const __half*, const __half*, __half*, int, int, int, int, int, cudaStream_t);
-template Status cublas_gemm_nt<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int, int,
-                                              int, int, cudaStream_t);
+template Status cublas_gemm_nt<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, int, int,
+                                              int, int, int, cudaStream_t);
 
 Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& scales, int group_size, Tensor& y,
               cudaStream_t stream) {
@@ -864,14 +815,10 @@ Status matmul(const Tensor& x, const ConstTensor& weight, const ConstTensor& sca
   return dispatch_float(x.dtype(), "matmul", [&](auto tag) -> Status {
     using T = typename decltype(tag)::type;
     switch (weight.dtype()) {
-      case base::DType::kFp32:
-        return matmul_typed<T, float>(x, weight, scales, group_size, y, stream);
-      case base::DType::kFp16:
-        return matmul_typed<T, __half>(x, weight, scales, group_size, y, stream);
-      case base::DType::kBf16:
-        return matmul_typed<T, __nv_bfloat16>(x, weight, scales, group_size, y, stream);
-      case base::DType::kInt8:
-        return matmul_typed<T, int8_t>(x, weight, scales, group_size, y, stream);
+      case base::DType::kFp32: return matmul_typed<T, float>(x, weight, scales, group_size, y, stream);
+      case base::DType::kFp16: return matmul_typed<T, __half>(x, weight, scales, group_size, y, stream);
+      case base::DType::kBf16: return matmul_typed<T, __nv_bfloat16>(x, weight, scales, group_size, y, stream);
+      case base::DType::kInt8: return matmul_typed<T, int8_t>(x, weight, scales, group_size, y, stream);
       default:
         return base::InvalidArgument(std::string("matmul: unsupported weight dtype ") +
                                      base::dtype_name(weight.dtype()));

@@ -40,36 +40,22 @@ using base::DType;
 namespace q = kernel::quant;
 
 constexpr int kQuantGemvMaxTokens = 4;
-constexpr int kQuantWarps = 4;     // rows (warps) per block
-constexpr int kTileValues = 2048;  // values of a row per shared-memory tile (64 per lane)
+constexpr int kQuantWarps = 4;          // rows (warps) per block
+constexpr int kTileValues = 2048;       // values of a row per shared-memory tile (64 per lane)
 constexpr size_t kPrefillScratchBytes = 32u << 20;
 
 // Compile-time facts of each block type.
-template <DType QT>
-struct Block;
-template <>
-struct Block<DType::kQ8_0> {
-  static constexpr int kElems = 32, kBytes = 34, kUnit = 32;
-};
-template <>
-struct Block<DType::kQ4_0> {
-  static constexpr int kElems = 32, kBytes = 18, kUnit = 32;
-};
-template <>
-struct Block<DType::kQ4_K> {
-  static constexpr int kElems = 256, kBytes = 144, kUnit = 64;
-};
-template <>
-struct Block<DType::kQ6_K> {
-  static constexpr int kElems = 256, kBytes = 210, kUnit = 64;
-};
+template <DType QT> struct Block;
+template <> struct Block<DType::kQ8_0> { static constexpr int kElems = 32, kBytes = 34, kUnit = 32; };
+template <> struct Block<DType::kQ4_0> { static constexpr int kElems = 32, kBytes = 18, kUnit = 32; };
+template <> struct Block<DType::kQ4_K> { static constexpr int kElems = 256, kBytes = 144, kUnit = 64; };
+template <> struct Block<DType::kQ6_K> { static constexpr int kElems = 256, kBytes = 210, kUnit = 64; };
 
-template <DType QT>
-struct Tile {
+template <DType QT> struct Tile {
   static constexpr int kBlocks = kTileValues / Block<QT>::kElems;
-  static constexpr int kBytes = kBlocks * Block<QT>::kBytes;          // a multiple of 16 for every type
-  static constexpr int kWords = kBytes / 16 + 1;                      // the aligned window: one word more
-  static constexpr int kRegs = (kWords + kWarpSize - 1) / kWarpSize;  // uint4 per lane per tile
+  static constexpr int kBytes = kBlocks * Block<QT>::kBytes;        // a multiple of 16 for every type
+  static constexpr int kWords = kBytes / 16 + 1;                     // the aligned window: one word more
+  static constexpr int kRegs = (kWords + kWarpSize - 1) / kWarpSize; // uint4 per lane per tile
   static_assert(kBytes % 16 == 0, "tiles keep the row's 16-byte phase");
 };
 
@@ -84,10 +70,7 @@ __device__ __forceinline__ uint32_t ld32(const uint8_t* p) {
 __device__ __forceinline__ int byte_of(uint32_t w, int j) { return (w >> (8 * j)) & 0xFF; }
 
 // Eight activations of token row x starting at value k (k a multiple of 8, x 16-byte aligned).
-template <typename T>
-__device__ __forceinline__ void load8(const T* x, float (&f)[8]) {
-  load_floats<T, 8>(x, f);
-}
+template <typename T> __device__ __forceinline__ void load8(const T* x, float (&f)[8]) { load_floats<T, 8>(x, f); }
 
 // acc[t] += this lane's unit `u` of the tile at `tile` (shared memory, `shift` bytes into the window)
 // dotted with the tokens' values from `x0` (the tile's first value in token row 0; rows `in` apart).
@@ -112,11 +95,8 @@ __device__ __forceinline__ void unit_dot(const uint8_t* tile, int u, const T* x0
         for (int j = 0; j < 8; ++j) {
           const int i = k + j;
           float qv;
-          if constexpr (QT == DType::kQ8_0)
-            qv = (float)(int8_t)byte_of(w[i / 4], i % 4);
-          else
-            qv = (float)((i < 16 ? (byte_of(w[(i % 16) / 4], i % 4) & 0xF) : (byte_of(w[(i % 16) / 4], i % 4) >> 4)) -
-                         8);
+          if constexpr (QT == DType::kQ8_0) qv = (float)(int8_t)byte_of(w[i / 4], i % 4);
+          else qv = (float)((i < 16 ? (byte_of(w[(i % 16) / 4], i % 4) & 0xF) : (byte_of(w[(i % 16) / 4], i % 4) >> 4)) - 8);
           s = fmaf(qv, xf[j], s);
         }
       }
@@ -128,8 +108,7 @@ __device__ __forceinline__ void unit_dot(const uint8_t* tile, int u, const T* x0
     const float d = q::fp16(blk), dmin = q::fp16(blk + 2);
     // The 12 scale bytes as three words; bytes picked by selects and shifts, so that they stay in
     // registers (an indexed local array would go to the stack).
-    const uint32_t s0 = ld32(blk + q::kQ4_KScales), s1 = ld32(blk + q::kQ4_KScales + 4),
-                   s2 = ld32(blk + q::kQ4_KScales + 8);
+    const uint32_t s0 = ld32(blk + q::kQ4_KScales), s1 = ld32(blk + q::kQ4_KScales + 4), s2 = ld32(blk + q::kQ4_KScales + 8);
     auto sb = [&](int k) { return byte_of(k < 4 ? s0 : (k < 8 ? s1 : s2), k % 4); };
     auto scale_min = [&](int j, int* sc, int* m) {  // q4k_scale_min on the words
       if (j < 4) {
@@ -280,8 +259,9 @@ static __global__ void __launch_bounds__(kQuantWarps* kWarpSize)
   pdl_trigger();
   gemv_scalar_rows<kQuantWarps, kQuantGemvMaxTokens>(x, y, n, in, out, [&](int o) {
     const uint8_t* row = w + (int64_t)o * row_bytes;
-    return
-        [=](int k) { return q::value<QT>(row + (k / Block<QT>::kElems) * Block<QT>::kBytes, k % Block<QT>::kElems); };
+    return [=](int k) {
+      return q::value<QT>(row + (k / Block<QT>::kElems) * Block<QT>::kBytes, k % Block<QT>::kElems);
+    };
   });
 }
 
@@ -297,38 +277,27 @@ static __global__ void dequantize_kernel(const uint8_t* __restrict__ w, To* __re
     const int64_t r = e / cols, c = e - r * cols;
     const uint8_t* row = w + r * row_bytes;
     float v;
-    if constexpr (QT == DType::kFp32)
-      v = reinterpret_cast<const float*>(row)[c];
-    else if constexpr (QT == DType::kFp16)
-      v = __half2float(reinterpret_cast<const __half*>(row)[c]);
-    else if constexpr (QT == DType::kBf16)
-      v = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row)[c]);
-    else
-      v = q::value<QT>(row + (c / Block<QT>::kElems) * Block<QT>::kBytes, (int)(c % Block<QT>::kElems));
+    if constexpr (QT == DType::kFp32) v = reinterpret_cast<const float*>(row)[c];
+    else if constexpr (QT == DType::kFp16) v = __half2float(reinterpret_cast<const __half*>(row)[c]);
+    else if constexpr (QT == DType::kBf16) v = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(row)[c]);
+    else v = q::value<QT>(row + (c / Block<QT>::kElems) * Block<QT>::kBytes, (int)(c % Block<QT>::kElems));
     out[e] = from_float<To>(v);
   }
 }
 
 // Calls f(std::integral_constant<DType, QT>) for the block type of `t`.
-template <typename F>
-Status dispatch_block(DType t, const char* op, F&& f) {
+template <typename F> Status dispatch_block(DType t, const char* op, F&& f) {
   switch (t) {
-    case DType::kQ8_0:
-      return f(std::integral_constant<DType, DType::kQ8_0>{});
-    case DType::kQ4_0:
-      return f(std::integral_constant<DType, DType::kQ4_0>{});
-    case DType::kQ4_K:
-      return f(std::integral_constant<DType, DType::kQ4_K>{});
-    case DType::kQ6_K:
-      return f(std::integral_constant<DType, DType::kQ6_K>{});
-    default:
-      return base::InvalidArgument(std::string(op) + ": not a block type: " + base::dtype_name(t));
+    case DType::kQ8_0: return f(std::integral_constant<DType, DType::kQ8_0>{});
+    case DType::kQ4_0: return f(std::integral_constant<DType, DType::kQ4_0>{});
+    case DType::kQ4_K: return f(std::integral_constant<DType, DType::kQ4_K>{});
+    case DType::kQ6_K: return f(std::integral_constant<DType, DType::kQ6_K>{});
+    default: return base::InvalidArgument(std::string(op) + ": not a block type: " + base::dtype_name(t));
   }
 }
 
 template <DType QT, typename To>
-Status launch_dequantize(const uint8_t* w, To* out, int64_t rows, int64_t cols, int64_t row_bytes,
-                         cudaStream_t stream) {
+Status launch_dequantize(const uint8_t* w, To* out, int64_t rows, int64_t cols, int64_t row_bytes, cudaStream_t stream) {
   constexpr int kThreads = 256;
   return launch_kernel(dequantize_kernel<QT, To>, grid_for(rows * cols, kThreads), kThreads, 0, stream, 1, w, out, rows,
                        cols, row_bytes);
@@ -379,17 +348,12 @@ Status matmul_quant_typed(const Tensor& x, const ConstTensor& weight, Tensor& y,
     const uint64_t room = weight.buffer()->size() - weight.byte_offset();
     const bool vec = is_aligned(wp, 16) && is_aligned(xp, 16) && room >= (weight.nbytes() + 15) / 16 * 16;
     if (!vec)
-      return launch_kernel(gemv_quant_scalar_kernel<QT, T>, grid, block, 0, stream, 1, xp, wp, yp, n, in, out,
-                           row_bytes);
+      return launch_kernel(gemv_quant_scalar_kernel<QT, T>, grid, block, 0, stream, 1, xp, wp, yp, n, in, out, row_bytes);
     switch (n) {
-      case 1:
-        return launch_kernel(gemv_quant_kernel<QT, T, 1>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
-      case 2:
-        return launch_kernel(gemv_quant_kernel<QT, T, 2>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
-      case 3:
-        return launch_kernel(gemv_quant_kernel<QT, T, 3>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
-      default:
-        return launch_kernel(gemv_quant_kernel<QT, T, 4>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
+      case 1: return launch_kernel(gemv_quant_kernel<QT, T, 1>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
+      case 2: return launch_kernel(gemv_quant_kernel<QT, T, 2>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
+      case 3: return launch_kernel(gemv_quant_kernel<QT, T, 3>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
+      default: return launch_kernel(gemv_quant_kernel<QT, T, 4>, grid, block, 0, stream, 1, xp, wp, yp, in, out, row_bytes);
     }
   }
   // Prefill: chunks of rows dequantized into the scratch (as T), each multiplied by cuBLAS into its
@@ -426,12 +390,9 @@ Status dequantize(const ConstTensor& weight, Tensor& out, cudaStream_t stream) {
   const uint8_t* w = static_cast<const uint8_t*>(weight.data());
   float* o = out.ptr<float>();
   switch (weight.dtype()) {
-    case DType::kFp32:
-      return launch_dequantize<DType::kFp32, float>(w, o, rows, cols, row_bytes, stream);
-    case DType::kFp16:
-      return launch_dequantize<DType::kFp16, float>(w, o, rows, cols, row_bytes, stream);
-    case DType::kBf16:
-      return launch_dequantize<DType::kBf16, float>(w, o, rows, cols, row_bytes, stream);
+    case DType::kFp32: return launch_dequantize<DType::kFp32, float>(w, o, rows, cols, row_bytes, stream);
+    case DType::kFp16: return launch_dequantize<DType::kFp16, float>(w, o, rows, cols, row_bytes, stream);
+    case DType::kBf16: return launch_dequantize<DType::kBf16, float>(w, o, rows, cols, row_bytes, stream);
     default:
       return dispatch_block(weight.dtype(), "dequantize", [&](auto qt) -> Status {
         return launch_dequantize<decltype(qt)::value, float>(w, o, rows, cols, row_bytes, stream);
