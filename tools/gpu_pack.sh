@@ -15,7 +15,6 @@ progs=(llama_infer llama_bench llama_server test_cuda_kernels test_gpu_model tes
   -Lbuild-gpu/kuiper -lkuiper_core -lglog -o .gpu/bin/kernel_bench
 strip .gpu/bin/* .gpu/lib/libkuiper*  # keeps the pack well under the 64 MiB a run may carry
 cp -r ../shared/models/stories260K ../shared/models/llama2 ../shared/models/llama3 .gpu/shared/models/ 2>/dev/null || true
-rm -f .gpu/shared/models/llama3/tokenizer.json  # 9 MB, not needed there
 # The gguf package (pure Python) for test/export_gguf_fixtures.py and tools/make_random_gguf.py there.
 gguf_dir=$(python3 -c 'import gguf, os; print(os.path.dirname(gguf.__file__))' 2>/dev/null) &&
   mkdir -p .gpu/pylib && cp -r "$gguf_dir" .gpu/pylib/ && rm -rf .gpu/pylib/gguf/__pycache__

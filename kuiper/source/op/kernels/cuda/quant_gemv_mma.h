@@ -17,11 +17,11 @@ Status quant_gemv_mma(const Tensor& x, const ConstTensor& weight, Tensor& y, cud
 
 // The same GEMV with SwiGLU in its epilogue: out = swiglu(x W1^T, x W3^T) for w13 = [W1; W3] ([2 hidden,
 // in] blocks), x: T [n, in], out: T [n, hidden]; each feature's two sums are those quant_gemv_mma() gives
-// (not yet measured on a GPU).
+// (tested on the H200, run 26).
 bool quant_gemv_mma_swiglu_takes(const Tensor& x, const ConstTensor& w13);
 Status quant_gemv_mma_swiglu(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream);
 // matmul_swiglu()'s path for block types: the fused kernel when it takes these arguments and
-// KUIPER_QUANT_SWIGLU=fused (*fused true), else nothing (the caller runs the GEMV, then swiglu).
+// KUIPER_QUANT_SWIGLU is not `separate` (*fused true), else nothing (the caller runs the GEMV, then swiglu).
 Status quant_gemv_mma_swiglu_fused(const Tensor& x, const ConstTensor& w13, Tensor& out, cudaStream_t stream,
                                    bool* fused);
 
