@@ -10,7 +10,7 @@
 // reports the median over kReps replays of time per call and the bytes the call must read (weights,
 // or K/V rows [0, pos]) over that time. Inputs are random (fill_random), never zeros.
 //
-// Cases: `gemv`, `quant` (the GGUF block types' GEMV), `attention` (decode, the issue-6 shapes), `prefill` (int8 GEMMs), `flash` (prefill
+// Cases: `gemv`, `quant` (the GGUF block types' GEMV; `quant3`: Llama-3-8B's shapes), `attention` (decode, the issue-6 shapes), `prefill` (int8 GEMMs), `flash` (prefill
 // attention in TFLOPS, and decode attention up to a 32K context in GB/s of K/V rows), `paged` (the
 // batched paged decode and a paged prefill chunk), or `all`. Attention takes the tensor-core kernels for
 // fp16 / bf16 at head_dim 64 / 128; KUIPER_ATTENTION=simt runs the same cases on the CUDA-core ones, so
@@ -278,6 +278,17 @@ int main(int argc, char** argv) {
     bench_quant(s, DType::kFp16, DType::kQ6_K, 1, 32000, 4096);
     bench_quant(s, DType::kBf16, DType::kQ4_K, 1, 28672, 4096);  // llama3-8b w13, bf16
     bench_quant(s, DType::kFp16, DType::kQ4_K, 4, 22016, 4096);
+  }
+  if (all || what == "quant3") {  // llama3-8b's decode shapes as a Q4_K_M / Q8_0 file has them, bf16 activations
+    for (DType w : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
+      bench_quant(s, DType::kBf16, w, 1, 6144, 4096);   // wqkv (stacked when q, k, v share a type)
+      bench_quant(s, DType::kBf16, w, 1, 4096, 4096);   // wq, wo
+      bench_quant(s, DType::kBf16, w, 1, 1024, 4096);   // wk, wv
+      bench_quant(s, DType::kBf16, w, 1, 28672, 4096);  // w13
+      bench_quant(s, DType::kBf16, w, 1, 4096, 14336);  // w2
+    }
+    bench_quant(s, DType::kBf16, DType::kQ6_K, 1, 128256, 4096);  // classifier
+    bench_quant(s, DType::kBf16, DType::kQ8_0, 1, 128256, 4096);
   }
   if (all || what == "attention") {
     for (int pos : {100, 1000, 3000, 4000}) bench_attention(s, DType::kFp16, 32, 32, 128, 4096, pos);
