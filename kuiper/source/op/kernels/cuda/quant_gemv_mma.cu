@@ -794,20 +794,26 @@ int resident_blocks() {
   return blocks;
 }
 
-// 4 or 8 warps a block: the one whose last wave of blocks is fuller (8 on ties: more bytes in flight
-// per row), as int8_mma_warps() in matmul.cu. KUIPER_QUANT_GEMV_WARPS=4|8 pins it for measurements.
+// 4 or 8 warps a block. Rows of at most 16 steps (in <= 4096) take 4 when the grid fills at least half
+// a wave of 4-warp blocks: with 8, each warp has only 2 steps, too few for one step's copy to hide
+// behind the other's arithmetic (run 31, docs/perf_notes.md section 9: 28672 x 4096 q4_k 28.1 -> 23.1
+// us, the q6_k classifier 183 -> 143; wider rows lose with 4). Otherwise the one whose last wave of
+// blocks is fuller (8 on ties: more bytes in flight per row), as int8_mma_warps() in matmul.cu.
+// KUIPER_QUANT_GEMV_WARPS=4|8 pins it for measurements.
 template <DType QT, typename T, int NT, int kTiles, bool kSwiglu>
-int warps_for(int64_t blocks) {
+int warps_for(int64_t blocks, int n_steps) {
   static const int pinned = [] {
     const char* e = std::getenv("KUIPER_QUANT_GEMV_WARPS");
     return e != nullptr ? std::atoi(e) : 0;
   }();
   if (pinned == 4 || pinned == 8) return pinned;
+  const int resident4 = resident_blocks<QT, T, NT, 4, kTiles, kSwiglu>();
+  if (n_steps <= 2 * 8 && 2 * blocks >= resident4) return 4;
   auto fill = [&](int resident) {
     const int64_t waves = (blocks + resident - 1) / resident;
     return (double)blocks / (double)(waves * resident);
   };
-  return fill(resident_blocks<QT, T, NT, 4, kTiles, kSwiglu>()) >
+  return fill(resident4) >
                  fill(resident_blocks<QT, T, NT, 8, kTiles, kSwiglu>()) + 0.02
              ? 4
              : 8;
@@ -818,7 +824,7 @@ template <DType QT, typename T, int NT, int kTiles, bool kSwiglu = false>
 Status launch_tiles(const T* x, const uint8_t* w, T* y, int in, int out, int64_t row_bytes, cudaStream_t stream) {
   const int64_t blocks = kSwiglu ? ceil_div(out / 2, kRows / 2) : ceil_div(out, kRows * kTiles);
   const dim3 grid((unsigned)blocks);
-  if (warps_for<QT, T, NT, kTiles, kSwiglu>(blocks) == 4)
+  if (warps_for<QT, T, NT, kTiles, kSwiglu>(blocks, in / Step<QT, T>::kValues) == 4)
     return launch_kernel(kernel_of<QT, T, NT, 4, kTiles, kSwiglu>(), grid, 4 * kWarpSize,
                          smem_bytes<QT, T, NT, 4, kTiles>(in), stream, 1, x, w, y, in, out, row_bytes);
   return launch_kernel(kernel_of<QT, T, NT, 8, kTiles, kSwiglu>(), grid, 8 * kWarpSize,
