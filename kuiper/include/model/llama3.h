@@ -73,6 +73,7 @@ struct Workspace {
   // are views of their one-row outputs.
   tensor::Tensor qkv1;     // act [1, q_local + 2 kv_local]
   tensor::Tensor q1, k1, v1;
+  tensor::Tensor qk1;      // act [1, q_local + kv_local]  q1 and k1 (the output of wqk)
   tensor::Tensor gu1;      // act [1, 2 hidden_local]
   tensor::Tensor g1, u1;
   tensor::Tensor xl;            // act [S, dim]        normed rows of the tokens whose logits are wanted

@@ -36,8 +36,9 @@ struct LayerWeights {
   tensor::ConstTensor attention_norm;  // fp32 [dim]
   tensor::ConstTensor ffn_norm;        // fp32 [dim]
   // wqkv and w13 are empty (no weight) when their parts differ in dtype (GGUF mixes block types):
-  // decode then runs the parts one by one.
+  // decode then runs the parts one by one, wq and wk as wqk where only wv differs (Q4_K_M's Q6_K wv).
   op::MatmulLayer wqkv;           // column-parallel: [q_local + 2 kv_local, dim], wq / wk / wv stacked
+  op::MatmulLayer wqk;            // column-parallel: [q_local + kv_local, dim], wq / wk stacked (wqkv empty)
   op::MatmulLayer wq;             //   rows of wqkv:  [n_heads_local * head_dim, dim]
   op::MatmulLayer wk, wv;         //   rows of wqkv:  [n_kv_heads_local * head_dim, dim]
   op::MatmulLayer wo;             // row-parallel:    [dim, n_heads_local * head_dim]

@@ -230,6 +230,7 @@ Status LlamaModel::init_mem() {
   ws_.q1 = columns(ws_.qkv1, 0, q_local);
   ws_.k1 = columns(ws_.qkv1, q_local, kv_local);
   ws_.v1 = columns(ws_.qkv1, q_local + kv_local, kv_local);
+  ws_.qk1 = columns(ws_.qkv1, 0, q_local + kv_local);
   ws_.g1 = columns(ws_.gu1, 0, weights_.hidden_local);
   ws_.u1 = columns(ws_.gu1, weights_.hidden_local, weights_.hidden_local);
   if (opts_.comm == nullptr) ws_.logits_all = ws_.logits_local;
@@ -310,13 +311,17 @@ Status LlamaModel::attention_block(int layer) {
   const int32_t n = plan_.n_rows;
   Tensor xb = ws_.xb.slice_rows(0, n), att = ws_.att.slice_rows(0, n), proj = ws_.proj.slice_rows(0, n);
   Tensor q, k, v;
-  if (n == 1) {  // one pass over the stacked weights (or the three, when they are not stacked)
+  if (n == 1) {  // one pass over the stacked weights (or over its parts, when their types differ)
     q = ws_.q1, k = ws_.k1, v = ws_.v1;
     if (!L.wqkv.weight().empty()) {
       KP_RETURN_IF_ERROR(L.wqkv.forward(xb, ws_.qkv1, s));
-    } else {  // q, k and v of different types (a GGUF Q4_K_M file): not stacked
-      KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
-      KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
+    } else {  // q, k and v of different types (a GGUF Q4_K_M file): wq and wk stacked, or none
+      if (!L.wqk.weight().empty()) {
+        KP_RETURN_IF_ERROR(L.wqk.forward(xb, ws_.qk1, s));
+      } else {
+        KP_RETURN_IF_ERROR(L.wq.forward(xb, q, s));
+        KP_RETURN_IF_ERROR(L.wk.forward(xb, k, s));
+      }
       KP_RETURN_IF_ERROR(L.wv.forward(xb, v, s));
     }
   } else {       // three GEMMs into contiguous q, k, v (B decode rows: one product each)

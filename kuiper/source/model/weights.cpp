@@ -364,9 +364,12 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     LayerWeights& L = W.layers[l];
     KP_RETURN_IF_ERROR(plan.whole(p + "attention_norm", {D}, &L.attention_norm, true));
     const bool fuse_qkv = same_dtype({p + "wq", p + "wk", p + "wv"});
+    const bool fuse_qk = !fuse_qkv && same_dtype({p + "wq", p + "wk"});
     if (fuse_qkv) begin_stack(p + "wqkv", &L.wqkv);
+    if (fuse_qk) begin_stack(p + "wqk", &L.wqk);
     KP_RETURN_IF_ERROR(linear(p + "wq", Q, D, TpMode::kColumn, &L.wq));
     KP_RETURN_IF_ERROR(linear(p + "wk", KV, D, TpMode::kColumn, &L.wk, {kv_row0, kv_rows}));
+    if (fuse_qk) end_stack();
     KP_RETURN_IF_ERROR(linear(p + "wv", KV, D, TpMode::kColumn, &L.wv, {kv_row0, kv_rows}));
     if (fuse_qkv) end_stack();
     KP_RETURN_IF_ERROR(linear(p + "wo", D, Q, TpMode::kRow, &L.wo));
