@@ -282,8 +282,8 @@ int main(int argc, char** argv) {
   if (all || what == "quant3") {  // llama3-8b's decode shapes as a Q4_K_M / Q8_0 file has them, bf16 activations
     for (DType w : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
       bench_quant(s, DType::kBf16, w, 1, 6144, 4096);   // wqkv (stacked when q, k, v share a type)
-      bench_quant(s, DType::kBf16, w, 1, 4096, 4096);   // wq, wo
-      bench_quant(s, DType::kBf16, w, 1, 1024, 4096);   // wk, wv
+      bench_quant(s, DType::kBf16, w, 1, 4096, 4096);   // wo
+      bench_quant(s, DType::kBf16, w, 1, 1024, 4096);   // wv alone (a type of its own, Q4_K_M)
       bench_quant(s, DType::kBf16, w, 1, 28672, 4096);  // w13
       bench_quant(s, DType::kBf16, w, 1, 4096, 14336);  // w2
     }

@@ -39,8 +39,8 @@ struct LayerWeights {
   // decode then runs the parts one by one, wq and wk as wqk where only wv differs (Q4_K_M's Q6_K wv).
   op::MatmulLayer wqkv;           // column-parallel: [q_local + 2 kv_local, dim], wq / wk / wv stacked
   op::MatmulLayer wqk;            // column-parallel: [q_local + kv_local, dim], wq / wk stacked (wqkv empty)
-  op::MatmulLayer wq;             //   rows of wqkv:  [n_heads_local * head_dim, dim]
-  op::MatmulLayer wk, wv;         //   rows of wqkv:  [n_kv_heads_local * head_dim, dim]
+  op::MatmulLayer wq;             //   rows of wqkv or wqk: [n_heads_local * head_dim, dim]
+  op::MatmulLayer wk, wv;         //   rows of wqkv (wk: or wqk): [n_kv_heads_local * head_dim, dim]
   op::MatmulLayer wo;             // row-parallel:    [dim, n_heads_local * head_dim]
   op::MatmulLayer w13;            // column-parallel: [2 hidden_local, dim], w1 / w3 stacked
   op::MatmulLayer w1, w3;         //   rows of w13:   [hidden_local, dim] (gate, up)

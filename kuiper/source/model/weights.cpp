@@ -321,7 +321,7 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
   Planner plan(file, spec);
   if (first || (last && c.tied_embeddings)) KP_RETURN_IF_ERROR(plan.whole("tok_embeddings", {V, D}, &W.tok_embeddings));
   // Each linear's weight (and int8 scales) until set_weight after loading. A stacked linear (wq, wk,
-  // wv in wqkv; w1, w3 in w13) is the rows [row0, row0 + rows) of its stack's tensors.
+  // wv in wqkv, or wq, wk in wqk; w1, w3 in w13) is the rows [row0, row0 + rows) of its stack's tensors.
   struct Lin { op::MatmulLayer* layer; ConstTensor w, s; Lin* stack; int64_t row0, rows; };
   std::deque<Lin> lins;
   Lin* stack = nullptr;
@@ -348,7 +348,8 @@ Status LlamaWeights::load(const ModelFile& file, const ShardSpec& spec, LlamaWei
     stack = nullptr;
   };
   // Linears of different dtypes (a GGUF Q4_K_M file mixes Q4_K and Q6_K) are not stacked: decode
-  // then runs them one by one, and the fused layer stays empty.
+  // then runs them one by one (wq and wk still as wqk when only wv differs), and the fused layer
+  // stays empty.
   auto same_dtype = [&](std::initializer_list<std::string> names) {
     const TensorEntry* first = nullptr;
     for (const std::string& n : names) {

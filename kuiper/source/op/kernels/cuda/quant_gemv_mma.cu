@@ -808,7 +808,8 @@ int warps_for(int64_t blocks, int n_steps) {
   }();
   if (pinned == 4 || pinned == 8) return pinned;
   const int resident4 = resident_blocks<QT, T, NT, 4, kTiles, kSwiglu>();
-  if (n_steps <= 2 * 8 && 2 * blocks >= resident4) return 4;
+  constexpr int kFewSteps = 2 * 8;  // 2 steps for each of 8 warps
+  if (n_steps <= kFewSteps && 2 * blocks >= resident4) return 4;
   auto fill = [&](int resident) {
     const int64_t waves = (blocks + resident - 1) / resident;
     return (double)blocks / (double)(waves * resident);
